@@ -1,0 +1,147 @@
+"""The adapter protocol every upstream wire format implements, and what adapters share.
+
+An adapter is pure: it builds an ``httpx.Request`` and translates answers, streams and errors
+into OpenAI's types. Sending, timeouts, retries and cancellation belong to ``router.gateway``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final, Protocol
+
+import httpx
+import msgspec
+
+from providers.errors import (
+    UpstreamAuthFailed,
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamRejected,
+    UpstreamServerError,
+)
+from providers.schema import ChatRequest
+from providers.sse import SSEEvent
+
+REJECTED_STATUSES: Final = frozenset({400, 404, 413, 422})
+# Statuses a later attempt may cure (openai-python retries the same set, plus Anthropic's 529).
+RETRYABLE_STATUSES: Final = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """One client request, decoded twice: ``chat`` is the validated view adapters translate;
+    ``fields`` is the raw body, field by field, that OpenAI-compatible upstreams get back
+    byte-for-byte except for what Switchboard rewrites."""
+
+    chat: ChatRequest
+    fields: dict[str, msgspec.Raw]
+
+
+class StreamTranslator(Protocol):
+    """Turns one upstream stream into OpenAI ``chat.completion.chunk`` JSON payloads."""
+
+    def translate(self, event: SSEEvent) -> Sequence[bytes]:
+        """Chunks this event produces (often exactly one, sometimes none).
+
+        Raises:
+            UpstreamError: the event reports an error, or is not valid for the protocol.
+        """
+        ...
+
+    @property
+    def finished(self) -> bool:
+        """The upstream sent its end-of-stream marker: nothing more is to be read."""
+        ...
+
+    @property
+    def complete(self) -> bool:
+        """The answer is whole: if the connection ends now, nothing was lost."""
+        ...
+
+
+class Provider(Protocol):
+    """One upstream wire format, configured for one provider entry (its URL, key, headers)."""
+
+    def build_request(self, call: Inbound, model: str) -> httpx.Request: ...
+
+    def parse_response(self, body: bytes) -> bytes:
+        """A successful non-streamed answer as OpenAI ``chat.completion`` JSON."""
+        ...
+
+    def stream_translator(self, call: Inbound) -> StreamTranslator: ...
+
+    def parse_error(self, status: int, body: bytes, headers: httpx.Headers) -> UpstreamError: ...
+
+
+class SecretRedactor:
+    """Removes a provider's key and base URL from text that may reach a client or a log."""
+
+    # Key-shaped tokens of the major providers, in case an upstream echoes a fragment of one.
+    _KEYLIKE: Final = re.compile(r"\b(?:sk|rk|pk)-[A-Za-z0-9_\-*.]{6,}|\bAIza[0-9A-Za-z_\-]{10,}")
+
+    def __init__(self, *secrets: str) -> None:
+        self._secrets = tuple(s for s in secrets if len(s) >= 4)
+
+    def __call__(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "[redacted]")
+        return self._KEYLIKE.sub("[redacted]", text)
+
+
+def retry_after_seconds(headers: httpx.Headers, now: datetime | None = None) -> float | None:
+    """Delay the upstream asked for: ``retry-after-ms``, then ``retry-after`` (seconds or HTTP date)."""
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms is not None:
+        try:
+            ms = float(raw_ms)
+        except ValueError:
+            ms = math.nan
+        if math.isfinite(ms) and ms >= 0:
+            return ms / 1000
+    raw = headers.get("retry-after")
+    if raw is None:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(raw)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            return None
+        return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def error_for_status(
+    status: int,
+    message: str,
+    *,
+    provider: str,
+    code: str | None = None,
+    param: str | None = None,
+    retry_after: float | None = None,
+) -> UpstreamError:
+    """Classify an upstream HTTP error. ``message`` must already be free of secrets."""
+    if status in (401, 403):
+        return UpstreamAuthFailed(
+            f"provider '{provider}' rejected Switchboard's credentials ({status}): {message}",
+            upstream_status=status,
+            code="upstream_auth_failed",
+        )
+    if status == 429:
+        return UpstreamRateLimited(message, upstream_status=status, retry_after=retry_after, code=code)
+    if status in RETRYABLE_STATUSES or status >= 500:
+        return UpstreamServerError(
+            f"provider '{provider}' failed with {status}: {message}",
+            upstream_status=status,
+            retry_after=retry_after,
+        )
+    # Every other 4xx is about the request itself: the client gets the provider's answer.
+    return UpstreamRejected(message, upstream_status=status, status=status, code=code, param=param)

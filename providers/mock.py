@@ -1,0 +1,174 @@
+"""The offline provider: an in-process httpx transport that answers like OpenAI.
+
+It lets the demo run the real gateway path end to end with no keys, and lets a user watch
+failover by injecting latency and failures. Deterministic: the ``echo`` model repeats the last
+user message, any other model a fixed sentence, streamed word by word.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Final
+
+import httpx
+import msgspec
+
+from providers.schema import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    Choice,
+    ChunkChoice,
+    Delta,
+    ErrorBody,
+    ErrorEnvelope,
+    ResponseMessage,
+    Usage,
+)
+
+CANNED_TEXT: Final = (
+    "Hello from Switchboard's offline demo model. Every word you read was streamed through the gateway."
+)
+_WORD: Final = re.compile(r"\S+\s*")
+_encode = msgspec.json.Encoder().encode
+
+
+class _Options(msgspec.Struct):
+    include_usage: bool | None = None
+
+
+class _Part(msgspec.Struct):
+    type: str = "text"
+    text: str | None = None
+
+
+class _Message(msgspec.Struct):
+    role: str = "user"
+    content: str | list[_Part] | None = None
+
+
+class _Request(msgspec.Struct):
+    model: str = "echo"
+    messages: list[_Message] = []
+    stream: bool | None = None
+    stream_options: _Options | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+
+
+_decode_request = msgspec.json.Decoder(_Request).decode
+
+
+@dataclass(frozen=True, slots=True)
+class MockBehaviour:
+    """Knobs for the demo and for fault injection (all optional)."""
+
+    latency_s: float = 0.0  # before the response headers
+    token_delay_s: float = 0.0  # between streamed words
+    failure_rate: float = 0.0  # share of requests answered with ``failure_status``
+    failure_status: int = 503
+    seed: int | None = None
+
+
+def _text_of(message: _Message) -> str:
+    if isinstance(message.content, str):
+        return message.content
+    if message.content is None:
+        return ""
+    return " ".join(p.text for p in message.content if p.text)
+
+
+def reply_text(req: _Request) -> str:
+    if req.model == "echo":
+        for message in reversed(req.messages):
+            if message.role == "user":
+                return _text_of(message) or "(empty message)"
+        return "(no user message)"
+    return CANNED_TEXT
+
+
+class _Stream(httpx.AsyncByteStream):
+    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+        self._chunks = chunks
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._chunks:
+            yield chunk
+
+
+class MockTransport(httpx.AsyncBaseTransport):
+    """Answers ``POST …/chat/completions`` as an OpenAI server would."""
+
+    def __init__(self, behaviour: MockBehaviour | None = None) -> None:
+        self.behaviour = behaviour or MockBehaviour()
+        self._random = random.Random(self.behaviour.seed)  # noqa: S311 - fault injection, not crypto
+        self.requests = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.requests += 1
+        b = self.behaviour
+        if b.latency_s:
+            await asyncio.sleep(b.latency_s)
+        if b.failure_rate and self._random.random() < b.failure_rate:
+            return self._error(b.failure_status, f"injected failure ({b.failure_status})", "server_error")
+        if not request.url.path.endswith("/chat/completions"):
+            return self._error(404, f"the mock provider has no route {request.url.path}", "invalid_request_error")
+        try:
+            req = _decode_request(await request.aread())
+        except msgspec.DecodeError as exc:
+            return self._error(400, f"mock provider: {exc}", "invalid_request_error")
+        words = _WORD.findall(reply_text(req))
+        limit = req.max_completion_tokens or req.max_tokens
+        finish = "stop"
+        if limit is not None and limit < len(words):
+            words, finish = words[:limit], "length"
+        prompt_tokens = sum(len(_WORD.findall(_text_of(m))) for m in req.messages)
+        usage = Usage(
+            prompt_tokens=prompt_tokens, completion_tokens=len(words), total_tokens=prompt_tokens + len(words)
+        )
+        ident = f"chatcmpl-mock{self.requests}"
+        created = int(time.time())
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            chunks = self._chunks(ident, created, req.model, words, finish, usage if include_usage else None)
+            return httpx.Response(
+                200, headers={"content-type": "text/event-stream"}, stream=_Stream(chunks), request=request
+            )
+        completion = ChatCompletion(
+            id=ident,
+            created=created,
+            model=req.model,
+            choices=[Choice(index=0, message=ResponseMessage(content="".join(words)), finish_reason=finish)],
+            usage=usage,
+        )
+        return httpx.Response(
+            200, headers={"content-type": "application/json"}, content=_encode(completion), request=request
+        )
+
+    async def _chunks(
+        self, ident: str, created: int, model: str, words: list[str], finish: str, usage: Usage | None
+    ) -> AsyncIterator[bytes]:
+        def event(choices: list[ChunkChoice], chunk_usage: Usage | None = None) -> bytes:
+            chunk = ChatCompletionChunk(id=ident, created=created, model=model, choices=choices)
+            if chunk_usage is not None:
+                chunk.usage = chunk_usage
+            return b"data: " + _encode(chunk) + b"\n\n"
+
+        yield event([ChunkChoice(index=0, delta=Delta(role="assistant", content=""))])
+        for word in words:
+            if self.behaviour.token_delay_s:
+                await asyncio.sleep(self.behaviour.token_delay_s)
+            yield event([ChunkChoice(index=0, delta=Delta(content=word))])
+        yield event([ChunkChoice(index=0, delta=Delta(), finish_reason=finish)])
+        if usage is not None:
+            yield event([], usage)
+        yield b"data: [DONE]\n\n"
+
+    @staticmethod
+    def _error(status: int, message: str, error_type: str) -> httpx.Response:
+        body = ErrorEnvelope(ErrorBody(message=message, type=error_type))
+        return httpx.Response(status, headers={"content-type": "application/json"}, content=_encode(body))

@@ -1,0 +1,168 @@
+"""OpenAI and every OpenAI-compatible API (vLLM, Ollama, Groq, Together, OpenRouter…).
+
+Transparent by construction: the client's body is forwarded field by field with only
+``model`` rewritten, and the upstream's answer and stream events reach the client byte-for-byte.
+Each answer is still decoded into a small view, to catch errors and malformed payloads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+import httpx
+import msgspec
+from msgspec import UNSET, UnsetType
+
+from providers.base import Inbound, SecretRedactor, error_for_status, retry_after_seconds
+from providers.errors import UpstreamError, UpstreamProtocolError, UpstreamServerError
+from providers.sse import SSEEvent
+
+_DONE: Final = b"[DONE]"
+_NOTHING: Final[tuple[bytes, ...]] = ()
+_encode = msgspec.json.Encoder().encode
+
+
+class _ChoiceView(msgspec.Struct):
+    finish_reason: str | None = None
+
+
+class _ChunkView(msgspec.Struct):
+    """What the gateway must know of a chunk or completion; everything else is skipped."""
+
+    choices: list[_ChoiceView] | None = None
+    error: Any = None  # OpenRouter and others put an error object inside a 200 stream
+    object: str | UnsetType = UNSET
+    message: str | UnsetType = UNSET  # vLLM: {"object": "error", "message": ...}
+
+
+_decode_view = msgspec.json.Decoder(_ChunkView).decode
+_decode_any = msgspec.json.Decoder().decode
+
+
+def error_fields(payload: object) -> tuple[str, str | None, str | None]:
+    """``(message, code, param)`` from OpenAI-style error payloads, tolerant of the variants
+    seen in the wild: ``{"error": {...}}``, ``{"error": "text"}``, vLLM's ``{"object": "error"}``,
+    Azure's string codes and missing ``type``."""
+    obj: object = payload.get("error", payload) if isinstance(payload, Mapping) else payload
+    if isinstance(obj, str):
+        return obj, None, None
+    if not isinstance(obj, Mapping):
+        return "", None, None
+    message = obj.get("message")
+    code = obj.get("code")
+    param = obj.get("param")
+    return (
+        message if isinstance(message, str) else "",
+        str(code) if isinstance(code, str | int) and not isinstance(code, bool) else None,
+        param if isinstance(param, str) else None,
+    )
+
+
+class OpenAIStream:
+    """Passes an OpenAI-format stream through, watching for its end and for in-band errors."""
+
+    __slots__ = ("_finished", "_provider", "_saw_finish")
+
+    def __init__(self, provider: OpenAIProvider) -> None:
+        self._provider = provider
+        self._finished = False
+        self._saw_finish = False
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    @property
+    def complete(self) -> bool:
+        # Some servers close without [DONE]; a chunk with a finish_reason is a complete answer.
+        return self._finished or self._saw_finish
+
+    def translate(self, event: SSEEvent) -> Sequence[bytes]:
+        data = event.data
+        if data == _DONE:
+            self._finished = True
+            return _NOTHING
+        if data[:1] == b":" or not data.strip():  # keep-alives such as `data: :`
+            return _NOTHING
+        try:
+            view = _decode_view(data)
+        except msgspec.DecodeError:
+            raise UpstreamProtocolError(
+                f"provider '{self._provider.name}' sent a stream event that is not JSON"
+            ) from None
+        if view.error is not None or view.object == "error":
+            raise self._provider.stream_error(data)
+        if view.choices:
+            for choice in view.choices:
+                if choice.finish_reason is not None:
+                    self._saw_finish = True
+        return (data,)
+
+
+class OpenAIProvider:
+    """Adapter for one configured OpenAI-compatible provider."""
+
+    def __init__(
+        self,
+        name: str,
+        base_url: str,
+        api_key: str | None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self._url = httpx.URL(base_url.rstrip("/") + "/chat/completions")
+        base_headers = {"content-type": "application/json", **(headers or {})}
+        if api_key:
+            base_headers["authorization"] = f"Bearer {api_key}"
+        self._headers = base_headers
+        self._stream_headers = {**base_headers, "accept": "text/event-stream"}
+        self.redact = SecretRedactor(*(s for s in (api_key, base_url) if s))
+
+    def build_request(self, call: Inbound, model: str) -> httpx.Request:
+        fields = call.fields
+        if call.chat.model != model:
+            fields = {**fields, "model": msgspec.Raw(_encode(model))}
+        return httpx.Request(
+            "POST",
+            self._url,
+            headers=self._stream_headers if call.chat.is_stream else self._headers,
+            content=_encode(fields),
+        )
+
+    def parse_response(self, body: bytes) -> bytes:
+        try:
+            view = _decode_view(body)
+        except msgspec.DecodeError:
+            raise UpstreamProtocolError(f"provider '{self.name}' answered with a body that is not JSON") from None
+        if view.error is not None or view.object == "error":
+            raise self.stream_error(body)
+        if view.choices is None:
+            raise UpstreamProtocolError(f"provider '{self.name}' answered without `choices`")
+        return body
+
+    def stream_translator(self, call: Inbound) -> OpenAIStream:
+        return OpenAIStream(self)
+
+    def parse_error(self, status: int, body: bytes, headers: httpx.Headers) -> UpstreamError:
+        message, code, param = self._error_fields(body)
+        return error_for_status(
+            status,
+            message or f"HTTP {status}",
+            provider=self.name,
+            code=code,
+            param=param,
+            retry_after=retry_after_seconds(headers),
+        )
+
+    def stream_error(self, data: bytes) -> UpstreamError:
+        """An error reported inside a 200 answer or stream (OpenRouter, vLLM)."""
+        message, _, _ = self._error_fields(data)
+        return UpstreamServerError(f"provider '{self.name}' reported an error: {message or 'unknown error'}")
+
+    def _error_fields(self, body: bytes) -> tuple[str, str | None, str | None]:
+        try:
+            message, code, param = error_fields(_decode_any(body))
+        except msgspec.DecodeError:
+            message, code, param = body[:200].decode("utf-8", "replace").strip(), None, None
+        return self.redact(message), code, param

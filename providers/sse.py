@@ -1,0 +1,103 @@
+"""Incremental Server-Sent Events parser (WHATWG HTML §9.2), bytes in, events out.
+
+One parser for every upstream stream. Lines are split on CR, LF or CRLF before any UTF-8
+decoding (those bytes never occur inside a multi-byte character), a CR ending one read and an
+LF starting the next count as one line ending, and one leading BOM is stripped. ``data`` stays
+``bytes`` because its consumer is a JSON decoder or the client socket, never a ``str``.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import msgspec
+
+_BOM: Final = b"\xef\xbb\xbf"
+_LINE_ENDS: Final = (b"\n", b"\r")
+
+
+class SSEEvent(msgspec.Struct, frozen=True, gc=False):
+    """One dispatched event. ``event`` is ``"message"`` unless the stream named it."""
+
+    data: bytes
+    event: str = "message"
+    id: str | None = None
+    retry: int | None = None
+
+
+class SSEParser:
+    """Feed it the bytes of a stream as they arrive; it returns the events each read completes.
+
+    An event is dispatched by a blank line. Comments (``: keep-alive``) and unknown fields are
+    ignored; an event whose data is empty is not dispatched, and a partial event left at the end
+    of the stream is discarded, as the specification says.
+    """
+
+    __slots__ = ("_data", "_event", "_last_id", "_pending", "_retry", "_skip_lf", "_started")
+
+    def __init__(self) -> None:
+        self._pending = b""  # an incomplete line carried over to the next read
+        self._skip_lf = False  # the last read ended with CR: an LF opening the next one is its pair
+        self._started = False  # the BOM check is done
+        self._data: list[bytes] = []
+        self._event = ""
+        self._last_id: str | None = None
+        self._retry: int | None = None
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        if self._skip_lf and chunk:
+            self._skip_lf = False
+            if chunk[0] == 0x0A:
+                chunk = chunk[1:]
+        if self._pending:
+            chunk = self._pending + chunk
+            self._pending = b""
+        if not self._started:
+            if len(chunk) < len(_BOM) and _BOM.startswith(chunk):
+                self._pending = chunk  # could still become a BOM
+                return []
+            self._started = True
+            if chunk.startswith(_BOM):
+                chunk = chunk[len(_BOM) :]
+        if not chunk:
+            return []
+        lines = chunk.splitlines(keepends=True)
+        if not lines[-1].endswith(_LINE_ENDS):
+            self._pending = lines.pop()
+        elif chunk[-1] == 0x0D:
+            self._skip_lf = True
+        events: list[SSEEvent] = []
+        for line in lines:
+            event = self._line(line.rstrip(b"\r\n"))
+            if event is not None:
+                events.append(event)
+        return events
+
+    def _line(self, line: bytes) -> SSEEvent | None:
+        if not line:
+            return self._dispatch()
+        if line[0] == 0x3A:  # ':' starts a comment
+            return None
+        name, colon, value = line.partition(b":")
+        if colon and value[:1] == b" ":
+            value = value[1:]
+        if name == b"data":
+            self._data.append(value)
+        elif name == b"event":
+            self._event = value.decode("utf-8", "replace")
+        elif name == b"id":
+            if b"\x00" not in value:
+                self._last_id = value.decode("utf-8", "replace")
+        elif name == b"retry" and value.isdigit():
+            self._retry = int(value)
+        return None
+
+    def _dispatch(self) -> SSEEvent | None:
+        data, event = self._data, self._event
+        self._data, self._event = [], ""
+        if not data:
+            return None
+        payload = data[0] if len(data) == 1 else b"\n".join(data)
+        if not payload:
+            return None
+        return SSEEvent(payload, event or "message", self._last_id, self._retry)

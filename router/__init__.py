@@ -1,0 +1,1 @@
+"""Everything between a client's HTTP request and a provider call."""

@@ -1,0 +1,77 @@
+"""``POST /v1/chat/completions``: decode and validate, hand to the gateway, shape the response."""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+import msgspec
+from litestar import Request, Response, post
+from litestar.datastructures import State
+from litestar.response import Stream
+
+from providers.base import Inbound
+from providers.schema import ChatRequest
+from router.errors import InvalidRequest
+from router.gateway import Gateway
+from router.streaming import sse_body
+
+_decode_fields = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
+_decode_chat = msgspec.json.Decoder(ChatRequest).decode
+_AT: Final = re.compile(r"^(?P<what>.*?)(?: - at `\$\.?(?P<path>[^`]*)`)?$", re.DOTALL)
+_MISSING: Final = re.compile(r"Object missing required field `([^`]+)`")
+_TYPE: Final = re.compile(r"Expected `([^`]+)`, got `([^`]+)`")
+TARGET_HEADER: Final = "x-switchboard-target"
+SSE_HEADERS: Final = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+def explain(exc: msgspec.ValidationError) -> InvalidRequest:
+    """A msgspec validation error in OpenAI's words, naming the parameter."""
+    match = _AT.match(str(exc))
+    what, path = (match.group("what"), match.group("path") or "") if match else (str(exc), "")
+    if missing := _MISSING.fullmatch(what):
+        param = f"{path}.{missing.group(1)}" if path else missing.group(1)
+        return InvalidRequest(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
+    if wrong := _TYPE.fullmatch(what):
+        return InvalidRequest(
+            f"Invalid type for '{path}': expected {wrong.group(1)}, but got {wrong.group(2)}.",
+            param=path or None,
+            code="invalid_type",
+        )
+    if not path:
+        return InvalidRequest(f"Invalid request body: {what}.", code="invalid_value")
+    return InvalidRequest(f"Invalid value for '{path}': {what}.", param=path, code="invalid_value")
+
+
+def decode_call(body: bytes) -> Inbound:
+    try:
+        fields = _decode_fields(body)
+    except msgspec.ValidationError:
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json") from None
+    except msgspec.DecodeError:
+        raise InvalidRequest(
+            "We could not parse the JSON body of your request. Send a valid JSON object "
+            "with 'Content-Type: application/json'.",
+            code="invalid_json",
+        ) from None
+    try:
+        chat = _decode_chat(body)
+    except msgspec.ValidationError as exc:
+        raise explain(exc) from None
+    return Inbound(chat, fields)
+
+
+@post("/v1/chat/completions", status_code=200)
+async def chat_completions(request: Request[None, None, State], state: State) -> Response[bytes] | Stream:
+    call = decode_call(await request.body())
+    gateway: Gateway = state.gateway
+    if call.chat.is_stream:
+        opened = await gateway.open_stream(call)
+        body = sse_body(opened.upstream, opened.first, idle_s=gateway.timeouts.idle_s, deadline=opened.deadline)
+        return Stream(
+            body,
+            media_type="text/event-stream",
+            headers={**SSE_HEADERS, TARGET_HEADER: opened.target.label},
+        )
+    answer = await gateway.complete(call)
+    return Response(answer.body, media_type="application/json", headers={TARGET_HEADER: answer.target.label})

@@ -1,0 +1,111 @@
+"""``create_app(settings)`` → the Litestar app. The lifespan owns the transports and the gateway."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+import httpx
+import msgspec
+from litestar import Litestar, Request, Response
+from litestar.datastructures import State
+from litestar.exceptions import HTTPException
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+
+from providers.errors import SwitchboardError, UpstreamError
+from providers.schema import ModelCard, ModelList
+from router.api.chat import chat_completions
+from router.api.health import live, ready
+from router.api.models import list_models
+from router.config import Settings, default_config_path, load_settings
+from router.errors import (
+    ClientError,
+    InvalidRequest,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    RouteNotFound,
+    encode_error,
+    internal_error,
+)
+from router.gateway import Gateway
+from router.routing import Router
+from router.upstreams import build_upstreams, close_upstreams
+
+log = logging.getLogger(__name__)
+_encode = msgspec.json.Encoder().encode
+JSON: Final = "application/json"
+
+
+def error_response(exc: SwitchboardError) -> Response[bytes]:
+    headers = {}
+    if isinstance(exc, UpstreamError) and exc.status == 429 and exc.retry_after is not None:
+        headers["retry-after"] = str(max(1, round(exc.retry_after)))
+    return Response(encode_error(exc), status_code=exc.status, media_type=JSON, headers=headers)
+
+
+def _on_switchboard_error(_: Request[Any, Any, State], exc: SwitchboardError) -> Response[bytes]:
+    return error_response(exc)
+
+
+def _on_http_exception(request: Request[Any, Any, State], exc: HTTPException) -> Response[bytes]:
+    """Litestar's own refusals (unknown route, wrong method, body too large) in OpenAI's shape."""
+    status = exc.status_code
+    error: ClientError
+    if status == 404:
+        error = RouteNotFound(f"Unknown request URL: {request.method} {request.url.path}.")
+    elif status == 405:
+        error = MethodNotAllowed(f"Method {request.method} is not allowed for {request.url.path}.")
+    elif status == 413:
+        limit = request.app.state.max_body_bytes
+        error = PayloadTooLarge(f"The request body is larger than this gateway accepts ({limit} bytes).")
+    else:
+        error = InvalidRequest(str(exc.detail), status=status)
+    if status >= HTTP_500_INTERNAL_SERVER_ERROR:
+        return error_response(internal_error())
+    return error_response(error)
+
+
+def _on_unexpected(_: Request[Any, Any, State], exc: Exception) -> Response[bytes]:
+    log.error("unhandled error", exc_info=exc)
+    return error_response(internal_error())
+
+
+def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None) -> Litestar:
+    """``transport`` replaces the network for every HTTP provider: the tests' seam."""
+    config = settings.config
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        upstreams = build_upstreams(settings, transport)
+        app.state.gateway = Gateway(Router(config), upstreams, config.resilience.timeouts)
+        try:
+            yield
+        finally:
+            await close_upstreams(upstreams)
+
+    models = ModelList(data=[ModelCard(id=alias) for alias in config.models])
+    return Litestar(
+        route_handlers=[chat_completions, list_models, live, ready],
+        lifespan=[lifespan],
+        exception_handlers={
+            SwitchboardError: _on_switchboard_error,
+            HTTPException: _on_http_exception,
+            Exception: _on_unexpected,
+        },
+        state=State(_initial_state(models, config.server.max_body_bytes)),
+        request_max_body_size=config.server.max_body_bytes,
+        openapi_config=None,
+        debug=False,
+    )
+
+
+def _initial_state(models: ModelList, max_body_bytes: int) -> dict[str, object]:
+    return {"models_json": _encode(models), "max_body_bytes": max_body_bytes}
+
+
+def app_from_env() -> Litestar:
+    """Factory for ``uvicorn --factory`` (used by ``switchboard serve``, one per worker)."""
+    return create_app(load_settings(default_config_path(os.environ)))

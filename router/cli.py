@@ -1,0 +1,91 @@
+"""``switchboard serve | check`` (also ``python -m router``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from router.config import ConfigError, Settings, default_config_path, load_settings
+from router.routing import Router
+from router.upstreams import Upstream, build_upstreams
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="switchboard", description="OpenAI-compatible LLM gateway")
+    commands = parser.add_subparsers(dest="command", required=True)
+    config_help = "config file (default: $SWITCHBOARD_CONFIG, then ./config.yaml)"
+    serve = commands.add_parser("serve", help="start the proxy")
+    serve.add_argument("--config", help=config_help)
+    serve.add_argument("--host", help="bind address (default: server.host from the config)")
+    serve.add_argument("--port", type=int, help="port (default: server.port from the config)")
+    serve.add_argument("--workers", type=int, help="worker processes (default: server.workers from the config)")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")
+    check = commands.add_parser("check", help="validate the config and print the route table")
+    check.add_argument("--config", help=config_help)
+    return parser
+
+
+def describe(settings: Settings, upstreams: dict[str, Upstream], out: TextIO) -> None:
+    """The route table: providers and why any is unavailable, then each model's targets."""
+    config = settings.config
+    print("providers:", file=out)
+    for name, upstream in upstreams.items():
+        state = f"unavailable — {upstream.unavailable}" if upstream.unavailable else "available"
+        print(f"  {name:<16} {upstream.kind:<10} {state}", file=out)
+    print("models:", file=out)
+    for alias, route in Router(config).routes.items():
+        targets = ", ".join(
+            t.label + (" (unavailable)" if upstreams[t.provider].unavailable else "") for t in route.targets
+        )
+        fallbacks = f"  fallbacks: {', '.join(route.fallbacks)}" if route.fallbacks else ""
+        print(f"  {alias:<24} → {targets}{fallbacks}", file=out)
+
+
+def _check(path: str) -> int:
+    settings = load_settings(path)
+    print(f"{path}: valid")
+    describe(settings, dict(build_upstreams(settings)), sys.stdout)
+    return 0
+
+
+def _serve(args: argparse.Namespace, path: str) -> int:
+    import uvicorn
+
+    settings = load_settings(path)  # fail here, once, rather than in every worker
+    server = settings.config.server
+    os.environ["SWITCHBOARD_CONFIG"] = os.path.abspath(path)
+    host = args.host or server.host
+    port = args.port if args.port is not None else server.port
+    print(f"switchboard: serving {path} on http://{host}:{port}/v1", file=sys.stderr)
+    uvicorn.run(
+        "router.app:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=args.workers or server.workers,
+        loop="uvloop",
+        http="httptools",
+        log_level=args.log_level,
+        access_log=args.access_log,
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    path = args.config or default_config_path()
+    try:
+        if args.command == "check":
+            return _check(path)
+        return _serve(args, path)
+    except ConfigError as exc:
+        print(f"switchboard: invalid config: {exc}", file=sys.stderr)
+        return 2
