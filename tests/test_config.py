@@ -1,0 +1,162 @@
+"""config.yaml → Settings: interpolation, defaults, and errors that name their path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from router.config import (
+    AnthropicProviderConfig,
+    ConfigError,
+    GeminiProviderConfig,
+    MockProviderConfig,
+    OpenAIProviderConfig,
+    default_config_path,
+    interpolate,
+    load_settings,
+    settings_from_dict,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def minimal(**extra: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "providers": {"demo": {"type": "mock"}},
+        "models": {"demo": {"targets": [{"provider": "demo", "model": "echo"}]}},
+    }
+    data.update(extra)
+    return data
+
+
+def error_of(data: Any, env: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        settings_from_dict(data, env or {})
+    return str(info.value)
+
+
+def test_bundled_config_is_valid_without_any_key() -> None:
+    settings = load_settings(ROOT / "config.yaml", env={})
+    config = settings.config
+    assert isinstance(config.providers["demo"], MockProviderConfig)
+    assert config.models["demo"].targets[0].provider == "demo"
+    assert config.server.port == 4000
+    openai = config.providers["openai"]
+    assert isinstance(openai, OpenAIProviderConfig)
+    assert openai.api_key == ""
+    assert settings.key_vars["openai"] == ("OPENAI_API_KEY",)
+
+
+def test_interpolation_with_defaults_and_values() -> None:
+    env = {"KEY": "sk-1", "EMPTY": ""}
+    out = interpolate({"a": "${KEY}", "b": ["x-${MISSING:-dflt}-y"], "c": "${EMPTY:-d}", "d": 3}, env)
+    assert out == {"a": "sk-1", "b": ["x-dflt-y"], "c": "", "d": 3}
+
+
+def test_unset_variable_without_default_names_variable_and_path() -> None:
+    data = minimal(providers={"openai": {"type": "openai", "api_key": "${OPENAI_API_KEY}"}})
+    message = error_of(data)
+    assert "OPENAI_API_KEY" in message
+    assert message.startswith("providers.openai.api_key:")
+
+
+def test_interpolated_strings_are_coerced_to_the_field_type() -> None:
+    settings = settings_from_dict(minimal(server={"port": "${PORT:-4100}"}), {})
+    assert settings.config.server.port == 4100
+
+
+def test_interpolation_cannot_inject_yaml_structure(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("providers:\n  o: {type: openai, api_key: '${K}'}\nmodels: {}\n")
+    settings = load_settings(path, env={"K": "x\nmodels: {evil: {}}"})
+    provider = settings.config.providers["o"]
+    assert isinstance(provider, OpenAIProviderConfig)
+    assert provider.api_key == "x\nmodels: {evil: {}}"
+    assert settings.config.models == {}
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (minimal(servr={}), "servr: unknown key"),
+        (minimal(server={"prot": 1}), "server.prot: unknown key"),
+        (minimal(server={"port": "eighty"}), "server.port: expected `int`"),
+        (minimal(server={"port": 70000}), "server.port:"),
+        (
+            {"providers": {"openai": {"type": "opnai"}}, "models": {}},
+            "providers.openai.type: unknown provider type 'opnai'",
+        ),
+        ({"providers": {"o": {"base_url": "http://x"}}}, "providers.o.type: required key is missing"),
+        ({"providers": {"o": {"type": "openai", "apikey": "k"}}}, "providers.o.apikey: unknown key"),
+        (
+            minimal(models={"gpt-4o": {"targets": [{"provider": "demo", "model": "m"}, {"provider": "opnai", "model": "m"}]}}),
+            "models.gpt-4o.targets[1].provider: unknown provider 'opnai'",
+        ),
+        (minimal(models={"m": {"targets": [{"provider": "demo"}]}}), "models.m.targets[0].model: required key is missing"),
+        (minimal(models={"m": {"targets": []}}), "models.m.targets:"),
+        (
+            minimal(models={"m": {"targets": [{"provider": "demo", "model": "x"}], "fallbacks": ["nope"]}}),
+            "models.m.fallbacks[0]: unknown model 'nope'",
+        ),
+        (
+            minimal(models={"m": {"targets": [{"provider": "demo", "model": "x"}], "fallbacks": ["m"]}}),
+            "models.m.fallbacks[0]: a model cannot fall back to itself",
+        ),
+        (minimal(resilience={"timeouts": {"idle_s": 0}}), "resilience.timeouts.idle_s:"),
+        (minimal(resilience={"retry": {"max_attempts": "many"}}), "resilience.retry.max_attempts: expected `int`"),
+        (minimal(resilience={"breaker": {"fail_maks": 3}}), "resilience.breaker.fail_maks: unknown key"),
+        ({"providers": {"o": {"type": "openai", "base_url": "ftp://x"}}}, "providers.o.base_url: must start with http"),
+        (["not", "a", "mapping"], "<root>: expected a mapping"),
+        ({"providers": ["x"]}, "providers: expected a mapping"),
+    ],
+)
+def test_mistakes_name_their_path(data: Any, expected: str) -> None:
+    assert expected in error_of(data)
+
+
+def test_resilience_section_is_parsed_with_its_names() -> None:
+    data = minimal(
+        resilience={
+            "retry": {"max_attempts": 3, "initial_backoff_s": 0.1, "max_backoff_s": 2},
+            "breaker": {"fail_max": 7, "reset_timeout_s": 12},
+            "timeouts": {"connect_s": 1, "first_token_s": 2, "attempt_s": 3, "idle_s": 4, "total_s": 5},
+        }
+    )
+    res = settings_from_dict(data, {}).config.resilience
+    assert (res.retry.max_attempts, res.retry.initial_backoff_s, res.retry.max_backoff_s) == (3, 0.1, 2.0)
+    assert (res.breaker.fail_max, res.breaker.reset_timeout_s) == (7, 12.0)
+    t = res.timeouts
+    assert (t.connect_s, t.first_token_s, t.attempt_s, t.idle_s, t.total_s) == (1, 2, 3, 4, 5)
+
+
+def test_base_url_defaults_follow_the_official_sdks() -> None:
+    data = {"providers": {"o": {"type": "openai"}, "a": {"type": "anthropic"}, "g": {"type": "gemini"}}}
+    providers = settings_from_dict(data, {}).config.providers
+    assert isinstance(providers["o"], OpenAIProviderConfig)
+    assert providers["o"].base_url == "https://api.openai.com/v1"
+    assert isinstance(providers["a"], AnthropicProviderConfig)
+    assert providers["a"].base_url == "https://api.anthropic.com"
+    assert isinstance(providers["g"], GeminiProviderConfig)
+    assert providers["g"].base_url == "https://generativelanguage.googleapis.com"
+
+
+def test_unreadable_and_invalid_yaml_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_settings(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_settings(bad)
+
+
+def test_empty_file_is_an_empty_config(tmp_path: Path) -> None:
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    assert load_settings(path, env={}).config.models == {}
+
+
+def test_default_config_path() -> None:
+    assert default_config_path({"SWITCHBOARD_CONFIG": "/etc/sb.yaml"}) == "/etc/sb.yaml"
+    assert default_config_path({}) == "config.yaml"
