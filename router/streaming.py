@@ -17,7 +17,7 @@ import httpx
 
 from providers.base import StreamTranslator
 from providers.errors import SwitchboardError, UpstreamProtocolError, UpstreamTimeout
-from providers.sse import SSEParser
+from providers.sse import SSEEvent, SSEParser
 from router.errors import encode_error, internal_error
 from router.transport import upstream_failure
 
@@ -40,7 +40,7 @@ def error_frame(exc: SwitchboardError) -> bytes:
 class UpstreamStream:
     """An open upstream response being read as a stream of OpenAI chunk payloads."""
 
-    __slots__ = ("_parser", "_reads", "_response", "_translator", "provider")
+    __slots__ = ("_failure", "_parser", "_reads", "_response", "_translator", "provider")
 
     def __init__(self, response: httpx.Response, translator: StreamTranslator, provider: str) -> None:
         stream = response.stream
@@ -49,6 +49,7 @@ class UpstreamStream:
         self._reads = stream.__aiter__()
         self._parser = SSEParser()
         self._translator = translator
+        self._failure: SwitchboardError | None = None
         self.provider = provider
 
     async def pull(self) -> Sequence[bytes] | None:
@@ -57,6 +58,8 @@ class UpstreamStream:
         Raises:
             UpstreamError: the upstream failed, reported an error, or ended too early.
         """
+        if self._failure is not None:
+            raise self._failure
         translator = self._translator
         while not translator.finished:
             try:
@@ -70,15 +73,28 @@ class UpstreamStream:
                     f"provider '{self.provider}' ended the stream before the answer was complete"
                 )
             events = self._parser.feed(raw)
-            if not events:
-                continue
             if len(events) == 1:
                 out = translator.translate(events[0])
+            elif events:
+                out = self._translate_many(events)
             else:
-                out = [chunk for event in events for chunk in translator.translate(event)]
+                continue
             if out:
                 return out
         return None
+
+    def _translate_many(self, events: list[SSEEvent]) -> list[bytes]:
+        """Chunks that came before a failure in the same read still go out; the failure follows."""
+        out: list[bytes] = []
+        for event in events:
+            try:
+                out.extend(self._translator.translate(event))
+            except SwitchboardError as exc:
+                if not out:
+                    raise
+                self._failure = exc
+                break
+        return out
 
     async def drain(self) -> None:
         """Read to the end so the pooled connection can be reused; give up quickly."""

@@ -91,10 +91,17 @@ def test_interpolation_cannot_inject_yaml_structure(tmp_path: Path) -> None:
         ({"providers": {"o": {"base_url": "http://x"}}}, "providers.o.type: required key is missing"),
         ({"providers": {"o": {"type": "openai", "apikey": "k"}}}, "providers.o.apikey: unknown key"),
         (
-            minimal(models={"gpt-4o": {"targets": [{"provider": "demo", "model": "m"}, {"provider": "opnai", "model": "m"}]}}),
+            minimal(
+                models={
+                    "gpt-4o": {"targets": [{"provider": "demo", "model": "m"}, {"provider": "opnai", "model": "m"}]}
+                }
+            ),
             "models.gpt-4o.targets[1].provider: unknown provider 'opnai'",
         ),
-        (minimal(models={"m": {"targets": [{"provider": "demo"}]}}), "models.m.targets[0].model: required key is missing"),
+        (
+            minimal(models={"m": {"targets": [{"provider": "demo"}]}}),
+            "models.m.targets[0].model: required key is missing",
+        ),
         (minimal(models={"m": {"targets": []}}), "models.m.targets:"),
         (
             minimal(models={"m": {"targets": [{"provider": "demo", "model": "x"}], "fallbacks": ["nope"]}}),

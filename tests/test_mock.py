@@ -52,7 +52,8 @@ async def test_stream_is_word_by_word_in_openai_order_with_usage() -> None:
     assert words == ["say ", "this ", "back"]
     assert chunks[4].choices[0].finish_reason == "stop"
     assert chunks[5].choices == []
-    assert chunks[5].usage is not None and chunks[5].usage is not msgspec.UNSET
+    assert chunks[5].usage is not None
+    assert chunks[5].usage is not msgspec.UNSET
     assert chunks[5].usage.total_tokens == 8
     assert len({c.id for c in chunks}) == 1
 

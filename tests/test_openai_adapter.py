@@ -96,7 +96,8 @@ def test_stream_events_pass_through_byte_for_byte() -> None:
     assert out == expected
     assert b'"obfuscation":"qV3x"' in out[0]
     assert b'"reasoning_content":"thinking"' in out[1]
-    assert finished and complete
+    assert finished
+    assert complete
 
 
 def test_stream_with_tool_calls_passes_through() -> None:
@@ -136,7 +137,8 @@ def test_client_error_keeps_status_message_code_and_param() -> None:
     assert isinstance(error, UpstreamRejected)
     assert (error.status, error.code, error.param) == (400, "context_length_exceeded", "messages")
     assert "maximum context length" in error.message
-    assert not error.retryable and not error.trips_breaker
+    assert not error.retryable
+    assert not error.trips_breaker
 
 
 def test_bad_provider_key_is_not_blamed_on_the_client_and_is_redacted() -> None:
@@ -166,7 +168,9 @@ def test_rate_limit_with_retry_after() -> None:
 def test_server_errors_are_retryable_failures(status: int) -> None:
     error = provider().parse_error(status, b"upstream exploded", httpx.Headers())
     assert isinstance(error, UpstreamServerError)
-    assert error.status == 502 and error.retryable and error.trips_breaker
+    assert error.status == 502
+    assert error.retryable
+    assert error.trips_breaker
     assert "upstream exploded" in error.message
 
 

@@ -20,10 +20,10 @@ def data_of(*reads: bytes) -> list[bytes]:
 
 
 STREAM = (
-    b': OPENROUTER PROCESSING\n\n'
+    b": OPENROUTER PROCESSING\n\n"
     b'data: {"a":1}\n\n'
-    b'event: custom\r\nid: 7\r\ndata: line one\r\ndata: line two\r\n\r\n'
-    b'data:no-space\rdata:  two-spaces\r\r'
+    b"event: custom\r\nid: 7\r\ndata: line one\r\ndata: line two\r\n\r\n"
+    b"data:no-space\rdata:  two-spaces\r\r"
     b'data: {"b":"\xc3\xa9\xe2\x82\xac"}\n\n'
     b"data: [DONE]\n\n"
 )

@@ -21,6 +21,15 @@ _decode_chat = msgspec.json.Decoder(ChatRequest).decode
 _AT: Final = re.compile(r"^(?P<what>.*?)(?: - at `\$\.?(?P<path>[^`]*)`)?$", re.DOTALL)
 _MISSING: Final = re.compile(r"Object missing required field `([^`]+)`")
 _TYPE: Final = re.compile(r"Expected `([^`]+)`, got `([^`]+)`")
+_TYPE_NAMES: Final = {
+    "float": "a number",
+    "int": "an integer",
+    "str": "a string",
+    "bool": "a boolean",
+    "array": "an array",
+    "object": "an object",
+    "null": "null",
+}
 TARGET_HEADER: Final = "x-switchboard-target"
 SSE_HEADERS: Final = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
@@ -33,8 +42,10 @@ def explain(exc: msgspec.ValidationError) -> InvalidRequest:
         param = f"{path}.{missing.group(1)}" if path else missing.group(1)
         return InvalidRequest(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
     if wrong := _TYPE.fullmatch(what):
+        expected = " or ".join(_TYPE_NAMES.get(t, t) for t in wrong.group(1).split(" | "))
+        got = _TYPE_NAMES.get(wrong.group(2), wrong.group(2))
         return InvalidRequest(
-            f"Invalid type for '{path}': expected {wrong.group(1)}, but got {wrong.group(2)}.",
+            f"Invalid type for '{path}': expected {expected}, but got {got}.",
             param=path or None,
             code="invalid_type",
         )

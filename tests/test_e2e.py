@@ -1,0 +1,242 @@
+"""End to end: the real server (``python -m router serve``) on 127.0.0.1, driven by the official
+openai SDK, in front of a fake upstream on loopback."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
+
+from tests.fakes import FakeUpstream, running_upstream
+
+UPSTREAM_KEY = "sk-upstream-e2e-SECRET"
+CLIENT_KEY = "sk-client-not-forwarded"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+CONFIG = """
+providers:
+  up: {{type: openai, base_url: "http://127.0.0.1:{port}/v1", api_key: "${{E2E_KEY}}"}}
+  demo: {{type: mock}}
+models:
+  gpt: {{targets: [{{provider: up, model: fast}}]}}
+  tools: {{targets: [{{provider: up, model: tools}}]}}
+  slow: {{targets: [{{provider: up, model: slow}}]}}
+  endless: {{targets: [{{provider: up, model: endless}}]}}
+  broken: {{targets: [{{provider: up, model: broken}}]}}
+  demo: {{targets: [{{provider: demo, model: echo}}]}}
+"""
+
+
+class Proxy:
+    def __init__(self, base_url: str, fake: FakeUpstream, log: Path) -> None:
+        self.base_url = base_url
+        self.fake = fake
+        self.log = log
+
+    def client(self) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.base_url, api_key=CLIENT_KEY, max_retries=0, timeout=20)
+
+    def async_client(self) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=self.base_url, api_key=CLIENT_KEY, max_retries=0, timeout=20)
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
+    tmp = tmp_path_factory.mktemp("e2e")
+    with running_upstream() as fake:
+        config = tmp / "config.yaml"
+        config.write_text(CONFIG.format(port=fake.port))
+        port = free_port()
+        log = tmp / "proxy.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(  # noqa: S603 - our own CLI
+                [sys.executable, "-m", "router", "serve", "--config", str(config), "--port", str(port)],
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={"E2E_KEY": UPSTREAM_KEY, "PATH": "/usr/bin:/bin"},
+            )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    if httpx.get(f"{base}/health/live", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert process.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, "proxy did not start"
+                time.sleep(0.05)
+            yield Proxy(f"{base}/v1", fake, log)
+        finally:
+            process.terminate()
+            process.wait(10)
+    assert UPSTREAM_KEY not in log.read_text(), "the provider key reached the log"
+
+
+HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hello"}]
+
+
+def test_sync_completion(proxy: Proxy) -> None:
+    raw = proxy.client().chat.completions.with_raw_response.create(model="gpt", messages=HELLO)
+    completion = raw.parse()
+    assert raw.headers["x-switchboard-target"] == "up/fast"
+    assert completion.choices[0].message.content == "Hello! How can I help?"
+    assert completion.model == "gpt-4o-mini-2024-07-18"  # what the upstream reports
+    assert completion.service_tier == "default"
+    assert completion.choices[0].message.model_dump()["reasoning_content"] == "The user greets me."
+    assert completion.usage is not None
+    assert completion.usage.total_tokens == 16
+    seen = proxy.fake.seen[-1]
+    assert seen.headers["Authorization"] == f"Bearer {UPSTREAM_KEY}"
+    assert CLIENT_KEY not in str(seen.headers)
+    assert seen.body["model"] == "fast"
+
+
+def test_sync_stream_with_usage(proxy: Proxy) -> None:
+    stream = proxy.client().chat.completions.create(
+        model="gpt",
+        messages=HELLO,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "Hello!"
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.total_tokens == 11
+    assert {c.id for c in chunks} == {"chatcmpl-CbX2"}
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+
+
+def test_sync_stream_without_usage(proxy: Proxy) -> None:
+    chunks = list(proxy.client().chat.completions.create(model="gpt", messages=HELLO, stream=True))
+    assert all(c.usage is None for c in chunks)
+    assert proxy.fake.seen[-1].body.get("stream_options") is None
+
+
+async def test_async_completion_and_stream(proxy: Proxy) -> None:
+    client = proxy.async_client()
+    completion = await client.chat.completions.create(model="gpt", messages=HELLO)
+    assert completion.choices[0].message.content == "Hello! How can I help?"
+    stream = await client.chat.completions.create(model="gpt", messages=HELLO, stream=True)
+    text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    assert text == "Hello!"
+    await client.close()
+
+
+WEATHER_TOOLS: list[ChatCompletionToolParam] = [
+    {
+        "type": "function",
+        "function": {"name": name, "parameters": {"type": "object", "properties": {arg: {"type": "string"}}}},
+    }
+    for name, arg in (("get_weather", "city"), ("get_time", "tz"))
+]
+
+
+def test_stream_helper_reassembles_parallel_tool_calls(proxy: Proxy) -> None:
+    with proxy.client().chat.completions.stream(
+        model="tools",
+        messages=HELLO,
+        tools=WEATHER_TOOLS,
+    ) as stream:
+        events = [event.type for event in stream]
+        final = stream.get_final_completion()
+    choice = final.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    calls = choice.message.tool_calls
+    assert calls is not None
+    assert [(c.id, c.function.name, c.function.arguments) for c in calls] == [
+        ("call_abc", "get_weather", '{"city": "Paris"}'),
+        ("call_def", "get_time", '{"tz": "CET"}'),
+    ]
+    assert "tool_calls.function.arguments.done" in events
+
+
+def test_tool_call_completion(proxy: Proxy) -> None:
+    completion = proxy.client().chat.completions.create(model="tools", messages=HELLO, tools=WEATHER_TOOLS)
+    (call,) = completion.choices[0].message.tool_calls or []
+    assert call.function.arguments == '{"city": "Paris"}'  # type: ignore[union-attr]
+
+
+def test_demo_model_through_the_real_server(proxy: Proxy) -> None:
+    chunks = list(
+        proxy.client().chat.completions.create(
+            model="demo", messages=[{"role": "user", "content": "echo me please"}], stream=True
+        )
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "echo me please"
+
+
+def test_errors_reach_the_sdk_as_its_exceptions(proxy: Proxy) -> None:
+    client = proxy.client()
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.chat.completions.create(model="gpt-9", messages=HELLO)
+    assert missing.value.code == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(model="gpt", messages=HELLO, extra_body={"temperature": "hot"})
+    assert bad.value.param == "temperature"
+
+
+def test_mid_stream_error_raises_in_the_sdk(proxy: Proxy) -> None:
+    stream = proxy.client().chat.completions.create(model="broken", messages=HELLO, stream=True)
+    iterator = iter(stream)
+    assert next(iterator).choices[0].delta.content == "Hel"
+    with pytest.raises(openai.APIError, match="model crashed"):
+        next(iterator)
+
+
+def test_each_event_is_flushed_as_it_arrives(proxy: Proxy) -> None:
+    fake = proxy.fake
+    fake.release.clear()
+    fake.slow_finished.clear()
+    stream = proxy.client().chat.completions.create(model="slow", messages=HELLO, stream=True)
+    iterator = iter(stream)
+    first = next(iterator)
+    second = next(iterator)
+    # The upstream is still holding the rest: these two chunks were not buffered behind it.
+    assert not fake.slow_finished.is_set()
+    assert first.choices[0].delta.role == "assistant"
+    assert second.choices[0].delta.content == "Hel"
+    fake.release.set()
+    rest = list(iterator)
+    assert fake.slow_finished.is_set()
+    assert "".join(c.choices[0].delta.content or "" for c in rest if c.choices) == "lo!"
+
+
+def test_client_disconnect_cancels_the_upstream_within_a_second(proxy: Proxy) -> None:
+    fake = proxy.fake
+    fake.disconnected.clear()
+    body = {"model": "endless", "messages": HELLO, "stream": True}
+    with (
+        httpx.Client(timeout=10) as client,
+        client.stream("POST", f"{proxy.base_url}/chat/completions", json=body) as r,
+    ):
+        lines = r.iter_lines()
+        received = [line for _, line in zip(range(6), lines, strict=False)]
+        assert any(line.startswith("data: {") for line in received)
+        closed_at = time.monotonic()
+        r.close()
+    assert fake.disconnected.wait(3), "the upstream never saw the disconnect"
+    assert fake.disconnected_at - closed_at < 1.0
+    sent = fake.endless_sent
+    time.sleep(0.3)
+    assert fake.endless_sent == sent  # nothing is generated for a client that left
