@@ -1,0 +1,206 @@
+"""``./dev bench``: direct upstream, the bare pass-throughs and Switchboard, measured in one run.
+
+The server under test is pinned to CPU 0; nginx, wrk and this script to CPU 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+import msgspec
+
+from bench.load import LoadResult, hold_streams, run_wrk
+from bench.upstream import Nginx
+
+PROXY_CPU, LOAD_CPU = 0, 1
+HTTPX_PASSTHROUGHS = ("passthrough-httpx", "passthrough-httpx-aiohttp", "passthrough-direct")
+SUBJECTS = ("direct", *HTTPX_PASSTHROUGHS, "passthrough-aiohttp", "switchboard")
+SCENARIOS = (("json", 1), ("json", 64), ("stream", 1), ("stream", 64))
+
+
+@dataclass
+class SubjectResult:
+    name: str
+    runs: dict[str, LoadResult] = field(default_factory=dict)
+    rss_mb: float | None = None
+    kb_per_stream: float | None = None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def request_body(model: str, stream: bool) -> bytes:
+    messages = [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "Write one sentence about foxes."},
+    ]
+    return msgspec.json.encode({"model": model, "messages": messages, "temperature": 0.7, "stream": stream})
+
+
+def switchboard_config(upstream: str) -> str:
+    providers = "\n".join(
+        f"  {kind}: {{type: openai, base_url: '{upstream}/{kind}/v1', api_key: sk-bench}}"
+        for kind in ("json", "stream", "slow")
+    )
+    models = "\n".join(
+        f"  bench-{kind}: {{targets: [{{provider: {kind}, model: gpt-4o-mini}}]}}"
+        for kind in ("json", "stream", "slow")
+    )
+    return f"providers:\n{providers}\nmodels:\n{models}\n"
+
+
+class Subject:
+    """A server under test, started pinned to the proxy CPU."""
+
+    def __init__(self, name: str, upstream: str, workdir: Path) -> None:
+        self.name = name
+        self.port = free_port()
+        self.upstream = upstream
+        self.workdir = workdir
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def url(self, kind: str) -> str:
+        if self.name == "switchboard":
+            return f"http://127.0.0.1:{self.port}/v1/chat/completions"
+        return f"http://127.0.0.1:{self.port}/{kind}/v1/chat/completions"
+
+    def model(self, kind: str) -> str:
+        return f"bench-{kind}" if self.name == "switchboard" else "gpt-4o-mini"
+
+    def __enter__(self) -> Subject:
+        env = {**os.environ, "BENCH_UPSTREAM": self.upstream}
+        if self.name == "switchboard":
+            config = self.workdir / "switchboard.yaml"
+            config.write_text(switchboard_config(self.upstream))
+            argv = [sys.executable, "-m", "router", "serve", "--config", str(config), "--log-level", "warning"]
+            argv += ["--port", str(self.port)]
+        else:
+            env["BENCH_CLIENT"] = self.name.removeprefix("passthrough-")
+            argv = [sys.executable, "-m", "uvicorn", "--factory", "bench.passthrough:create", "--port", str(self.port)]
+            argv += ["--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
+        self.process = subprocess.Popen(["taskset", "-c", str(PROXY_CPU), *argv], env=env)
+        deadline = time.monotonic() + 20
+        body = request_body(self.model("json"), False)
+        while time.monotonic() < deadline:
+            try:
+                if httpx.post(self.url("json"), content=body, timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise RuntimeError(f"{self.name} did not start")
+
+    def rss_kb(self) -> int:
+        assert self.process is not None
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(15)
+
+
+def measure(subject: Subject | None, nginx_url: str, args: argparse.Namespace, workdir: Path) -> SubjectResult:
+    result = SubjectResult(subject.name if subject else "direct")
+
+    def url(kind: str) -> str:
+        return subject.url(kind) if subject else f"{nginx_url}/{kind}/v1/chat/completions"
+
+    def model(kind: str) -> str:
+        return subject.model(kind) if subject else "gpt-4o-mini"
+
+    def load(kind: str, connections: int, seconds: int) -> LoadResult:
+        body = request_body(model(kind), kind == "stream")
+        return run_wrk(url(kind), body, connections=connections, seconds=seconds, cpu=LOAD_CPU, workdir=workdir)
+
+    load("json", 8, 1)  # warm-up: imports, pools, caches
+    load("stream", 8, 1)
+    if subject is not None and args.streams:
+        baseline = subject.rss_kb()
+        body = request_body(model("slow"), True)
+        opened, rss = asyncio.run(hold_streams(url("slow"), body, args.streams, subject.rss_kb))
+        assert isinstance(rss, int)
+        result.kb_per_stream = (rss - baseline) / opened
+    for kind, connections in SCENARIOS:
+        result.runs[f"{kind}-c{connections}"] = load(kind, connections, args.seconds)
+    if subject is not None:
+        result.rss_mb = subject.rss_kb() / 1024
+    return result
+
+
+def report(results: list[SubjectResult]) -> str:
+    head = "| subject | " + " | ".join(f"{k} c{c}: req/s · p50 · p99 (ms)" for k, c in SCENARIOS)
+    lines = [head + " | RSS MB | KB/open stream |", "|---" * (len(SCENARIOS) + 3) + "|"]
+    for r in results:
+        cells = [
+            f"{run.rps:,.0f} · {run.p50_ms:.2f} · {run.p99_ms:.2f}" + (f" ({run.errors} err)" if run.errors else "")
+            for run in (r.runs[f"{k}-c{c}"] for k, c in SCENARIOS)
+        ]
+        rss = f"{r.rss_mb:.0f}" if r.rss_mb is not None else "–"
+        kb = f"{r.kb_per_stream:.1f}" if r.kb_per_stream is not None else "–"
+        lines.append(f"| {r.name} | " + " | ".join(cells) + f" | {rss} | {kb} |")
+    by_name = {r.name: r for r in results}
+    if "switchboard" in by_name and any(n in by_name for n in HTTPX_PASSTHROUGHS):
+        sb = by_name["switchboard"]
+        lines.append("")
+        for kind, target in (("json", 0.8), ("stream", 0.7)):
+            best = max(
+                (by_name[n] for n in HTTPX_PASSTHROUGHS if n in by_name), key=lambda r: r.runs[f"{kind}-c64"].rps
+            )
+            ratio = sb.runs[f"{kind}-c64"].rps / best.runs[f"{kind}-c64"].rps
+            added = sb.runs[f"{kind}-c1"].p50_ms - best.runs[f"{kind}-c1"].p50_ms
+            lines.append(
+                f"- {kind}: Switchboard at 64 clients = {ratio:.2f}x {best.name} (target >= {target}); "
+                f"added p50 at 1 client = {added:+.3f} ms (target <= 0.3 ms)"
+            )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="bench", description=__doc__)
+    parser.add_argument("--seconds", type=int, default=5, help="duration of each load run")
+    parser.add_argument("--streams", type=int, default=500, help="slow streams held open for the memory test (0: skip)")
+    parser.add_argument("--subjects", nargs="*", default=list(SUBJECTS), choices=SUBJECTS)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/latest.json"))
+    args = parser.parse_args()
+    if len(os.sched_getaffinity(0)) < 2:
+        print("bench: needs 2 CPUs (one for the proxy, one for the load)", file=sys.stderr)
+        return 2
+    os.sched_setaffinity(0, {LOAD_CPU})
+    results: list[SubjectResult] = []
+    with tempfile.TemporaryDirectory(prefix="sb-bench-") as tmp:
+        workdir = Path(tmp)
+        with Nginx(free_port(), workdir / "nginx", LOAD_CPU) as nginx:
+            upstream = f"http://127.0.0.1:{nginx.port}"
+            for name in args.subjects:
+                print(f"bench: {name}…", file=sys.stderr)
+                if name == "direct":
+                    results.append(measure(None, upstream, args, workdir))
+                    continue
+                with Subject(name, upstream, workdir) as subject:
+                    results.append(measure(subject, upstream, args, workdir))
+    text = report(results)
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_bytes(msgspec.json.format(msgspec.json.encode([asdict(r) for r in results])))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
