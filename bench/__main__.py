@@ -152,8 +152,8 @@ def report(results: list[SubjectResult]) -> str:
             f"{run.rps:,.0f} · {run.p50_ms:.2f} · {run.p99_ms:.2f}" + (f" ({run.errors} err)" if run.errors else "")
             for run in (r.runs[f"{k}-c{c}"] for k, c in SCENARIOS)
         ]
-        rss = f"{r.rss_mb:.0f}" if r.rss_mb is not None else "–"
-        kb = f"{r.kb_per_stream:.1f}" if r.kb_per_stream is not None else "–"
+        rss = f"{r.rss_mb:.0f}" if r.rss_mb is not None else "-"
+        kb = f"{r.kb_per_stream:.1f}" if r.kb_per_stream is not None else "-"
         lines.append(f"| {r.name} | " + " | ".join(cells) + f" | {rss} | {kb} |")
     by_name = {r.name: r for r in results}
     if "switchboard" in by_name and any(n in by_name for n in HTTPX_PASSTHROUGHS):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 import httpx
@@ -60,7 +61,7 @@ def create() -> Litestar:
     send = opener(os.environ.get("BENCH_CLIENT", "direct"))
 
     @post("/{kind:str}/v1/chat/completions")
-    async def relay(request: Request[None, None, None], kind: str) -> Response[bytes] | Stream:
+    async def relay(request: Request[Any, Any, Any], kind: str) -> Response[bytes] | Stream:
         body = await request.body()
         status, chunks, close = await send(f"{upstream}/{kind}/v1/chat/completions", body)
         if b'"stream":true' in body:
