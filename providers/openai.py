@@ -19,6 +19,7 @@ from providers.errors import UpstreamError, UpstreamProtocolError, UpstreamServe
 from providers.sse import SSEEvent
 
 _DONE: Final = b"[DONE]"
+USER_AGENT: Final = "switchboard/0.1"
 _NOTHING: Final[tuple[bytes, ...]] = ()
 _encode = msgspec.json.Encoder().encode
 
@@ -112,7 +113,7 @@ class OpenAIProvider:
     ) -> None:
         self.name = name
         self._url = httpx.URL(base_url.rstrip("/") + "/chat/completions")
-        base_headers = {"content-type": "application/json", **(headers or {})}
+        base_headers = {"content-type": "application/json", "user-agent": USER_AGENT, **(headers or {})}
         if api_key:
             base_headers["authorization"] = f"Bearer {api_key}"
         self._headers = base_headers

@@ -83,10 +83,7 @@ class Gateway:
         try:
             async with asyncio.timeout(budget):
                 response = await attempt.transport.handle_async_request(request)
-                try:
-                    body = await response.aread()
-                finally:
-                    await response.aclose()
+                body = await read_body(response)
         except TimeoutError:
             raise UpstreamTimeout(f"provider '{provider}' did not answer within {budget:g}s") from None
         except httpx.HTTPError as exc:
@@ -109,10 +106,7 @@ class Gateway:
             async with asyncio.timeout(budget):
                 response = await attempt.transport.handle_async_request(request)
                 if response.status_code >= 400:
-                    try:
-                        body = await response.aread()
-                    finally:
-                        await response.aclose()
+                    body = await read_body(response)
                     raise adapter.parse_error(response.status_code, body, response.headers)
                 upstream = UpstreamStream(response, adapter.stream_translator(call), provider)
                 first = await upstream.pull()
@@ -126,6 +120,17 @@ class Gateway:
             await _close(upstream)
             raise
         return OpenStream(upstream, first or (), attempt.target, deadline)
+
+
+async def read_body(response: httpx.Response) -> bytes:
+    """The whole body, closed after. Reads the transport's stream directly: the transport
+    already undid any content encoding, so httpx's decoders would only cost time."""
+    stream = response.stream
+    assert isinstance(stream, httpx.AsyncByteStream)
+    try:
+        return b"".join([chunk async for chunk in stream])
+    finally:
+        await response.aclose()
 
 
 async def _close(upstream: UpstreamStream | None) -> None:

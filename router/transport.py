@@ -84,7 +84,6 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             connector=connector,
             timeout=self._timeout,
             auto_decompress=True,
-            skip_auto_headers=("User-Agent",),
         )
         return self._session
 

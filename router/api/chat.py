@@ -73,9 +73,10 @@ def decode_call(body: bytes) -> Inbound:
 
 
 @post("/v1/chat/completions", status_code=200)
-async def chat_completions(request: Request[None, None, State], state: State) -> Response[bytes] | Stream:
+async def chat_completions(request: Request[None, None, State]) -> Response[bytes] | Stream:
     call = decode_call(await request.body())
-    gateway: Gateway = state.gateway
+    # Read from the app, not an injected `state` parameter: Litestar copies State per request.
+    gateway: Gateway = request.app.state.gateway
     if call.chat.is_stream:
         opened = await gateway.open_stream(call)
         body = sse_body(opened.upstream, opened.first, idle_s=gateway.timeouts.idle_s, deadline=opened.deadline)
