@@ -122,7 +122,8 @@ PositiveInt = Annotated[int, Meta(ge=1)]
 class ChatRequest(Wire, kw_only=True):
     """The fields of a chat completion request that Switchboard validates or translates."""
 
-    model: Annotated[str, Meta(min_length=1)]
+    # No control characters: the name ends up in routing and in a response header.
+    model: Annotated[str, Meta(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")]
     messages: Annotated[list[Message], Meta(min_length=1)]
     stream: bool | UnsetType | None = UNSET
     stream_options: StreamOptions | UnsetType | None = UNSET

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Final
 
 import httpx
+from litestar.types import Receive, Scope, Send
 
 from providers.base import StreamTranslator
 from providers.errors import SwitchboardError, UpstreamProtocolError, UpstreamTimeout
@@ -109,14 +110,65 @@ class UpstreamStream:
         await self._response.aclose()
 
 
-async def sse_body(
-    upstream: UpstreamStream, first: Sequence[bytes], *, idle_s: float, deadline: float
-) -> AsyncIterator[bytes]:
-    """The client's response body. Closing it (the client went away) closes the upstream."""
-    loop = asyncio.get_running_loop()
-    try:
-        if first:
-            yield frame(first)
+class SSEResponse:
+    """The client's side of a stream, as a plain ASGI app (Litestar sends it as it is).
+
+    It writes each batch of chunks as it arrives and holds nothing once written. A watcher
+    task cancels the relay when the client disconnects, which closes the upstream at once.
+    """
+
+    __slots__ = ("_deadline", "_first", "_headers", "_idle_s", "_upstream")
+
+    def __init__(
+        self,
+        upstream: UpstreamStream,
+        first: Sequence[bytes],
+        headers: list[tuple[bytes, bytes]],
+        *,
+        idle_s: float,
+        deadline: float,
+    ) -> None:
+        self._upstream = upstream
+        self._first = first
+        self._headers = headers
+        self._idle_s = idle_s
+        self._deadline = deadline
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        relay = asyncio.current_task()
+        assert relay is not None
+        state = {"done": False, "gone": False}
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if not state["done"]:
+                state["gone"] = True
+                relay.cancel()
+
+        watcher = asyncio.get_running_loop().create_task(watch())
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self._headers})
+            await self._relay(send)
+            state["done"] = True
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not state["gone"]:
+                raise
+            relay.uncancel()  # the cancellation was ours: the client left, nothing failed
+        finally:
+            state["done"] = True
+            watcher.cancel()
+            await self._upstream.aclose()
+
+    async def _relay(self, send: Send) -> None:
+        upstream, idle_s, deadline = self._upstream, self._idle_s, self._deadline
+        loop = asyncio.get_running_loop()
+        if self._first:
+            body = frame(self._first)
+            self._first = ()  # an open stream holds no more than it is writing
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+            del body
         try:
             async with asyncio.timeout(None) as timer:
                 while True:
@@ -126,20 +178,22 @@ async def sse_body(
                     timer.reschedule(None)
                     if payloads is None:
                         break
-                    yield frame(payloads)
+                    await send({"type": "http.response.body", "body": frame(payloads), "more_body": True})
         except TimeoutError:
             reason = "the request deadline passed" if loop.time() >= deadline else f"it sent nothing for {idle_s:g}s"
-            yield error_frame(UpstreamTimeout(f"provider '{upstream.provider}' stream stopped: {reason}"))
+            await _send_error(send, UpstreamTimeout(f"provider '{upstream.provider}' stream stopped: {reason}"))
             return
         except SwitchboardError as exc:
             log.warning("stream from %s failed mid-way: %s", upstream.provider, exc.message)
-            yield error_frame(exc)
+            await _send_error(send, exc)
             return
         except Exception:
             log.exception("stream from %s failed mid-way", upstream.provider)
-            yield error_frame(internal_error())
+            await _send_error(send, internal_error())
             return
-        yield DONE_FRAME
+        await send({"type": "http.response.body", "body": DONE_FRAME, "more_body": True})
         await upstream.drain()
-    finally:
-        await upstream.aclose()
+
+
+async def _send_error(send: Send, exc: SwitchboardError) -> None:
+    await send({"type": "http.response.body", "body": error_frame(exc), "more_body": True})

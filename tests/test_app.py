@@ -192,6 +192,8 @@ async def test_health_endpoints() -> None:
         (b'{"model":"gpt","messages":"hi"}', "messages"),
         (b'{"model":"gpt","messages":[]}', "messages"),
         (b'{"model":42,"messages":[{"role":"user","content":"x"}]}', "model"),
+        (b'{"model":"up/x\\r\\nSet-Cookie: a=b","messages":[{"role":"user","content":"x"}]}', "model"),
+        (b'{"model":"","messages":[{"role":"user","content":"x"}]}', "model"),
         (b'{"model":"gpt","messages":[{"role":"user","content":"x"}],"temperature":"hot"}', "temperature"),
         (b'{"model":"gpt","messages":[{"role":"user","content":"x"}],"temperature":3}', "temperature"),
         (b'{"model":"gpt","messages":[{"role":"user","content":"x"}],"stream":"yes"}', "stream"),

@@ -8,13 +8,13 @@ from typing import Final
 import msgspec
 from litestar import Request, Response, post
 from litestar.datastructures import State
-from litestar.response import Stream
+from litestar.types import ASGIApp
 
 from providers.base import Inbound
 from providers.schema import ChatRequest
 from router.errors import InvalidRequest
 from router.gateway import Gateway
-from router.streaming import sse_body
+from router.streaming import SSEResponse
 
 _decode_fields = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
 _decode_chat = msgspec.json.Decoder(ChatRequest).decode
@@ -31,7 +31,11 @@ _TYPE_NAMES: Final = {
     "null": "null",
 }
 TARGET_HEADER: Final = "x-switchboard-target"
-SSE_HEADERS: Final = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+SSE_HEADERS: Final = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
 
 
 def explain(exc: msgspec.ValidationError) -> InvalidRequest:
@@ -73,17 +77,15 @@ def decode_call(body: bytes) -> Inbound:
 
 
 @post("/v1/chat/completions", status_code=200)
-async def chat_completions(request: Request[None, None, State]) -> Response[bytes] | Stream:
+async def chat_completions(request: Request[None, None, State]) -> ASGIApp:
     call = decode_call(await request.body())
     # Read from the app, not an injected `state` parameter: Litestar copies State per request.
     gateway: Gateway = request.app.state.gateway
     if call.chat.is_stream:
         opened = await gateway.open_stream(call)
-        body = sse_body(opened.upstream, opened.first, idle_s=gateway.timeouts.idle_s, deadline=opened.deadline)
-        return Stream(
-            body,
-            media_type="text/event-stream",
-            headers={**SSE_HEADERS, TARGET_HEADER: opened.target.label},
+        headers = [*SSE_HEADERS, (TARGET_HEADER.encode(), opened.target.label.encode())]
+        return SSEResponse(
+            opened.upstream, opened.first, headers, idle_s=gateway.timeouts.idle_s, deadline=opened.deadline
         )
     answer = await gateway.complete(call)
     return Response(answer.body, media_type="application/json", headers={TARGET_HEADER: answer.target.label})
