@@ -6,12 +6,13 @@ import re
 from typing import Final
 
 import msgspec
-from litestar import Request, Response, post
+from litestar import Request, post
 from litestar.datastructures import State
 from litestar.types import ASGIApp
 
 from providers.base import Inbound
 from providers.schema import ChatRequest
+from router.api.responses import JSONBody
 from router.errors import InvalidRequest
 from router.gateway import Gateway
 from router.streaming import SSEResponse
@@ -30,7 +31,7 @@ _TYPE_NAMES: Final = {
     "object": "an object",
     "null": "null",
 }
-TARGET_HEADER: Final = "x-switchboard-target"
+TARGET_HEADER: Final = b"x-switchboard-target"
 SSE_HEADERS: Final = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -83,9 +84,9 @@ async def chat_completions(request: Request[None, None, State]) -> ASGIApp:
     gateway: Gateway = request.app.state.gateway
     if call.chat.is_stream:
         opened = await gateway.open_stream(call)
-        headers = [*SSE_HEADERS, (TARGET_HEADER.encode(), opened.target.label.encode())]
+        headers = [*SSE_HEADERS, (TARGET_HEADER, opened.target.label.encode())]
         return SSEResponse(
             opened.upstream, opened.first, headers, idle_s=gateway.timeouts.idle_s, deadline=opened.deadline
         )
     answer = await gateway.complete(call)
-    return Response(answer.body, media_type="application/json", headers={TARGET_HEADER: answer.target.label})
+    return JSONBody(answer.body, [(TARGET_HEADER, answer.target.label.encode())])
