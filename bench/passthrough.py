@@ -9,6 +9,7 @@ Run: ``BENCH_CLIENT=direct uvicorn --factory bench.passthrough:create``.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -57,6 +58,7 @@ async def _release(response: aiohttp.ClientResponse) -> None:
 
 
 def create() -> Litestar:
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # AsyncClient logs every request at INFO
     upstream = os.environ.get("BENCH_UPSTREAM", "http://127.0.0.1:8089")
     send = opener(os.environ.get("BENCH_CLIENT", "direct"))
 

@@ -27,7 +27,6 @@ from providers.errors import (
 from providers.schema import ChatRequest
 from providers.sse import SSEEvent
 
-REJECTED_STATUSES: Final = frozenset({400, 404, 413, 422})
 # Statuses a later attempt may cure (openai-python retries the same set, plus Anthropic's 529).
 RETRYABLE_STATUSES: Final = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
 

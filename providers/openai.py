@@ -81,11 +81,12 @@ class OpenAIStream:
 
     def translate(self, event: SSEEvent) -> Sequence[bytes]:
         data = event.data
-        if data == _DONE:
-            self._finished = True
-            return _NOTHING
-        if data[:1] == b":" or not data.strip():  # keep-alives such as `data: :`
-            return _NOTHING
+        if data[0] != 0x7B:  # not a JSON object: the end marker, a keep-alive (`data: :`), or junk
+            if data == _DONE:
+                self._finished = True
+                return _NOTHING
+            if data[0] == 0x3A or not data.strip():
+                return _NOTHING
         try:
             view = _decode_view(data)
         except msgspec.DecodeError:

@@ -58,6 +58,12 @@ class FakeUpstream:
         if model == "broken" and stream:
             first = fixture_bytes("openai", "stream_text.sse").split(b"\n\n")[1] + b"\n\n"
             return await self._replay(request, first + b'data: {"error":{"message":"model crashed","code":500}}\n\n')
+        if model == "leaky":  # an upstream that echoes the key it was sent, in an error
+            echo = f'{{"error":{{"message":"bad key {request.headers.get("Authorization")}"}}}}'
+            if stream:
+                first = fixture_bytes("openai", "stream_text.sse").split(b"\n\n")[1] + b"\n\n"
+                return await self._replay(request, first + b"data: " + echo.encode() + b"\n\n")
+            return web.Response(status=401, body=echo.encode(), content_type="application/json")
         if model == "slow":
             return await self._slow(request)
         if model == "endless":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -186,6 +187,7 @@ async def test_health_endpoints() -> None:
         (b"{not json", None),
         (b"[1, 2]", None),
         (b'"text"', None),
+        (b'{"\xf5":1,"model":"gpt","messages":[{"role":"user","content":"x"}]}', None),  # bad UTF-8 in a key
         (b"", None),
         (b'{"messages":[{"role":"user","content":"x"}]}', "model"),
         (b'{"model":"gpt"}', "messages"),
@@ -410,3 +412,46 @@ async def test_unexpected_internal_error_is_500_without_traceback() -> None:
     assert "secret internals" not in response.text
     assert "Traceback" not in response.text
     assert error["code"] == "internal_error"
+
+
+async def test_ready_is_503_when_no_provider_can_be_called() -> None:
+    dark = settings_from_dict(
+        {"providers": {"o": {"type": "openai", "api_key": "${NO_KEY:-}"}}, "models": {}},
+        {},
+    )
+    async with AsyncTestClient(app=create_app(dark)) as client:
+        response = await client.get("/health/ready")
+    assert response.status_code == 503
+    assert "NO_KEY" in response.json()["unavailable"]["o"]
+
+
+def fuzz_bodies(seed: int, count: int) -> list[bytes]:
+    """Seeded garbage shaped like chat requests: every field gets values of every JSON type."""
+    rng = random.Random(seed)
+    values: list[Any] = [None, True, 0, -1, 3.5, 1e308, "", "x", "\u0000", [], {}, [None], {"a": []}, "a" * 300]
+    fields = ["model", "messages", "stream", "stream_options", "temperature", "tools", "tool_choice", "n", "stop"]
+    bodies: list[bytes] = []
+    for _ in range(count):
+        body: dict[str, Any] = {"model": "gpt", "messages": [{"role": "user", "content": "x"}]}
+        for name in rng.sample(fields, rng.randint(1, 4)):
+            body[name] = rng.choice(values)
+        if rng.random() < 0.3:
+            body["messages"] = [{k: rng.choice(values) for k in rng.sample(["role", "content", "tool_calls"], 2)}]
+        raw = msgspec.json.encode(body)
+        if rng.random() < 0.2:
+            cut = rng.randint(0, len(raw))
+            raw = raw[:cut] + bytes([rng.randint(0, 255)]) + raw[cut + 1 :]
+        bodies.append(raw)
+    return bodies
+
+
+async def test_no_client_input_produces_a_500() -> None:
+    upstream = Upstream(lambda _: json_response(fixture_bytes("openai", "completion.json")))
+    async with await client_for(upstream) as client:
+        for body in fuzz_bodies(seed=20261122, count=400):
+            response = await client.post(
+                "/v1/chat/completions", content=body, headers={"content-type": "application/json"}
+            )
+            assert response.status_code != 500, (body, response.text)
+            if response.status_code != 200:
+                assert_openai_error(response, response.status_code)

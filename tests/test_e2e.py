@@ -39,6 +39,7 @@ models:
   slow: {{targets: [{{provider: up, model: slow}}]}}
   endless: {{targets: [{{provider: up, model: endless}}]}}
   broken: {{targets: [{{provider: up, model: broken}}]}}
+  leaky: {{targets: [{{provider: up, model: leaky}}]}}
   demo: {{targets: [{{provider: demo, model: echo}}]}}
 """
 
@@ -88,7 +89,9 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
         finally:
             process.terminate()
             process.wait(10)
-    assert UPSTREAM_KEY not in log.read_text(), "the provider key reached the log"
+    text = log.read_text()
+    assert "bad key" in text, "the leaky upstream's failures were not logged at all"
+    assert UPSTREAM_KEY not in text, "the provider key reached the log"
 
 
 HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hello"}]
@@ -204,6 +207,23 @@ def test_mid_stream_error_raises_in_the_sdk(proxy: Proxy) -> None:
         next(iterator)
 
 
+def test_an_upstream_that_echoes_the_key_leaks_it_nowhere(proxy: Proxy) -> None:
+    client = proxy.client()
+    with pytest.raises(openai.APIStatusError) as refused:
+        client.chat.completions.create(model="leaky", messages=HELLO)
+    assert refused.value.status_code == 502
+    assert UPSTREAM_KEY not in str(refused.value.body)
+    assert UPSTREAM_KEY not in refused.value.response.text
+    stream = client.chat.completions.create(model="leaky", messages=HELLO, stream=True)
+    iterator = iter(stream)
+    next(iterator)
+    with pytest.raises(openai.APIError) as mid_stream:
+        next(iterator)
+    assert UPSTREAM_KEY not in str(mid_stream.value.body)
+    assert "bad key" in mid_stream.value.message
+    # The module fixture also checks, at teardown, that the key never reached the proxy's log.
+
+
 def test_each_event_is_flushed_as_it_arrives(proxy: Proxy) -> None:
     fake = proxy.fake
     fake.release.clear()
@@ -240,3 +260,30 @@ def test_client_disconnect_cancels_the_upstream_within_a_second(proxy: Proxy) ->
     sent = fake.endless_sent
     time.sleep(0.3)
     assert fake.endless_sent == sent  # nothing is generated for a client that left
+
+
+def test_workers_flag_starts_several_processes(tmp_path: Path) -> None:
+    config = tmp_path / "demo.yaml"
+    config.write_text("providers: {d: {type: mock}}\nmodels: {demo: {targets: [{provider: d, model: echo}]}}\n")
+    port = free_port()
+    process = subprocess.Popen(  # noqa: S603 - our own CLI
+        [sys.executable, "-m", "router", "serve", "--config", str(config), "--port", str(port), "--workers", "2"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=5)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                answer = client.chat.completions.create(model="demo", messages=HELLO)
+                break
+            except openai.APIConnectionError:
+                assert time.monotonic() < deadline, "workers did not start"
+                time.sleep(0.1)
+        assert answer.choices[0].message.content == "Hello"
+    finally:
+        process.terminate()
+        out, _ = process.communicate(timeout=15)
+    assert out.count(b"Started server process") == 2, out.decode(errors="replace")

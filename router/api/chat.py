@@ -64,9 +64,9 @@ def decode_call(body: bytes) -> Inbound:
         fields = _decode_fields(body)
     except msgspec.ValidationError:
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_json") from None
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):  # msgspec raises the latter for bad UTF-8 in keys
         raise InvalidRequest(
-            "We could not parse the JSON body of your request. Send a valid JSON object "
+            "We could not parse the JSON body of your request. Send a valid JSON object in UTF-8 "
             "with 'Content-Type: application/json'.",
             code="invalid_json",
         ) from None
@@ -74,6 +74,8 @@ def decode_call(body: bytes) -> Inbound:
         chat = _decode_chat(body)
     except msgspec.ValidationError as exc:
         raise explain(exc) from None
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        raise InvalidRequest("The request body is not valid UTF-8 JSON.", code="invalid_json") from None
     return Inbound(chat, fields)
 
 
