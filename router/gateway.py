@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import httpx
 
 from providers.base import Inbound, Provider
-from providers.errors import SwitchboardError, UpstreamTimeout
+from providers.errors import SwitchboardError, UpstreamError, UpstreamRejected, UpstreamTimeout
 from router.config import TimeoutsConfig
 from router.errors import NoTargetAvailable
 from router.routing import Route, Router, Target
@@ -89,7 +89,7 @@ class Gateway:
         except httpx.HTTPError as exc:
             raise _logged(upstream_failure(exc, provider), exc) from None
         if response.status_code >= 400:
-            raise adapter.parse_error(response.status_code, body, response.headers)
+            raise _upstream_said(adapter.parse_error(response.status_code, body, response.headers), provider)
         return Answer(adapter.parse_response(body), attempt.target)
 
     async def open_stream(self, call: Inbound) -> OpenStream:
@@ -107,7 +107,7 @@ class Gateway:
                 response = await attempt.transport.handle_async_request(request)
                 if response.status_code >= 400:
                     body = await read_body(response)
-                    raise adapter.parse_error(response.status_code, body, response.headers)
+                    raise _upstream_said(adapter.parse_error(response.status_code, body, response.headers), provider)
                 upstream = UpstreamStream(response, adapter.stream_translator(call), provider)
                 first = await upstream.pull()
         except TimeoutError:
@@ -136,6 +136,13 @@ async def read_body(response: httpx.Response) -> bytes:
 async def _close(upstream: UpstreamStream | None) -> None:
     if upstream is not None:
         await upstream.aclose()
+
+
+def _upstream_said(error: UpstreamError, provider: str) -> UpstreamError:
+    """Log an upstream's error answer (already free of secrets) once, where it is received."""
+    level = logging.INFO if isinstance(error, UpstreamRejected) else logging.WARNING
+    log.log(level, "provider '%s' answered %s: %s", provider, error.upstream_status, error.message)
+    return error
 
 
 def _logged(error: SwitchboardError, cause: Exception) -> SwitchboardError:

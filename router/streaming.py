@@ -19,6 +19,7 @@ from litestar.types import Receive, Scope, Send
 from providers.base import StreamTranslator
 from providers.errors import SwitchboardError, UpstreamProtocolError, UpstreamTimeout
 from providers.sse import SSEEvent, SSEParser
+from router.disconnect import ClientWatch
 from router.errors import encode_error, internal_error
 from router.transport import upstream_failure
 
@@ -113,17 +114,18 @@ class UpstreamStream:
 class SSEResponse:
     """The client's side of a stream, as a plain ASGI app (Litestar sends it as it is).
 
-    It writes each batch of chunks as it arrives and holds nothing once written. A watcher
-    task cancels the relay when the client disconnects, which closes the upstream at once.
+    It writes each batch of chunks as it arrives and holds nothing once written. The request's
+    ``ClientWatch`` cancels the relay when the client disconnects, which closes the upstream.
     """
 
-    __slots__ = ("_deadline", "_first", "_headers", "_idle_s", "_upstream")
+    __slots__ = ("_deadline", "_first", "_headers", "_idle_s", "_upstream", "_watch")
 
     def __init__(
         self,
         upstream: UpstreamStream,
         first: Sequence[bytes],
         headers: list[tuple[bytes, bytes]],
+        watch: ClientWatch,
         *,
         idle_s: float,
         deadline: float,
@@ -131,34 +133,22 @@ class SSEResponse:
         self._upstream = upstream
         self._first = first
         self._headers = headers
+        self._watch = watch
         self._idle_s = idle_s
         self._deadline = deadline
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        relay = asyncio.current_task()
-        assert relay is not None
-        state = {"done": False, "gone": False}
-
-        async def watch() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            if not state["done"]:
-                state["gone"] = True
-                relay.cancel()
-
-        watcher = asyncio.get_running_loop().create_task(watch())
+        watch = self._watch
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self._headers})
             await self._relay(send)
-            state["done"] = True
+            await watch.stop()
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
-            if not state["gone"]:
+            if not watch.absorb():
                 raise
-            relay.uncancel()  # the cancellation was ours: the client left, nothing failed
         finally:
-            state["done"] = True
-            watcher.cancel()
+            watch.absorb()
             await self._upstream.aclose()
 
     async def _relay(self, send: Send) -> None:

@@ -42,6 +42,7 @@ class FakeUpstream:
     slow_finished: threading.Event = field(default_factory=threading.Event)
     disconnected: threading.Event = field(default_factory=threading.Event)
     disconnected_at: float = 0.0
+    hung: threading.Event = field(default_factory=threading.Event)
     endless_sent: int = 0
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -64,6 +65,17 @@ class FakeUpstream:
                 first = fixture_bytes("openai", "stream_text.sse").split(b"\n\n")[1] + b"\n\n"
                 return await self._replay(request, first + b"data: " + echo.encode() + b"\n\n")
             return web.Response(status=401, body=echo.encode(), content_type="application/json")
+        if model == "hang":  # answers nothing, streamed or not, and records when it was abandoned
+            if stream:
+                await _sse(request)
+            self.hung.set()
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                self.disconnected_at = time.monotonic()
+                self.disconnected.set()
+                raise
+            return _json(b"{}")
         if model == "slow":
             return await self._slow(request)
         if model == "endless":

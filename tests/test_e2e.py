@@ -40,6 +40,7 @@ models:
   endless: {{targets: [{{provider: up, model: endless}}]}}
   broken: {{targets: [{{provider: up, model: broken}}]}}
   leaky: {{targets: [{{provider: up, model: leaky}}]}}
+  hang: {{targets: [{{provider: up, model: hang}}]}}
   demo: {{targets: [{{provider: demo, model: echo}}]}}
 """
 
@@ -89,9 +90,7 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
         finally:
             process.terminate()
             process.wait(10)
-    text = log.read_text()
-    assert "bad key" in text, "the leaky upstream's failures were not logged at all"
-    assert UPSTREAM_KEY not in text, "the provider key reached the log"
+    assert UPSTREAM_KEY not in log.read_text(), "the provider key reached the log"
 
 
 HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hello"}]
@@ -221,7 +220,11 @@ def test_an_upstream_that_echoes_the_key_leaks_it_nowhere(proxy: Proxy) -> None:
         next(iterator)
     assert UPSTREAM_KEY not in str(mid_stream.value.body)
     assert "bad key" in mid_stream.value.message
-    # The module fixture also checks, at teardown, that the key never reached the proxy's log.
+    time.sleep(0.2)  # let the proxy's log lines land
+    log = proxy.log.read_text()
+    assert "bad key" in log, "the failures were not logged at all"
+    assert UPSTREAM_KEY not in log
+    # The module fixture checks again at teardown, after every test has run.
 
 
 def test_each_event_is_flushed_as_it_arrives(proxy: Proxy) -> None:
@@ -260,6 +263,20 @@ def test_client_disconnect_cancels_the_upstream_within_a_second(proxy: Proxy) ->
     sent = fake.endless_sent
     time.sleep(0.3)
     assert fake.endless_sent == sent  # nothing is generated for a client that left
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_client_leaving_before_the_first_byte_cancels_the_upstream(proxy: Proxy, stream: bool) -> None:
+    fake = proxy.fake
+    fake.disconnected.clear()
+    fake.hung.clear()
+    body = {"model": "hang", "messages": HELLO, "stream": stream}
+    with pytest.raises(httpx.ReadTimeout), httpx.Client(timeout=httpx.Timeout(10, read=0.5)) as client:
+        client.post(f"{proxy.base_url}/chat/completions", json=body)
+    gave_up_at = time.monotonic()
+    assert fake.hung.is_set(), "the request never reached the upstream"
+    assert fake.disconnected.wait(3), "the upstream call outlived its client"
+    assert fake.disconnected_at - gave_up_at < 1.0
 
 
 def test_workers_flag_starts_several_processes(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Final
 
@@ -12,7 +13,8 @@ from litestar.types import ASGIApp
 
 from providers.base import Inbound
 from providers.schema import ChatRequest
-from router.api.responses import JSONBody
+from router.api.responses import CLIENT_GONE, JSONBody
+from router.disconnect import ClientWatch
 from router.errors import InvalidRequest
 from router.gateway import Gateway
 from router.streaming import SSEResponse
@@ -84,11 +86,22 @@ async def chat_completions(request: Request[None, None, State]) -> ASGIApp:
     call = decode_call(await request.body())
     # Read from the app, not an injected `state` parameter: Litestar copies State per request.
     gateway: Gateway = request.app.state.gateway
-    if call.chat.is_stream:
-        opened = await gateway.open_stream(call)
-        headers = [*SSE_HEADERS, (TARGET_HEADER, opened.target.label.encode())]
-        return SSEResponse(
-            opened.upstream, opened.first, headers, idle_s=gateway.timeouts.idle_s, deadline=opened.deadline
-        )
-    answer = await gateway.complete(call)
-    return JSONBody(answer.body, [(TARGET_HEADER, answer.target.label.encode())])
+    watch = ClientWatch(request.receive)
+    try:
+        if call.chat.is_stream:
+            opened = await gateway.open_stream(call)
+            headers = [*SSE_HEADERS, (TARGET_HEADER, opened.target.label.encode())]
+            # From here the response owns the watch: it stops it when the stream ends.
+            return SSEResponse(
+                opened.upstream, opened.first, headers, watch, idle_s=gateway.timeouts.idle_s, deadline=opened.deadline
+            )
+        answer = await gateway.complete(call)
+        await watch.stop()
+        return JSONBody(answer.body, [(TARGET_HEADER, answer.target.label.encode())])
+    except asyncio.CancelledError:
+        if watch.absorb():
+            return CLIENT_GONE
+        raise
+    except BaseException:
+        watch.absorb()
+        raise

@@ -20,3 +20,7 @@ class JSONBody:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self._status, "headers": self._headers})
         await send({"type": "http.response.body", "body": self._body, "more_body": False})
+
+
+# Answer to a request whose client has gone: nobody will read it (499, as nginx logs it).
+CLIENT_GONE = JSONBody(b"{}", [], status=499)

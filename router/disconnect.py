@@ -1,0 +1,54 @@
+"""A closed client closes the upstream: cancel a request's work when its client goes away.
+
+uvicorn does not cancel a request when its client disconnects; it only reports it on the ASGI
+``receive`` channel. ``ClientWatch`` listens there (the request body must already be read) and
+cancels the request's task, which aborts whatever upstream call it awaits and closes its
+connection. The owner either sees that ``CancelledError`` and calls ``absorb()``, or finishes
+first and calls ``await stop()``; both leave the task as if nothing had been cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from litestar.types import Receive
+
+
+class ClientWatch:
+    __slots__ = ("_settled", "_task", "_watcher", "gone")
+
+    def __init__(self, receive: Receive) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self.gone = False
+        self._settled = False
+        self._watcher = asyncio.get_running_loop().create_task(self._watch(receive))
+
+    async def _watch(self, receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self.gone = True
+        self._task.cancel()
+
+    def absorb(self) -> bool:
+        """In ``except CancelledError``: True if the cancellation was ours (then it is undone)."""
+        self._watcher.cancel()
+        if not self.gone:
+            return False
+        self._settle()
+        return True
+
+    async def stop(self) -> None:
+        """Stop watching before the response completes (completion also reads as a disconnect)."""
+        self._watcher.cancel()
+        if self.gone:  # the client left just as the work finished: our cancel is still pending
+            try:
+                await asyncio.sleep(0)
+            except asyncio.CancelledError:
+                self._settle()
+
+    def _settle(self) -> None:
+        if not self._settled:
+            self._settled = True
+            self._task.uncancel()
