@@ -91,8 +91,14 @@ class FunctionDefinition(Wire, kw_only=True):
 
 
 class Tool(Wire, kw_only=True):
+    """A function tool is checked; other kinds (``custom``…) pass through for upstreams that know them."""
+
     type: str = "function"
-    function: FunctionDefinition
+    function: FunctionDefinition | UnsetType = UNSET
+
+    def __post_init__(self) -> None:
+        if self.type == "function" and self.function is UNSET:
+            raise ValueError("a tool of type 'function' requires `function`")
 
 
 class NamedFunction(Wire, kw_only=True):
@@ -100,8 +106,14 @@ class NamedFunction(Wire, kw_only=True):
 
 
 class NamedToolChoice(Wire, kw_only=True):
-    type: str = "function"
-    function: NamedFunction
+    """``{"type": "function", "function": {"name": …}}``; other object forms (``allowed_tools``) pass."""
+
+    type: str
+    function: NamedFunction | UnsetType = UNSET
+
+    def __post_init__(self) -> None:
+        if self.type == "function" and self.function is UNSET:
+            raise ValueError("a tool_choice of type 'function' requires `function`")
 
 
 class StreamOptions(Wire, kw_only=True):
@@ -109,7 +121,7 @@ class StreamOptions(Wire, kw_only=True):
 
 
 class ResponseFormat(Wire, kw_only=True):
-    type: Literal["text", "json_object", "json_schema"]
+    type: str  # text | json_object | json_schema, and vendor kinds
     json_schema: msgspec.Raw | UnsetType = UNSET
 
 

@@ -39,6 +39,10 @@ class ClientWatch:
         self._settle()
         return True
 
+    def close(self) -> None:
+        """Stop watching, whatever happened (idempotent)."""
+        self._watcher.cancel()
+
     async def stop(self) -> None:
         """Stop watching before the response completes (completion also reads as a disconnect)."""
         self._watcher.cancel()

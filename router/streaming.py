@@ -89,6 +89,8 @@ class UpstreamStream:
         """Chunks that came before a failure in the same read still go out; the failure follows."""
         out: list[bytes] = []
         for event in events:
+            if self._translator.finished:
+                break  # nothing after the end marker counts
             try:
                 out.extend(self._translator.translate(event))
             except SwitchboardError as exc:
@@ -148,7 +150,7 @@ class SSEResponse:
             if not watch.absorb():
                 raise
         finally:
-            watch.absorb()
+            watch.close()
             await self._upstream.aclose()
 
     async def _relay(self, send: Send) -> None:

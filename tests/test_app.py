@@ -206,7 +206,7 @@ async def test_health_endpoints() -> None:
         (b'{"model":"gpt","messages":[{"role":"user","content":5}]}', "messages[0].content"),
         (
             b'{"model":"gpt","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function"}]}',
-            "tools[0].function",
+            "tools[0]",
         ),
         (b'{"model":"gpt","messages":[{"role":"user","content":"x"}],"tool_choice":"sometimes"}', "tool_choice"),
         (
@@ -455,3 +455,23 @@ async def test_no_client_input_produces_a_500() -> None:
             assert response.status_code != 500, (body, response.text)
             if response.status_code != 200:
                 assert_openai_error(response, response.status_code)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"tools": [{"type": "custom", "custom": {"name": "grammar"}}]},
+        {"tool_choice": {"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": []}}},
+        {"response_format": {"type": "regex", "pattern": "a+"}},
+        {"messages": [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": "x"}}]}]},
+        {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}, "strict": True}}]},
+    ],
+)
+async def test_valid_features_switchboard_does_not_model_still_pass_through(extra: dict[str, Any]) -> None:
+    upstream = Upstream(lambda _: json_response(fixture_bytes("openai", "completion.json")))
+    async with await client_for(upstream) as client:
+        response = await client.post("/v1/chat/completions", json={**CHAT, **extra})
+    assert response.status_code == 200, response.text
+    forwarded = msgspec.json.decode(upstream.requests[0].content)
+    for key, value in extra.items():
+        assert forwarded[key] == value

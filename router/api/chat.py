@@ -103,5 +103,5 @@ async def chat_completions(request: Request[None, None, State]) -> ASGIApp:
             return CLIENT_GONE
         raise
     except BaseException:
-        watch.absorb()
+        watch.close()
         raise
