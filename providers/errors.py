@@ -28,6 +28,7 @@ class SwitchboardError(Exception):
     code: str | None = None
     retryable: ClassVar[bool] = False
     trips_breaker: ClassVar[bool] = False
+    retry_after: float | None = None  # seconds the client should wait, sent as `Retry-After`
 
     def __init__(
         self, message: str, *, param: str | None = None, code: str | None = None, status: int | None = None
@@ -58,7 +59,8 @@ class UpstreamError(SwitchboardError):
     ) -> None:
         super().__init__(message, param=param, code=code, status=status)
         self.upstream_status = upstream_status
-        self.retry_after = retry_after
+        if retry_after is not None:
+            self.retry_after = retry_after
 
 
 class UpstreamRejected(UpstreamError):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,13 +17,15 @@ from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
-from providers.errors import SwitchboardError, UpstreamError
+from providers.errors import SwitchboardError
 from providers.schema import ModelCard, ModelList
+from router.api.admin import list_targets
 from router.api.chat import chat_completions
 from router.api.health import live, ready
 from router.api.models import list_models
 from router.config import Settings, default_config_path, load_settings
 from router.errors import (
+    AllTargetsFailed,
     ClientError,
     InvalidRequest,
     MethodNotAllowed,
@@ -31,18 +35,22 @@ from router.errors import (
     internal_error,
 )
 from router.gateway import Gateway
+from router.resilience import Bulkhead, Clock, RetryPolicy, Sleep, registry_from_config, seeded_random, utc_now
 from router.routing import Router
 from router.upstreams import build_upstreams, close_upstreams
 
 log = logging.getLogger(__name__)
 _encode = msgspec.json.Encoder().encode
 JSON: Final = "application/json"
+ATTEMPTS_HEADER: Final = "x-switchboard-attempts"
 
 
 def error_response(exc: SwitchboardError) -> Response[bytes]:
     headers = {}
-    if isinstance(exc, UpstreamError) and exc.status == 429 and exc.retry_after is not None:
-        headers["retry-after"] = str(max(1, round(exc.retry_after)))
+    if exc.retry_after is not None:
+        headers["retry-after"] = str(max(1, math.ceil(exc.retry_after)))
+    if isinstance(exc, AllTargetsFailed):
+        headers[ATTEMPTS_HEADER] = str(exc.calls)
     return Response(encode_error(exc), status_code=exc.status, media_type=JSON, headers=headers)
 
 
@@ -73,14 +81,31 @@ def _on_unexpected(_: Request[Any, Any, State], exc: Exception) -> Response[byte
     return error_response(internal_error())
 
 
-def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None) -> Litestar:
-    """``transport`` replaces the network for every HTTP provider: the tests' seam."""
+def create_app(
+    settings: Settings,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    clock: Clock = utc_now,
+    sleep: Sleep = asyncio.sleep,
+    seed: int | None = None,
+) -> Litestar:
+    """The tests' seams: ``transport`` replaces the network for every HTTP provider, ``clock``
+    drives the breakers, ``sleep`` the retry waits, ``seed`` the load balancer's choices."""
     config = settings.config
+    resilience = config.resilience
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         upstreams = build_upstreams(settings, transport)
-        app.state.gateway = Gateway(Router(config), upstreams, config.resilience.timeouts)
+        app.state.gateway = Gateway(
+            Router(config),
+            upstreams,
+            resilience.timeouts,
+            registry_from_config(config, clock),
+            RetryPolicy(resilience.retry, sleep),
+            seeded_random(seed),
+            Bulkhead(resilience.max_concurrent),
+        )
         try:
             yield
         finally:
@@ -88,7 +113,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
 
     models = ModelList(data=[ModelCard(id=alias) for alias in config.models])
     return Litestar(
-        route_handlers=[chat_completions, list_models, live, ready],
+        route_handlers=[chat_completions, list_models, live, ready, list_targets],
         lifespan=[lifespan],
         exception_handlers={
             SwitchboardError: _on_switchboard_error,

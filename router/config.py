@@ -51,6 +51,21 @@ class RetryConfig(Strict, frozen=True, kw_only=True):
 class BreakerConfig(Strict, frozen=True, kw_only=True):
     fail_max: PositiveInt = 5
     reset_timeout_s: PositiveFloat = 30.0
+    half_open_max_calls: PositiveInt = 1
+    success_threshold: PositiveInt = 1
+
+
+class BreakerOverride(Strict, frozen=True, kw_only=True):
+    """Per provider or per target: the fields set here replace the ``resilience.breaker`` defaults."""
+
+    fail_max: PositiveInt | None = None
+    reset_timeout_s: PositiveFloat | None = None
+    half_open_max_calls: PositiveInt | None = None
+    success_threshold: PositiveInt | None = None
+
+    def apply(self, base: BreakerConfig) -> BreakerConfig:
+        changes = {f: v for f in self.__struct_fields__ if (v := getattr(self, f)) is not None}
+        return msgspec.structs.replace(base, **changes) if changes else base
 
 
 class TimeoutsConfig(Strict, frozen=True, kw_only=True):
@@ -65,6 +80,7 @@ class ResilienceConfig(Strict, frozen=True, kw_only=True):
     retry: RetryConfig = RetryConfig()
     breaker: BreakerConfig = BreakerConfig()
     timeouts: TimeoutsConfig = TimeoutsConfig()
+    max_concurrent: PositiveInt | None = None  # requests in flight in this process; above it, 429
 
 
 class HTTPProviderConfig(Strict, tag_field="type", frozen=True, kw_only=True):
@@ -75,6 +91,7 @@ class HTTPProviderConfig(Strict, tag_field="type", frozen=True, kw_only=True):
     api_key: str | None = None
     headers: dict[str, str] = {}
     max_connections: PositiveInt = 1024
+    breaker: BreakerOverride | None = None
 
 
 class OpenAIProviderConfig(HTTPProviderConfig, tag="openai", frozen=True, kw_only=True):
@@ -95,6 +112,7 @@ class MockProviderConfig(Strict, tag_field="type", tag="mock", frozen=True, kw_o
     failure_rate: Annotated[float, Meta(ge=0, le=1)] = 0.0
     failure_status: Annotated[int, Meta(ge=400, le=599)] = 503
     seed: int | None = None
+    breaker: BreakerOverride | None = None
 
 
 ProviderConfig = OpenAIProviderConfig | AnthropicProviderConfig | GeminiProviderConfig | MockProviderConfig
@@ -104,12 +122,18 @@ PROVIDER_TYPES: Final = ("openai", "anthropic", "gemini", "mock")
 class TargetConfig(Strict, frozen=True, kw_only=True):
     provider: str
     model: Annotated[str, Meta(min_length=1)]
+    weight: Annotated[float, Meta(gt=0)] = 1.0  # for `strategy: weighted`
+    max_concurrent: PositiveInt | None = None  # a full target is skipped like an open one
+    breaker: BreakerOverride | None = None
+
+
+Strategy = Literal["priority", "weighted", "least-busy", "latency"]
 
 
 class ModelConfig(Strict, frozen=True, kw_only=True):
     targets: Annotated[list[TargetConfig], Meta(min_length=1)]
     fallbacks: list[str] = []
-    strategy: Literal["priority"] = "priority"
+    strategy: Strategy = "priority"
 
 
 class Config(Strict, frozen=True, kw_only=True):
@@ -214,10 +238,22 @@ def settings_from_dict(data: Any, env: Mapping[str, str] | None = None) -> Setti
 
 
 def _check_references(config: Config) -> None:
+    # A target (provider + model) has one breaker and one limit, whichever aliases list it.
+    limits: dict[tuple[str, str], tuple[str, object]] = {}
     for alias, model in config.models.items():
         for i, target in enumerate(model.targets):
+            path = f"models.{alias}.targets[{i}]"
             if target.provider not in config.providers:
-                raise ConfigError(f"models.{alias}.targets[{i}].provider: unknown provider '{target.provider}'")
+                raise ConfigError(f"{path}.provider: unknown provider '{target.provider}'")
+            own = (target.breaker, target.max_concurrent)
+            if own == (None, None):
+                continue
+            first = limits.setdefault((target.provider, target.model), (path, own))
+            if first[1] != own:
+                raise ConfigError(
+                    f"{path}: {target.provider}/{target.model} already has a different breaker or "
+                    f"max_concurrent at {first[0]} (a target has one of each)"
+                )
         for i, fallback in enumerate(model.fallbacks):
             if fallback not in config.models:
                 raise ConfigError(f"models.{alias}.fallbacks[{i}]: unknown model '{fallback}'")

@@ -14,9 +14,11 @@ from providers.errors import SwitchboardError, UpstreamError
 from providers.schema import ErrorBody, ErrorEnvelope
 
 __all__ = [
+    "AllTargetsFailed",
     "InvalidRequest",
     "ModelNotFound",
     "NoTargetAvailable",
+    "Overloaded",
     "PayloadTooLarge",
     "RouteNotFound",
     "SwitchboardError",
@@ -59,11 +61,34 @@ class MethodNotAllowed(ClientError):
 
 
 class NoTargetAvailable(SwitchboardError):
-    """Every target of the route is unavailable (no key, no adapter yet)."""
+    """No target of the route could be tried: unavailable providers, open breakers, full targets."""
 
     status = 503
     error_type = "server_error"
     code = "no_target_available"
+
+
+class AllTargetsFailed(SwitchboardError):
+    """Every target that was tried failed. 504 when the last failure was a timeout, else 502;
+    never the upstreams' own 401 or 429, which are about Switchboard's keys and quotas."""
+
+    status = 502
+    error_type = "server_error"
+    code = "upstream_failed"
+
+    def __init__(self, message: str, *, timed_out: bool, retry_after: float | None, calls: int) -> None:
+        super().__init__(message, status=504 if timed_out else 502, code="timeout" if timed_out else None)
+        self.retry_after = retry_after
+        self.calls = calls
+
+
+class Overloaded(SwitchboardError):
+    """The proxy is at ``resilience.max_concurrent``: come back shortly."""
+
+    status = 429
+    error_type = "rate_limit_error"
+    code = "gateway_overloaded"
+    retry_after = 1.0
 
 
 def error_body(exc: SwitchboardError) -> ErrorEnvelope:

@@ -1,29 +1,41 @@
-"""Attempt planning and execution: which target answers, and how a call to it is made.
+"""Attempt planning and execution: the failover loop.
 
-The gateway owns the transports, the timeouts and the mapping of transport failures. This
-version sends each request to the first available target of its route's plan; the plan already
-lists every target and fallback in order, so failover walks the same list.
+A request walks its route's targets in order (each group ordered by its balancing strategy),
+skipping unavailable providers, open breakers and full targets. Each target gets its first try
+and, for retryable failures, more tries under the retry policy. A failure that is the client's
+(400, 404, 413, 422 from the upstream) goes straight back. Everything happens inside one
+deadline (``timeouts.total_s``). A stream may move on until its first chunk has arrived; after
+that it is committed to its target.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+import random
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import httpx
 
 from providers.base import Inbound, Provider
 from providers.errors import SwitchboardError, UpstreamError, UpstreamRejected, UpstreamTimeout
+from router.balancing import order
 from router.config import TimeoutsConfig
-from router.errors import NoTargetAvailable
+from router.errors import AllTargetsFailed, NoTargetAvailable
+from router.resilience import Bulkhead, Lease, RetryPolicy, TargetRegistry, TargetState
 from router.routing import Route, Router, Target
-from router.streaming import UpstreamStream
 from router.transport import upstream_failure
+from router.upstream_stream import UpstreamStream
 from router.upstreams import Upstream
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class TargetSkipped(Exception):
+    """The target refused the attempt before any call (breaker open, probe in flight, full)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +43,7 @@ class Attempt:
     target: Target
     adapter: Provider
     transport: httpx.AsyncBaseTransport
+    state: TargetState
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,47 +52,169 @@ class Answer:
 
     body: bytes
     target: Target
+    calls: int
 
 
 @dataclass(frozen=True, slots=True)
 class OpenStream:
-    """A stream whose first chunks have arrived: from here on the response is committed."""
+    """A stream whose first chunks have arrived: from here on the response is committed. The
+    lease ends when the stream does."""
 
     upstream: UpstreamStream
     first: Sequence[bytes]
     target: Target
     deadline: float  # loop time by which the whole request must be done
+    lease: Lease
+    calls: int
+
+
+class Run:
+    """One request's way across its targets: the deadline, the calls made, and why each target
+    did not answer."""
+
+    __slots__ = ("_loop", "alias", "calls", "deadline", "last", "notes")
+
+    def __init__(self, alias: str, total_s: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.alias = alias
+        self.deadline = self._loop.time() + total_s
+        self.calls = 0
+        self.notes: list[str] = []
+        self.last: SwitchboardError | None = None
+
+    def remaining(self) -> float:
+        return self.deadline - self._loop.time()
+
+    def fits(self, delay: float) -> bool:
+        """Could a try that starts after ``delay`` seconds still start before the deadline?"""
+        return self._loop.time() + delay < self.deadline
+
+    def skipped(self, target: Target, reason: str) -> None:
+        self.notes.append(f"{target.label}: skipped, {reason}")
+
+    def failed(self, target: Target, error: SwitchboardError) -> None:
+        self.notes.append(f"{target.label}: {error.message}")
+        self.last = error
+        log.warning(
+            "failover model=%s target=%s calls=%d reason=%r", self.alias, target.label, self.calls, error.message
+        )
+
+    def exhausted(self) -> SwitchboardError:
+        summary = "; ".join(self.notes) or "no targets"
+        if self.calls == 0:
+            log.warning("no-target model=%s reasons=%r", self.alias, summary)
+            return NoTargetAvailable(f"No target can serve model '{self.alias}' now: {summary}", param="model")
+        timed_out = isinstance(self.last, UpstreamTimeout) or self.remaining() <= 0
+        log.warning("exhausted model=%s calls=%d timed_out=%s", self.alias, self.calls, timed_out)
+        retry_after = self.last.retry_after if isinstance(self.last, UpstreamError) else None
+        return AllTargetsFailed(
+            f"Every target for model '{self.alias}' failed ({self.calls} upstream calls): {summary}",
+            timed_out=timed_out,
+            retry_after=retry_after,
+            calls=self.calls,
+        )
 
 
 class Gateway:
-    def __init__(self, router: Router, upstreams: Mapping[str, Upstream], timeouts: TimeoutsConfig) -> None:
+    def __init__(
+        self,
+        router: Router,
+        upstreams: Mapping[str, Upstream],
+        timeouts: TimeoutsConfig,
+        targets: TargetRegistry,
+        retry: RetryPolicy,
+        rng: random.Random,
+        bulkhead: Bulkhead,
+    ) -> None:
         self.router = router
+        self.bulkhead = bulkhead
         self.upstreams = upstreams
         self.timeouts = timeouts
+        self.targets = targets
+        self.retry = retry
+        self.rng = rng
 
-    def plan(self, route: Route) -> list[Attempt]:
-        """The attempts this route allows now, in order.
+    def candidates(self, route: Route, run: Run) -> Iterator[Attempt]:
+        """The targets to try, in order; unavailable ones are noted and passed over."""
+        seen: set[Target] = set()
+        for group in route.groups:
+            states = [self.targets.get(t.provider, t.model) for t in group.targets]
+            for i in order(group.strategy, states, group.weights, self.rng):
+                target = group.targets[i]
+                if target in seen:
+                    continue
+                seen.add(target)
+                upstream = self.upstreams[target.provider]
+                if upstream.adapter is None or upstream.transport is None:
+                    run.skipped(target, upstream.unavailable or "unavailable")
+                    continue
+                yield Attempt(target, upstream.adapter, upstream.transport, states[i])
 
-        Raises:
-            NoTargetAvailable: no target can be called, with each one's reason.
-        """
-        attempts: list[Attempt] = []
-        reasons: list[str] = []
-        for target in route.plan:
-            upstream = self.upstreams[target.provider]
-            if upstream.adapter is None or upstream.transport is None:
-                reasons.append(f"{target.label}: {upstream.unavailable}")
-                continue
-            attempts.append(Attempt(target, upstream.adapter, upstream.transport))
-        if not attempts:
-            raise NoTargetAvailable(f"No target can serve model '{route.alias}': " + "; ".join(reasons), param="model")
-        return attempts
+    async def _walk(self, call: Inbound, once: Callable[[Attempt, Lease, Run], Awaitable[T]]) -> tuple[T, Target, Run]:
+        route = self.router.resolve(call.chat.model)
+        run = Run(route.alias, self.timeouts.total_s)
+        for attempt in self.candidates(route, run):
+            if run.remaining() <= 0:
+                run.notes.append("deadline passed before the next target")
+                break
+            try:
+                return await self._on_target(attempt, run, once), attempt.target, run
+            except TargetSkipped as skipped:
+                run.skipped(attempt.target, str(skipped))
+            except UpstreamRejected:
+                raise  # the client's own request is at fault: no other target would take it
+            except UpstreamError as exc:
+                run.failed(attempt.target, exc)
+        raise run.exhausted()
+
+    async def _on_target(self, attempt: Attempt, run: Run, once: Callable[[Attempt, Lease, Run], Awaitable[T]]) -> T:
+        """The first try, then (for retryable failures) tenacity's."""
+        try:
+            return await self._try(attempt, run, once)
+        except UpstreamError as exc:
+            first = exc
+            if not self.retry.should_retry(exc):
+                raise
+        delay = self.retry.delay(first, 1)
+        if self.retry.cfg.max_attempts < 2 or not run.fits(delay):
+            raise first
+        log.info("retry target=%s in=%.3fs reason=%r", attempt.target.label, delay, first.message)
+        await self.retry.sleep(delay)
+        try:
+            return await self.retry.retrying(1, run.fits)(self._try, attempt, run, once)
+        except TargetSkipped:
+            raise first from None  # the breaker opened meanwhile: the target's last word stands
+
+    async def _try(self, attempt: Attempt, run: Run, once: Callable[[Attempt, Lease, Run], Awaitable[T]]) -> T:
+        lease = attempt.state.acquire()
+        if isinstance(lease, str):
+            raise TargetSkipped(lease)
+        run.calls += 1
+        try:
+            return await once(attempt, lease, run)
+        except SwitchboardError as exc:
+            lease.failed(exc)
+            raise
+        except BaseException:
+            lease.abandoned()  # cancelled (the client left) or a bug: nothing learned about the target
+            raise
 
     async def complete(self, call: Inbound) -> Answer:
-        attempt = self.plan(self.router.resolve(call.chat.model))[0]
+        body, target, run = await self._walk(call, lambda a, lease, run: self._complete_once(call, a, lease, run))
+        return Answer(body, target, run.calls)
+
+    async def open_stream(self, call: Inbound) -> OpenStream:
+        """Start a stream and wait for its first chunk, so that a failure before it can still move
+        on to the next target, or become an HTTP error."""
+        opened, _, _ = await self._walk(call, lambda a, lease, run: self._open_once(call, a, lease, run))
+        return opened
+
+    async def _complete_once(self, call: Inbound, attempt: Attempt, lease: Lease, run: Run) -> bytes:
         adapter, provider = attempt.adapter, attempt.target.provider
         request = adapter.build_request(call, attempt.target.model)
-        budget = min(self.timeouts.attempt_s, self.timeouts.total_s)
+        budget = min(self.timeouts.attempt_s, run.remaining())
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
             async with asyncio.timeout(budget):
                 response = await attempt.transport.handle_async_request(request)
@@ -90,16 +225,16 @@ class Gateway:
             raise _logged(upstream_failure(exc, provider), exc) from None
         if response.status_code >= 400:
             raise _upstream_said(adapter.parse_error(response.status_code, body, response.headers), provider)
-        return Answer(adapter.parse_response(body), attempt.target)
+        answer = adapter.parse_response(body)
+        attempt.state.observe_latency(loop.time() - started)
+        lease.succeeded()
+        return answer
 
-    async def open_stream(self, call: Inbound) -> OpenStream:
-        """Start a stream and wait for its first chunk, so that a failure before it is still an
-        HTTP error (and, with failover, a reason to try the next target)."""
-        attempt = self.plan(self.router.resolve(call.chat.model))[0]
+    async def _open_once(self, call: Inbound, attempt: Attempt, lease: Lease, run: Run) -> OpenStream:
         adapter, provider = attempt.adapter, attempt.target.provider
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeouts.total_s
-        budget = min(self.timeouts.first_token_s, self.timeouts.total_s)
+        started = loop.time()
+        budget = min(self.timeouts.first_token_s, run.remaining())
         request = adapter.build_request(call, attempt.target.model)
         upstream: UpstreamStream | None = None
         try:
@@ -119,7 +254,11 @@ class Gateway:
         except BaseException:
             await _close(upstream)
             raise
-        return OpenStream(upstream, first or (), attempt.target, deadline)
+        attempt.state.observe_latency(loop.time() - started)
+        return OpenStream(upstream, first or (), attempt.target, run.deadline, lease, run.calls)
+
+    def snapshot(self) -> list[dict[str, object]]:
+        return self.targets.snapshot()
 
 
 async def read_body(response: httpx.Response) -> bytes:

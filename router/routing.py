@@ -1,9 +1,10 @@
-"""Model name → Route: the targets to try, in order, including those of fallback models."""
+"""Model name → Route: the groups of targets to try, in order, the alias's own first, then those
+of its fallback models (breadth-first, each alias once)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from router.config import Config, ModelConfig
 from router.errors import ModelNotFound
@@ -11,7 +12,7 @@ from router.errors import ModelNotFound
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """One upstream model at one provider; the unit a breaker will guard."""
+    """One upstream model at one provider; the unit a breaker guards."""
 
     provider: str
     model: str
@@ -22,40 +23,65 @@ class Target:
 
 
 @dataclass(frozen=True, slots=True)
-class Route:
-    """``plan`` is every target in attempt order: the alias's own, then each fallback's."""
+class Group:
+    """One alias's targets, balanced among themselves by its strategy."""
 
     alias: str
+    strategy: str
     targets: tuple[Target, ...]
-    fallbacks: tuple[str, ...]
-    plan: tuple[Target, ...]
+    weights: tuple[float, ...]
 
 
-def _plan(alias: str, models: Mapping[str, ModelConfig]) -> tuple[Target, ...]:
-    seen_aliases: set[str] = set()
-    plan: list[Target] = []
+def _direct(alias: str, target: Target) -> Group:
+    return Group(alias, "priority", (target,), (1.0,))
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    alias: str
+    groups: tuple[Group, ...]
+    fallbacks: tuple[str, ...] = ()
+    plan: tuple[Target, ...] = field(init=False)  # every target once, in configured order
+
+    def __post_init__(self) -> None:
+        plan: list[Target] = []
+        for group in self.groups:
+            plan.extend(t for t in group.targets if t not in plan)
+        object.__setattr__(self, "plan", tuple(plan))
+
+    @property
+    def targets(self) -> tuple[Target, ...]:
+        return self.groups[0].targets
+
+
+def _group(alias: str, model: ModelConfig) -> Group:
+    return Group(
+        alias,
+        model.strategy,
+        tuple(Target(t.provider, t.model) for t in model.targets),
+        tuple(t.weight for t in model.targets),
+    )
+
+
+def _groups(alias: str, models: Mapping[str, ModelConfig]) -> tuple[Group, ...]:
+    seen: set[str] = set()
+    groups: list[Group] = []
     queue = [alias]
-    while queue:  # breadth-first over fallbacks; a cycle or repeat is visited once
+    while queue:
         current = queue.pop(0)
-        if current in seen_aliases:
+        if current in seen:
             continue
-        seen_aliases.add(current)
-        model = models[current]
-        plan.extend(t for t in (Target(c.provider, c.model) for c in model.targets) if t not in plan)
-        queue.extend(model.fallbacks)
-    return tuple(plan)
+        seen.add(current)
+        groups.append(_group(current, models[current]))
+        queue.extend(models[current].fallbacks)
+    return tuple(groups)
 
 
 class Router:
     def __init__(self, config: Config) -> None:
         self._providers = frozenset(config.providers)
         self._routes = {
-            alias: Route(
-                alias=alias,
-                targets=tuple(Target(t.provider, t.model) for t in model.targets),
-                fallbacks=tuple(model.fallbacks),
-                plan=_plan(alias, config.models),
-            )
+            alias: Route(alias, _groups(alias, config.models), tuple(model.fallbacks))
             for alias, model in config.models.items()
         }
 
@@ -70,6 +96,5 @@ class Router:
             return route
         provider, slash, upstream_model = model.partition("/")
         if slash and upstream_model and provider in self._providers:
-            target = Target(provider, upstream_model)
-            return Route(alias=model, targets=(target,), fallbacks=(), plan=(target,))
+            return Route(model, (_direct(model, Target(provider, upstream_model)),))
         raise ModelNotFound(f"The model '{model}' does not exist or is not configured on this gateway.", param="model")

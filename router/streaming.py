@@ -1,6 +1,6 @@
-"""Both ends of a stream: upstream bytes → SSE events → OpenAI chunks, and SSE toward the client.
+"""SSE toward the client.
 
-Toward the client every event is ``data: {chunk}\\n\\n`` and the stream ends with
+Every event every event is ``data: {chunk}\\n\\n`` and the stream ends with
 ``data: [DONE]\\n\\n``; an error after the first chunk is one ``data: {"error": …}`` event and the
 end, with no ``[DONE]`` (the openai SDK raises on it). Everything read in one upstream read goes
 out in one write, so nothing waits for a later event.
@@ -13,20 +13,16 @@ import logging
 from collections.abc import Sequence
 from typing import Final
 
-import httpx
 from litestar.types import Receive, Scope, Send
 
-from providers.base import StreamTranslator
-from providers.errors import SwitchboardError, UpstreamProtocolError, UpstreamTimeout
-from providers.sse import SSEEvent, SSEParser
+from providers.errors import SwitchboardError, UpstreamTimeout
 from router.disconnect import ClientWatch
 from router.errors import encode_error, internal_error
-from router.transport import upstream_failure
+from router.gateway import Gateway, OpenStream
 
 log = logging.getLogger(__name__)
 
 DONE_FRAME: Final = b"data: [DONE]\n\n"
-DRAIN_S: Final = 1.0  # after [DONE], how long to wait for the upstream's end so its connection can be reused
 
 
 def frame(payloads: Sequence[bytes]) -> bytes:
@@ -39,128 +35,58 @@ def error_frame(exc: SwitchboardError) -> bytes:
     return b"data: " + encode_error(exc) + b"\n\n"
 
 
-class UpstreamStream:
-    """An open upstream response being read as a stream of OpenAI chunk payloads."""
-
-    __slots__ = ("_failure", "_parser", "_reads", "_response", "_translator", "provider")
-
-    def __init__(self, response: httpx.Response, translator: StreamTranslator, provider: str) -> None:
-        stream = response.stream
-        assert isinstance(stream, httpx.AsyncByteStream)
-        self._response = response
-        self._reads = stream.__aiter__()
-        self._parser = SSEParser()
-        self._translator = translator
-        self._failure: SwitchboardError | None = None
-        self.provider = provider
-
-    async def pull(self) -> Sequence[bytes] | None:
-        """The chunks completed by the next upstream read(s); ``None`` once the answer is whole.
-
-        Raises:
-            UpstreamError: the upstream failed, reported an error, or ended too early.
-        """
-        if self._failure is not None:
-            raise self._failure
-        translator = self._translator
-        while not translator.finished:
-            try:
-                raw = await anext(self._reads, None)
-            except httpx.HTTPError as exc:
-                raise upstream_failure(exc, self.provider) from exc
-            if raw is None:
-                if translator.complete:
-                    return None
-                raise UpstreamProtocolError(
-                    f"provider '{self.provider}' ended the stream before the answer was complete"
-                )
-            events = self._parser.feed(raw)
-            if len(events) == 1:
-                out = translator.translate(events[0])
-            elif events:
-                out = self._translate_many(events)
-            else:
-                continue
-            if out:
-                return out
-        return None
-
-    def _translate_many(self, events: list[SSEEvent]) -> list[bytes]:
-        """Chunks that came before a failure in the same read still go out; the failure follows."""
-        out: list[bytes] = []
-        for event in events:
-            if self._translator.finished:
-                break  # nothing after the end marker counts
-            try:
-                out.extend(self._translator.translate(event))
-            except SwitchboardError as exc:
-                if not out:
-                    raise
-                self._failure = exc
-                break
-        return out
-
-    async def drain(self) -> None:
-        """Read to the end so the pooled connection can be reused; give up quickly."""
-        try:
-            async with asyncio.timeout(DRAIN_S):
-                async for _ in self._reads:
-                    pass
-        except (TimeoutError, httpx.HTTPError):
-            pass
-
-    async def aclose(self) -> None:
-        await self._response.aclose()
-
-
 class SSEResponse:
     """The client's side of a stream, as a plain ASGI app (Litestar sends it as it is).
 
     It writes each batch of chunks as it arrives and holds nothing once written. The request's
-    ``ClientWatch`` cancels the relay when the client disconnects, which closes the upstream.
+    ``ClientWatch`` cancels the relay when the client disconnects, which closes the upstream. At
+    the end it tells the target's lease how the stream went: whole, failed (which counts against
+    the breaker), or abandoned by the client (which does not).
     """
 
-    __slots__ = ("_deadline", "_first", "_headers", "_idle_s", "_upstream", "_watch")
+    __slots__ = ("_first", "_gateway", "_headers", "_opened", "_watch")
 
     def __init__(
-        self,
-        upstream: UpstreamStream,
-        first: Sequence[bytes],
-        headers: list[tuple[bytes, bytes]],
-        watch: ClientWatch,
-        *,
-        idle_s: float,
-        deadline: float,
+        self, opened: OpenStream, headers: list[tuple[bytes, bytes]], watch: ClientWatch, gateway: Gateway
     ) -> None:
-        self._upstream = upstream
-        self._first = first
+        self._opened = opened
+        self._first = opened.first
         self._headers = headers
         self._watch = watch
-        self._idle_s = idle_s
-        self._deadline = deadline
+        self._gateway = gateway
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        watch = self._watch
+        watch, lease = self._watch, self._opened.lease
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self._headers})
-            await self._relay(send)
+            failure = await self._relay(send)
+            if failure is None:
+                lease.succeeded()
+            else:
+                lease.failed(failure)
             await watch.stop()
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
             if not watch.absorb():
                 raise
         finally:
+            lease.abandoned()  # a no-op when the lease already ended
             watch.close()
-            await self._upstream.aclose()
+            self._gateway.bulkhead.leave()
+            await self._opened.upstream.aclose()
 
-    async def _relay(self, send: Send) -> None:
-        upstream, idle_s, deadline = self._upstream, self._idle_s, self._deadline
+    async def _relay(self, send: Send) -> SwitchboardError | None:
+        """Relay until the end; the upstream's failure, if it failed mid-way (already sent as an
+        error event)."""
+        opened = self._opened
+        upstream, idle_s, deadline = opened.upstream, self._gateway.timeouts.idle_s, opened.deadline
         loop = asyncio.get_running_loop()
         if self._first:
             body = frame(self._first)
             self._first = ()  # an open stream holds no more than it is writing
             await send({"type": "http.response.body", "body": body, "more_body": True})
             del body
+        failure: SwitchboardError
         try:
             async with asyncio.timeout(None) as timer:
                 while True:
@@ -173,19 +99,16 @@ class SSEResponse:
                     await send({"type": "http.response.body", "body": frame(payloads), "more_body": True})
         except TimeoutError:
             reason = "the request deadline passed" if loop.time() >= deadline else f"it sent nothing for {idle_s:g}s"
-            await _send_error(send, UpstreamTimeout(f"provider '{upstream.provider}' stream stopped: {reason}"))
-            return
+            failure = UpstreamTimeout(f"provider '{upstream.provider}' stream stopped: {reason}")
         except SwitchboardError as exc:
-            log.warning("stream from %s failed mid-way: %s", upstream.provider, exc.message)
-            await _send_error(send, exc)
-            return
+            failure = exc
         except Exception:
             log.exception("stream from %s failed mid-way", upstream.provider)
-            await _send_error(send, internal_error())
-            return
-        await send({"type": "http.response.body", "body": DONE_FRAME, "more_body": True})
-        await upstream.drain()
-
-
-async def _send_error(send: Send, exc: SwitchboardError) -> None:
-    await send({"type": "http.response.body", "body": error_frame(exc), "more_body": True})
+            failure = internal_error()
+        else:
+            await send({"type": "http.response.body", "body": DONE_FRAME, "more_body": True})
+            await upstream.drain()
+            return None
+        log.warning("stream-failed target=%s reason=%r", opened.target.label, failure.message)
+        await send({"type": "http.response.body", "body": error_frame(failure), "more_body": True})
+        return failure

@@ -67,8 +67,18 @@ def sse_response(body: bytes) -> httpx.Response:
     return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
 
 
-async def client_for(upstream: Upstream, **resilience: Any) -> AsyncTestClient[Any]:
-    app = create_app(settings(**resilience), transport=httpx.MockTransport(upstream))
+class FakeSleep:
+    """Retry waits are recorded, never slept."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+async def client_for(upstream: Upstream, sleep: FakeSleep | None = None, **resilience: Any) -> AsyncTestClient[Any]:
+    app = create_app(settings(**resilience), transport=httpx.MockTransport(upstream), sleep=sleep or FakeSleep())
     return AsyncTestClient(app=app)
 
 
@@ -287,15 +297,20 @@ async def test_upstream_auth_failure_is_502_and_leaks_neither_key_nor_url() -> N
     error = assert_openai_error(response, 502)
     assert UPSTREAM_KEY not in response.text
     assert "llm.internal.test" not in response.text
-    assert error["code"] == "upstream_auth_failed"
+    assert "rejected Switchboard's credentials (401)" in error["message"]
+    assert len(upstream.requests) == 1  # a bad key is not retried
 
 
-async def test_upstream_rate_limit_is_429_with_retry_after() -> None:
+async def test_upstream_rate_limit_is_retried_then_502_with_its_retry_after() -> None:
     upstream = Upstream(lambda _: json_response(b'{"error":{"message":"slow down"}}', 429, {"retry-after": "3"}))
-    async with await client_for(upstream) as client:
+    sleep = FakeSleep()
+    async with await client_for(upstream, sleep) as client:
         response = await client.post("/v1/chat/completions", json=CHAT)
-    assert_openai_error(response, 429)
+    error = assert_openai_error(response, 502)
+    assert "slow down" in error["message"]
     assert response.headers["retry-after"] == "3"
+    assert response.headers["x-switchboard-attempts"] == "2"
+    assert sleep.waits == [3.0]
 
 
 async def test_upstream_5xx_is_502() -> None:

@@ -17,6 +17,7 @@ from router.api.responses import CLIENT_GONE, JSONBody
 from router.disconnect import ClientWatch
 from router.errors import InvalidRequest
 from router.gateway import Gateway
+from router.routing import Target
 from router.streaming import SSEResponse
 
 _decode_fields = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
@@ -34,6 +35,7 @@ _TYPE_NAMES: Final = {
     "null": "null",
 }
 TARGET_HEADER: Final = b"x-switchboard-target"
+ATTEMPTS_HEADER: Final = b"x-switchboard-attempts"
 SSE_HEADERS: Final = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -86,22 +88,26 @@ async def chat_completions(request: Request[None, None, State]) -> ASGIApp:
     call = decode_call(await request.body())
     # Read from the app, not an injected `state` parameter: Litestar copies State per request.
     gateway: Gateway = request.app.state.gateway
+    gateway.bulkhead.enter()
     watch = ClientWatch(request.receive)
+    handed_over = False
     try:
         if call.chat.is_stream:
             opened = await gateway.open_stream(call)
-            headers = [*SSE_HEADERS, (TARGET_HEADER, opened.target.label.encode())]
-            # From here the response owns the watch: it stops it when the stream ends.
-            return SSEResponse(
-                opened.upstream, opened.first, headers, watch, idle_s=gateway.timeouts.idle_s, deadline=opened.deadline
-            )
+            handed_over = True  # the response ends the lease, the watch and the bulkhead slot
+            return SSEResponse(opened, _headers(SSE_HEADERS, opened.target, opened.calls), watch, gateway)
         answer = await gateway.complete(call)
         await watch.stop()
-        return JSONBody(answer.body, [(TARGET_HEADER, answer.target.label.encode())])
+        return JSONBody(answer.body, _headers([], answer.target, answer.calls))
     except asyncio.CancelledError:
         if watch.absorb():
             return CLIENT_GONE
         raise
-    except BaseException:
-        watch.close()
-        raise
+    finally:
+        if not handed_over:
+            watch.close()
+            gateway.bulkhead.leave()
+
+
+def _headers(base: list[tuple[bytes, bytes]], target: Target, calls: int) -> list[tuple[bytes, bytes]]:
+    return [*base, (TARGET_HEADER, target.label.encode()), (ATTEMPTS_HEADER, str(calls).encode())]

@@ -1,0 +1,90 @@
+"""The upstream side of a stream: bytes → SSE events → OpenAI chunk payloads."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Final
+
+import httpx
+
+from providers.base import StreamTranslator
+from providers.errors import SwitchboardError, UpstreamProtocolError
+from providers.sse import SSEEvent, SSEParser
+from router.transport import upstream_failure
+
+DRAIN_S: Final = 1.0  # after [DONE], how long to wait for the upstream's end so its connection can be reused
+
+
+class UpstreamStream:
+    """An open upstream response being read as a stream of OpenAI chunk payloads."""
+
+    __slots__ = ("_failure", "_parser", "_reads", "_response", "_translator", "provider")
+
+    def __init__(self, response: httpx.Response, translator: StreamTranslator, provider: str) -> None:
+        stream = response.stream
+        assert isinstance(stream, httpx.AsyncByteStream)
+        self._response = response
+        self._reads = stream.__aiter__()
+        self._parser = SSEParser()
+        self._translator = translator
+        self._failure: SwitchboardError | None = None
+        self.provider = provider
+
+    async def pull(self) -> Sequence[bytes] | None:
+        """The chunks completed by the next upstream read(s); ``None`` once the answer is whole.
+
+        Raises:
+            UpstreamError: the upstream failed, reported an error, or ended too early.
+        """
+        if self._failure is not None:
+            raise self._failure
+        translator = self._translator
+        while not translator.finished:
+            try:
+                raw = await anext(self._reads, None)
+            except httpx.HTTPError as exc:
+                raise upstream_failure(exc, self.provider) from exc
+            if raw is None:
+                if translator.complete:
+                    return None
+                raise UpstreamProtocolError(
+                    f"provider '{self.provider}' ended the stream before the answer was complete"
+                )
+            events = self._parser.feed(raw)
+            if len(events) == 1:
+                out = translator.translate(events[0])
+            elif events:
+                out = self._translate_many(events)
+            else:
+                continue
+            if out:
+                return out
+        return None
+
+    def _translate_many(self, events: list[SSEEvent]) -> list[bytes]:
+        """Chunks that came before a failure in the same read still go out; the failure follows."""
+        out: list[bytes] = []
+        for event in events:
+            if self._translator.finished:
+                break  # nothing after the end marker counts
+            try:
+                out.extend(self._translator.translate(event))
+            except SwitchboardError as exc:
+                if not out:
+                    raise
+                self._failure = exc
+                break
+        return out
+
+    async def drain(self) -> None:
+        """Read to the end so the pooled connection can be reused; give up quickly."""
+        try:
+            async with asyncio.timeout(DRAIN_S):
+                async for _ in self._reads:
+                    pass
+        except (TimeoutError, httpx.HTTPError):
+            pass
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
