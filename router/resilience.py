@@ -89,9 +89,10 @@ class Breaker:
     requests from asyncio. pybreaker alone would let every concurrent request through while
     half-open; here at most ``half_open_max_calls`` probes are in flight and the rest skip."""
 
-    __slots__ = ("_cb", "_clock", "_probe_limit", "_probes", "_reset", "_storage")
+    __slots__ = ("_cb", "_clock", "_probe_limit", "_probes", "_reset", "_storage", "config")
 
     def __init__(self, name: str, cfg: BreakerConfig, clock: Clock = utc_now) -> None:
+        self.config = cfg
         self._storage = _ClockedStorage(clock)
         self._cb = pybreaker.CircuitBreaker(
             fail_max=cfg.fail_max,
