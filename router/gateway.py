@@ -280,7 +280,7 @@ async def _close(upstream: UpstreamStream | None) -> None:
 def _upstream_said(error: UpstreamError, provider: str) -> UpstreamError:
     """Log an upstream's error answer (already free of secrets) once, where it is received."""
     level = logging.INFO if isinstance(error, UpstreamRejected) else logging.WARNING
-    log.log(level, "provider '%s' answered %s: %s", provider, error.upstream_status, error.message)
+    log.log(level, "upstream-error provider=%s status=%s message=%r", provider, error.upstream_status, error.message)
     return error
 
 

@@ -141,7 +141,7 @@ class Breaker:
         if probe:
             self._probes -= 1
         state = self._cb.current_state
-        if probe != (state == pybreaker.STATE_HALF_OPEN):
+        if state != (pybreaker.STATE_HALF_OPEN if probe else pybreaker.STATE_CLOSED):
             return
         if not failed:
             if state == pybreaker.STATE_CLOSED and self._cb.fail_counter == 0:

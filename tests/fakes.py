@@ -11,7 +11,8 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 import msgspec
@@ -43,6 +44,7 @@ class FakeUpstream:
     disconnected: threading.Event = field(default_factory=threading.Event)
     disconnected_at: float = 0.0
     hung: threading.Event = field(default_factory=threading.Event)
+    calls: Counter[str] = field(default_factory=Counter)
     endless_sent: int = 0
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -50,6 +52,9 @@ class FakeUpstream:
         assert isinstance(body, dict)
         self.seen.append(Seen(dict(request.headers), body))
         model, stream = body.get("model"), body.get("stream") is True
+        self.calls[str(model)] += 1
+        if isinstance(model, str) and model in FAULTS:
+            return await FAULTS[model](self, request, stream)
         if model == "tools":
             return (
                 await self._replay(request, fixture_bytes("openai", "stream_tools.sse"))
@@ -65,17 +70,6 @@ class FakeUpstream:
                 first = fixture_bytes("openai", "stream_text.sse").split(b"\n\n")[1] + b"\n\n"
                 return await self._replay(request, first + b"data: " + echo.encode() + b"\n\n")
             return web.Response(status=401, body=echo.encode(), content_type="application/json")
-        if model == "hang":  # answers nothing, streamed or not, and records when it was abandoned
-            if stream:
-                await _sse(request)
-            self.hung.set()
-            try:
-                await asyncio.sleep(10)
-            except asyncio.CancelledError:
-                self.disconnected_at = time.monotonic()
-                self.disconnected.set()
-                raise
-            return _json(b"{}")
         if model == "slow":
             return await self._slow(request)
         if model == "endless":
@@ -86,6 +80,19 @@ class FakeUpstream:
         if not (isinstance(body.get("stream_options"), dict) and body["stream_options"].get("include_usage")):
             raw = b"".join(b"data: " + e.data + b"\n\n" for e in SSEParser().feed(raw) if b'"choices":[]' not in e.data)
         return await self._replay(request, raw)
+
+    async def handle_hang(self, request: web.Request, stream: bool) -> web.StreamResponse:
+        """Answers nothing, streamed or not, and records when it was abandoned."""
+        if stream:
+            await _sse(request)
+        self.hung.set()
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            self.disconnected_at = time.monotonic()
+            self.disconnected.set()
+            raise
+        return _json(b"{}")
 
     async def _replay(self, request: web.Request, raw: bytes) -> web.StreamResponse:
         response = await _sse(request)
@@ -121,6 +128,42 @@ class FakeUpstream:
         return response
 
 
+def _error(status: int, headers: dict[str, str] | None = None) -> web.Response:
+    body = msgspec.json.encode({"error": {"message": f"fake upstream says {status}", "type": "x"}})
+    return web.Response(status=status, body=body, content_type="application/json", headers=headers)
+
+
+async def _slow_first(fake: FakeUpstream, request: web.Request, stream: bool) -> web.StreamResponse:
+    response = await _sse(request) if stream else None
+    await asyncio.sleep(2)  # longer than the proxy's first_token_s / attempt_s
+    return response or _json(fixture_bytes("openai", "completion.json"))
+
+
+async def _dies_midway(fake: FakeUpstream, request: web.Request, stream: bool) -> web.StreamResponse:
+    response = await _sse(request) if stream else web.StreamResponse(headers={"content-length": "5000"})
+    if not stream:
+        await response.prepare(request)
+    first = fixture_bytes("openai", "stream_text.sse").split(b"\n\n")[1] + b"\n\n"
+    await response.write(first if stream else fixture_bytes("openai", "completion.json")[:100])
+    await asyncio.sleep(0.05)
+    assert request.transport is not None
+    request.transport.close()
+    return response
+
+
+async def _malformed(fake: FakeUpstream, request: web.Request, stream: bool) -> web.StreamResponse:
+    if not stream:
+        return _json(b"{this is not json")
+    return await fake._replay(request, b"data: {this is not json\n\n")
+
+
+async def _hang(fake: FakeUpstream, request: web.Request, stream: bool) -> web.StreamResponse:
+    return await fake.handle_hang(request, stream)
+
+
+Fault = Callable[["FakeUpstream", web.Request, bool], Awaitable[web.StreamResponse]]
+
+
 def _json(body: bytes) -> web.Response:
     return web.Response(body=body, content_type="application/json")
 
@@ -139,30 +182,59 @@ def bound_port(site: web.TCPSite) -> int:
 
 
 @contextlib.contextmanager
-def running_upstream() -> Iterator[FakeUpstream]:
-    fake = FakeUpstream()
+def serving_in_thread(app: web.Application) -> Iterator[int]:
+    """Serve an aiohttp app on 127.0.0.1 from its own thread and event loop; yields the port.
+    Its own loop keeps its tasks apart from those of the code under test."""
     loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", fake.handle)
-    runner = web.AppRunner(app, handler_cancellation=True)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
 
-    async def start() -> None:
+    async def start() -> int:
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
-        fake.port = bound_port(site)
-        ready.set()
+        return bound_port(site)
 
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    asyncio.run_coroutine_threadsafe(start(), loop).result(10)
-    ready.wait(10)
+    port = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
     try:
-        yield fake
+        yield port
     finally:
-        fake.release.set()
         asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
+
+
+@contextlib.contextmanager
+def running_upstream() -> Iterator[FakeUpstream]:
+    fake = FakeUpstream()
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", fake.handle)
+    with serving_in_thread(app) as port:
+        fake.port = port
+        try:
+            yield fake
+        finally:
+            fake.release.set()
+
+
+def _fixed(status: int, headers: dict[str, str] | None = None) -> Fault:
+    async def fault(fake: FakeUpstream, request: web.Request, stream: bool) -> web.StreamResponse:
+        return _error(status, headers)
+
+    return fault
+
+
+FAULTS: dict[str, Fault] = {
+    "fail500": _fixed(500),
+    "fail503": _fixed(503),
+    "r429short": _fixed(429, {"retry-after-ms": "50"}),
+    "r429long": _fixed(429, {"retry-after": "120"}),
+    "auth401": _fixed(401),
+    "bad400": _fixed(400),
+    "hang": _hang,
+    "slowfirst": _slow_first,
+    "diemid": _dies_midway,
+    "malformed": _malformed,
+}

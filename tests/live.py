@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
+import httpx
 import uvicorn
 from litestar import Litestar
 
@@ -36,3 +43,36 @@ class LiveServer:
         self.server.should_exit = True
         if self._task is not None:
             await self._task
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextlib.contextmanager
+def running_proxy(config: Path, env: dict[str, str], log: Path) -> Iterator[str]:
+    """``python -m router serve`` on a free port of 127.0.0.1; yields its base URL once it answers."""
+    port = free_port()
+    with log.open("wb") as out:
+        process = subprocess.Popen(  # noqa: S603 - our own CLI
+            [sys.executable, "-m", "router", "serve", "--config", str(config), "--port", str(port)],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={"PATH": "/usr/bin:/bin", **env},
+        )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(f"{base}/health/live", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "proxy did not start"
+            time.sleep(0.05)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(10)

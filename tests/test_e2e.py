@@ -3,7 +3,6 @@ openai SDK, in front of a fake upstream on loopback."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -16,17 +15,10 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 
 from tests.fakes import FakeUpstream, running_upstream
+from tests.live import ROOT, free_port, running_proxy
 
 UPSTREAM_KEY = "sk-upstream-e2e-SECRET"
 CLIENT_KEY = "sk-client-not-forwarded"
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 CONFIG = """
@@ -61,35 +53,12 @@ class Proxy:
 @pytest.fixture(scope="module")
 def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
     tmp = tmp_path_factory.mktemp("e2e")
+    log = tmp / "proxy.log"
     with running_upstream() as fake:
         config = tmp / "config.yaml"
         config.write_text(CONFIG.format(port=fake.port))
-        port = free_port()
-        log = tmp / "proxy.log"
-        with log.open("wb") as out:
-            process = subprocess.Popen(  # noqa: S603 - our own CLI
-                [sys.executable, "-m", "router", "serve", "--config", str(config), "--port", str(port)],
-                cwd=ROOT,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env={"E2E_KEY": UPSTREAM_KEY, "PATH": "/usr/bin:/bin"},
-            )
-        try:
-            base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    if httpx.get(f"{base}/health/live", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert process.poll() is None, log.read_text()
-                assert time.monotonic() < deadline, "proxy did not start"
-                time.sleep(0.05)
+        with running_proxy(config, {"E2E_KEY": UPSTREAM_KEY}, log) as base:
             yield Proxy(f"{base}/v1", fake, log)
-        finally:
-            process.terminate()
-            process.wait(10)
     assert UPSTREAM_KEY not in log.read_text(), "the provider key reached the log"
 
 

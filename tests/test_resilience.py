@@ -171,6 +171,24 @@ def test_stale_outcomes_from_before_the_breaker_opened_are_ignored() -> None:
     assert state.breaker.state == "open"
 
 
+@pytest.mark.parametrize("outcome", ["succeeded", "failed", "abandoned"])
+def test_outcomes_that_land_while_open_are_ignored(outcome: str) -> None:
+    clock = Clock()
+    state = target(BreakerConfig(fail_max=2, reset_timeout_s=5), clock)
+    slow = lease(state)
+    lease(state).failed(FAIL)
+    lease(state).failed(FAIL)
+    assert state.breaker.state == "open"
+    opened = state.breaker.opened_at
+    if outcome == "failed":
+        slow.failed(FAIL)
+    else:
+        getattr(slow, outcome)()
+    assert state.breaker.state == "open"
+    assert state.breaker.opened_at == opened
+    assert state.in_flight == 0
+
+
 def test_max_concurrent_skips_a_full_target() -> None:
     state = target(BreakerConfig(), Clock(), max_concurrent=2)
     first, _ = lease(state), lease(state)
