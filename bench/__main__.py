@@ -52,15 +52,19 @@ def request_body(model: str, stream: bool) -> bytes:
 
 
 def switchboard_config(upstream: str) -> str:
-    providers = "\n".join(
-        f"  {kind}: {{type: openai, base_url: '{upstream}/{kind}/v1', api_key: sk-bench}}"
-        for kind in ("json", "stream", "slow")
-    )
-    models = "\n".join(
-        f"  bench-{kind}: {{targets: [{{provider: {kind}, model: gpt-4o-mini}}]}}"
-        for kind in ("json", "stream", "slow")
-    )
-    return f"providers:\n{providers}\nmodels:\n{models}\n"
+    """Breakers and retries are on (the defaults) in every run; the retry backoff is short so that
+    the failover scenario measures failing over, not sleeping."""
+    kinds = ("json", "stream", "slow", "flaky-json", "flaky-stream")
+    lines = ["providers:"]
+    lines += [f"  {k}: {{type: openai, base_url: '{upstream}/{k}/v1', api_key: sk-bench}}" for k in kinds]
+    lines.append("models:")
+    lines += [f"  bench-{k}: {{targets: [{{provider: {k}, model: gpt-4o-mini}}]}}" for k in ("json", "stream", "slow")]
+    lines += [
+        f"  bench-failover-{k}: {{targets: [{{provider: flaky-{k}, model: m}}, {{provider: {k}, model: m}}]}}"
+        for k in ("json", "stream")
+    ]
+    lines.append("resilience: {retry: {max_attempts: 2, initial_backoff_s: 0.005, max_backoff_s: 0.02}}")
+    return "\n".join(lines) + "\n"
 
 
 class Subject:
@@ -92,7 +96,10 @@ class Subject:
             env["BENCH_CLIENT"] = self.name.removeprefix("passthrough-")
             argv = [sys.executable, "-m", "uvicorn", "--factory", "bench.passthrough:create", "--port", str(self.port)]
             argv += ["--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
-        self.process = subprocess.Popen(["taskset", "-c", str(PROXY_CPU), *argv], env=env)
+        self.log = (self.workdir / f"{self.name}.log").open("wb")
+        self.process = subprocess.Popen(
+            ["taskset", "-c", str(PROXY_CPU), *argv], env=env, stdout=self.log, stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + 20
         body = request_body(self.model("json"), False)
         while time.monotonic() < deadline:
@@ -101,7 +108,7 @@ class Subject:
                     return self
             except httpx.TransportError:
                 time.sleep(0.1)
-        raise RuntimeError(f"{self.name} did not start")
+        raise RuntimeError(f"{self.name} did not start: see {self.workdir / self.name}.log")
 
     def rss_kb(self) -> int:
         assert self.process is not None
@@ -114,6 +121,7 @@ class Subject:
         if self.process is not None:
             self.process.terminate()
             self.process.wait(15)
+            self.log.close()
 
 
 def measure(subject: Subject | None, nginx_url: str, args: argparse.Namespace, workdir: Path) -> SubjectResult:
@@ -139,6 +147,12 @@ def measure(subject: Subject | None, nginx_url: str, args: argparse.Namespace, w
         result.kb_per_stream = (rss - baseline) / opened
     for kind, connections in SCENARIOS:
         result.runs[f"{kind}-c{connections}"] = load(kind, connections, args.seconds)
+    if subject is not None and subject.name == "switchboard":
+        for kind in ("json", "stream"):
+            body = request_body(f"bench-failover-{kind}", kind == "stream")
+            result.runs[f"failover-{kind}-c64"] = run_wrk(
+                subject.url(kind), body, connections=64, seconds=args.seconds, cpu=LOAD_CPU, workdir=workdir
+            )
     if subject is not None:
         result.rss_mb = subject.rss_kb() / 1024
     return result
@@ -156,6 +170,20 @@ def report(results: list[SubjectResult]) -> str:
         kb = f"{r.kb_per_stream:.1f}" if r.kb_per_stream is not None else "-"
         lines.append(f"| {r.name} | " + " | ".join(cells) + f" | {rss} | {kb} |")
     by_name = {r.name: r for r in results}
+    if "switchboard" in by_name and "failover-json-c64" in by_name["switchboard"].runs:
+        runs = by_name["switchboard"].runs
+        lines += [
+            "",
+            "| switchboard, 64 clients | healthy: req/s · p99 | one of two targets failing 50%: req/s · p99 |",
+        ]
+        lines.append("|---|---|---|")
+        for kind in ("json", "stream"):
+            healthy, failing = runs[f"{kind}-c64"], runs[f"failover-{kind}-c64"]
+            errors = f" ({failing.errors} errors)" if failing.errors else " (0 errors)"
+            lines.append(
+                f"| {kind} | {healthy.rps:,.0f} · {healthy.p99_ms:.2f} ms | "
+                f"{failing.rps:,.0f} · {failing.p99_ms:.2f} ms{errors} |"
+            )
     if "switchboard" in by_name and any(n in by_name for n in HTTPX_PASSTHROUGHS):
         sb = by_name["switchboard"]
         lines.append("")

@@ -1,6 +1,7 @@
 """The mock upstream: nginx on loopback answering like OpenAI from memory, far faster than any
 proxy under test. ``/json`` answers a completion, ``/stream`` a whole streamed answer at once,
-``/slow`` the same stream trickled over ~30 s (for the open-streams memory test)."""
+``/slow`` the same stream trickled over ~30 s (for the open-streams memory test), and
+``/flaky-json``, ``/flaky-stream`` fail half their requests with a 503 (the failover scenario)."""
 
 from __future__ import annotations
 
@@ -65,7 +66,9 @@ def stream_body() -> bytes:
 def write_site(root: Path) -> Path:
     """Answers as static files: nginx serves them from memory-mapped pages at full speed."""
     www = root / "www"
-    for kind, body in (("json", completion_body()), ("stream", stream_body()), ("slow", stream_body())):
+    sites = [("json", completion_body()), ("stream", stream_body()), ("slow", stream_body())]
+    sites += [("flaky-json", completion_body()), ("flaky-stream", stream_body())]
+    for kind, body in sites:
         path = www / kind / "v1" / "chat" / "completions"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(body)
@@ -75,6 +78,7 @@ def write_site(root: Path) -> Path:
 def nginx_conf(port: int, root: Path) -> str:
     www = write_site(root)
     # Static files refuse POST with 405; `error_page 405 =200 $uri` serves them anyway.
+    # /flaky-*/ answer 503 to half the requests (drawn by request id), for the failover scenario.
     return f"""
 daemon off;
 master_process off;
@@ -89,6 +93,10 @@ http {{
     keepalive_timeout 120s;
     sendfile on;
     tcp_nodelay on;
+    split_clients "${{request_id}}" $flaky {{
+        50% "fail";
+        * "ok";
+    }}
     server {{
         listen 127.0.0.1:{port} backlog=4096;
         root {www};
@@ -96,6 +104,14 @@ http {{
         location /json/ {{ default_type application/json; }}
         location /stream/ {{ default_type text/event-stream; }}
         location /slow/ {{ default_type text/event-stream; limit_rate 400; }}
+        location /flaky-json/ {{
+            default_type application/json;
+            if ($flaky = "fail") {{ return 503 '{{"error":{{"message":"injected","type":"server_error"}}}}'; }}
+        }}
+        location /flaky-stream/ {{
+            default_type text/event-stream;
+            if ($flaky = "fail") {{ return 503 '{{"error":{{"message":"injected","type":"server_error"}}}}'; }}
+        }}
     }}
 }}
 """
