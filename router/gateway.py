@@ -25,7 +25,7 @@ from router.balancing import order
 from router.config import TimeoutsConfig
 from router.errors import AllTargetsFailed, NoTargetAvailable
 from router.resilience import Bulkhead, Lease, RetryPolicy, TargetRegistry, TargetState
-from router.routing import Route, Router, Target
+from router.routing import Group, Route, Router, Target
 from router.transport import upstream_failure
 from router.upstream_stream import UpstreamStream
 from router.upstreams import Upstream
@@ -66,6 +66,26 @@ class OpenStream:
     deadline: float  # loop time by which the whole request must be done
     lease: Lease
     calls: int
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """One group of a route with its attempts built (or the reasons they cannot be made)."""
+
+    group: Group
+    entries: tuple[Attempt | str, ...]
+
+    def order(self, rng: random.Random) -> Sequence[int]:
+        if self.group.strategy == "priority" or len(self.entries) < 2:
+            return range(len(self.entries))
+        states = [e.state for e in self.entries if isinstance(e, Attempt)]
+        if len(states) < len(self.entries):  # some unavailable: balance those that are not
+            usable = [i for i, e in enumerate(self.entries) if isinstance(e, Attempt)]
+            weights = [self.group.weights[i] for i in usable]
+            return [usable[j] for j in order(self.group.strategy, states, weights, rng)] + [
+                i for i, e in enumerate(self.entries) if not isinstance(e, Attempt)
+            ]
+        return order(self.group.strategy, states, self.group.weights, rng)
 
 
 class Run:
@@ -133,22 +153,40 @@ class Gateway:
         self.targets = targets
         self.retry = retry
         self.rng = rng
+        self._prepared = {
+            alias: tuple(self._prepare(group) for group in route.groups) for alias, route in router.routes.items()
+        }
+
+    def _prepare(self, group: Group) -> Prepared:
+        """A group's targets resolved once: the attempt for each, or why it is unavailable."""
+        entries: list[Attempt | str] = []
+        for target in group.targets:
+            upstream = self.upstreams[target.provider]
+            if upstream.adapter is None or upstream.transport is None:
+                entries.append(upstream.unavailable or "unavailable")
+            else:
+                state = self.targets.get(target.provider, target.model)
+                entries.append(Attempt(target, upstream.adapter, upstream.transport, state))
+        return Prepared(group, tuple(entries))
 
     def candidates(self, route: Route, run: Run) -> Iterator[Attempt]:
         """The targets to try, in order; unavailable ones are noted and passed over."""
+        prepared = self._prepared.get(route.alias)
+        if prepared is None or route is not self.router.routes.get(route.alias):
+            prepared = tuple(self._prepare(group) for group in route.groups)  # a direct route: not cached
         seen: set[Target] = set()
-        for group in route.groups:
-            states = [self.targets.get(t.provider, t.model) for t in group.targets]
-            for i in order(group.strategy, states, group.weights, self.rng):
+        for entry in prepared:
+            group = entry.group
+            for i in entry.order(self.rng):
                 target = group.targets[i]
                 if target in seen:
                     continue
                 seen.add(target)
-                upstream = self.upstreams[target.provider]
-                if upstream.adapter is None or upstream.transport is None:
-                    run.skipped(target, upstream.unavailable or "unavailable")
+                attempt = entry.entries[i]
+                if isinstance(attempt, str):
+                    run.skipped(target, attempt)
                     continue
-                yield Attempt(target, upstream.adapter, upstream.transport, states[i])
+                yield attempt
 
     async def _walk(self, call: Inbound, once: Callable[[Attempt, Lease, Run], Awaitable[T]]) -> tuple[T, Target, Run]:
         route = self.router.resolve(call.chat.model)
