@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
@@ -124,38 +125,65 @@ class Subject:
             self.log.close()
 
 
-def measure(subject: Subject | None, nginx_url: str, args: argparse.Namespace, workdir: Path) -> SubjectResult:
-    result = SubjectResult(subject.name if subject else "direct")
+class Direct:
+    """The upstream itself, as a subject."""
 
-    def url(kind: str) -> str:
-        return subject.url(kind) if subject else f"{nginx_url}/{kind}/v1/chat/completions"
+    name = "direct"
 
-    def model(kind: str) -> str:
-        return subject.model(kind) if subject else "gpt-4o-mini"
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
 
-    def load(kind: str, connections: int, seconds: int) -> LoadResult:
-        body = request_body(model(kind), kind == "stream")
-        return run_wrk(url(kind), body, connections=connections, seconds=seconds, cpu=LOAD_CPU, workdir=workdir)
+    def url(self, kind: str) -> str:
+        return f"{self.upstream}/{kind}/v1/chat/completions"
 
-    load("json", 8, 1)  # warm-up: imports, pools, caches
-    load("stream", 8, 1)
-    if subject is not None and args.streams:
-        baseline = subject.rss_kb()
-        body = request_body(model("slow"), True)
-        opened, rss = asyncio.run(hold_streams(url("slow"), body, args.streams, subject.rss_kb))
-        assert isinstance(rss, int)
-        result.kb_per_stream = (rss - baseline) / opened
+    def model(self, kind: str) -> str:
+        return "gpt-4o-mini"
+
+
+def load(subject: Subject | Direct, kind: str, connections: int, seconds: int, workdir: Path) -> LoadResult:
+    body = request_body(subject.model(kind), kind.endswith("stream"))
+    return run_wrk(subject.url(kind), body, connections=connections, seconds=seconds, cpu=LOAD_CPU, workdir=workdir)
+
+
+def median_run(runs: list[LoadResult]) -> LoadResult:
+    """The run with the median throughput (its latencies come with it)."""
+    return sorted(runs, key=lambda r: r.rps)[len(runs) // 2]
+
+
+def open_stream_kb(subject: Subject, count: int) -> float:
+    baseline = subject.rss_kb()
+    body = request_body(subject.model("slow"), True)
+    opened, rss = asyncio.run(hold_streams(subject.url("slow"), body, count, subject.rss_kb))
+    assert isinstance(rss, int)
+    return (rss - baseline) / opened
+
+
+def measure(subjects: list[Subject | Direct], args: argparse.Namespace, workdir: Path) -> list[SubjectResult]:
+    """Every scenario runs for every subject in rounds, the order rotating each round, so that the
+    machine's drift during the run spreads over all subjects instead of favouring one."""
+    results = {s.name: SubjectResult(s.name) for s in subjects}
+    for subject in subjects:
+        load(subject, "json", 8, 1, workdir)  # warm-up: imports, pools, caches
+        load(subject, "stream", 8, 1, workdir)
+        if isinstance(subject, Subject) and args.streams:
+            print(f"bench: {subject.name}: {args.streams} open streams…", file=sys.stderr)
+            results[subject.name].kb_per_stream = open_stream_kb(subject, args.streams)
     for kind, connections in SCENARIOS:
-        result.runs[f"{kind}-c{connections}"] = load(kind, connections, args.seconds)
-    if subject is not None and subject.name == "switchboard":
-        for kind in ("json", "stream"):
-            body = request_body(f"bench-failover-{kind}", kind == "stream")
-            result.runs[f"failover-{kind}-c64"] = run_wrk(
-                subject.url(kind), body, connections=64, seconds=args.seconds, cpu=LOAD_CPU, workdir=workdir
-            )
-    if subject is not None:
-        result.rss_mb = subject.rss_kb() / 1024
-    return result
+        print(f"bench: {kind}, {connections} client(s), {args.rounds} rounds…", file=sys.stderr)
+        samples: dict[str, list[LoadResult]] = {s.name: [] for s in subjects}
+        for round_ in range(args.rounds):
+            for subject in subjects[round_ % len(subjects) :] + subjects[: round_ % len(subjects)]:
+                samples[subject.name].append(load(subject, kind, connections, args.seconds, workdir))
+        for name, runs in samples.items():
+            results[name].runs[f"{kind}-c{connections}"] = median_run(runs)
+    for subject in subjects:
+        if subject.name == "switchboard":
+            for kind in ("json", "stream"):
+                runs = [load(subject, f"failover-{kind}", 64, args.seconds, workdir) for _ in range(args.rounds)]
+                results[subject.name].runs[f"failover-{kind}-c64"] = median_run(runs)
+        if isinstance(subject, Subject):
+            results[subject.name].rss_mb = subject.rss_kb() / 1024
+    return list(results.values())
 
 
 def report(results: list[SubjectResult]) -> str:
@@ -202,7 +230,8 @@ def report(results: list[SubjectResult]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__)
-    parser.add_argument("--seconds", type=int, default=5, help="duration of each load run")
+    parser.add_argument("--seconds", type=int, default=4, help="duration of each load run")
+    parser.add_argument("--rounds", type=int, default=3, help="runs per scenario and subject (the median is reported)")
     parser.add_argument("--streams", type=int, default=500, help="slow streams held open for the memory test (0: skip)")
     parser.add_argument("--subjects", nargs="*", default=list(SUBJECTS), choices=SUBJECTS)
     parser.add_argument("--out", type=Path, default=Path("bench/results/latest.json"))
@@ -211,18 +240,17 @@ def main() -> int:
         print("bench: needs 2 CPUs (one for the proxy, one for the load)", file=sys.stderr)
         return 2
     os.sched_setaffinity(0, {LOAD_CPU})
-    results: list[SubjectResult] = []
-    with tempfile.TemporaryDirectory(prefix="sb-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="sb-bench-") as tmp, contextlib.ExitStack() as stack:
         workdir = Path(tmp)
-        with Nginx(free_port(), workdir / "nginx", LOAD_CPU) as nginx:
-            upstream = f"http://127.0.0.1:{nginx.port}"
-            for name in args.subjects:
-                print(f"bench: {name}…", file=sys.stderr)
-                if name == "direct":
-                    results.append(measure(None, upstream, args, workdir))
-                    continue
-                with Subject(name, upstream, workdir) as subject:
-                    results.append(measure(subject, upstream, args, workdir))
+        nginx = stack.enter_context(Nginx(free_port(), workdir / "nginx", LOAD_CPU))
+        upstream = f"http://127.0.0.1:{nginx.port}"
+        subjects: list[Subject | Direct] = []
+        for name in args.subjects:
+            print(f"bench: starting {name}…", file=sys.stderr)
+            subjects.append(
+                Direct(upstream) if name == "direct" else stack.enter_context(Subject(name, upstream, workdir))
+            )
+        results = measure(subjects, args, workdir)
     text = report(results)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
