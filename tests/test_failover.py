@@ -56,10 +56,19 @@ class Upstreams:
     def __init__(self, **behaviours: Behaviour) -> None:
         self.behaviours = behaviours
         self.calls: Counter[str] = Counter()
+        self._called = asyncio.Event()
+
+    async def until(self, condition: Callable[[], bool]) -> None:
+        """Wait for the calls to reach a state, rather than for a fixed time."""
+        async with asyncio.timeout(10):
+            while not condition():
+                self._called.clear()
+                await self._called.wait()
 
     async def __call__(self, request: httpx.Request) -> httpx.Response:
         host = request.url.host
         self.calls[host] += 1
+        self._called.set()
         result = self.behaviours.get(host, ok)(request)
         if asyncio.iscoroutine(result):
             result = await result
@@ -342,7 +351,7 @@ async def test_half_open_lets_one_probe_through_while_others_fail_over() -> None
         behaviour["a"] = slow_ok
         h.clock.now += timedelta(seconds=30)
         probe = asyncio.create_task(h.chat())
-        await asyncio.sleep(0.05)
+        await upstreams.until(lambda: upstreams.calls["a"] == 2)  # the probe is at the upstream
         others = await asyncio.gather(*(h.chat() for _ in range(20)))
         release.set()
         answered_by(await probe, "a/ma", 1)
@@ -364,7 +373,7 @@ async def test_a_full_target_is_skipped_like_an_open_one() -> None:
     async with Harness(upstreams, resilience={"timeouts": {"attempt_s": 5}}, live=True) as h:
         h.gateway.targets.get("a", "ma").max_concurrent = 1
         first = asyncio.create_task(h.chat())
-        await asyncio.sleep(0.05)
+        await upstreams.until(lambda: upstreams.calls["a"] == 1)
         answered_by(await h.chat(), "b/mb", 1)
         release.set()
         answered_by(await first, "a/ma", 1)
@@ -378,9 +387,10 @@ async def test_a_full_proxy_answers_429_with_retry_after() -> None:
         return ok(request)
 
     res = {"max_concurrent": 2, "timeouts": {"attempt_s": 5}}
-    async with Harness(Upstreams(a=slow), resilience=res, live=True) as h:
+    upstreams = Upstreams(a=slow)
+    async with Harness(upstreams, resilience=res, live=True) as h:
         busy = [asyncio.create_task(h.chat()) for _ in range(2)]
-        await asyncio.sleep(0.05)
+        await upstreams.until(lambda: upstreams.calls["a"] == 2)
         refused = await h.chat()
         release.set()
         await asyncio.gather(*busy)
