@@ -9,7 +9,7 @@ from __future__ import annotations
 import email.utils
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final, Protocol
@@ -68,6 +68,10 @@ class Provider(Protocol):
 
     def build_request(self, call: Inbound, model: str) -> httpx.Request: ...
 
+    def unsupported(self, call: Inbound) -> list[str]:
+        """The request's parameters this provider cannot honour (they are dropped, or refused)."""
+        ...
+
     def parse_response(self, body: bytes) -> bytes:
         """A successful non-streamed answer as OpenAI ``chat.completion`` JSON."""
         ...
@@ -90,6 +94,25 @@ class SecretRedactor:
         for secret in self._secrets:
             text = text.replace(secret, "[redacted]")
         return self._KEYLIKE.sub("[redacted]", text)
+
+
+def error_fields(payload: object) -> tuple[str, str | None, str | None]:
+    """``(message, code, param)`` from error payloads (OpenAI's, Anthropic's and the variants, tolerant of the variants
+    seen in the wild: ``{"error": {...}}``, ``{"error": "text"}``, vLLM's ``{"object": "error"}``,
+    Azure's string codes and missing ``type``."""
+    obj: object = payload.get("error", payload) if isinstance(payload, Mapping) else payload
+    if isinstance(obj, str):
+        return obj, None, None
+    if not isinstance(obj, Mapping):
+        return "", None, None
+    message = obj.get("message")
+    code = obj.get("code")
+    param = obj.get("param")
+    return (
+        message if isinstance(message, str) else "",
+        str(code) if isinstance(code, str | int) and not isinstance(code, bool) else None,
+        param if isinstance(param, str) else None,
+    )
 
 
 def retry_after_seconds(headers: httpx.Headers, now: datetime | None = None) -> float | None:

@@ -11,6 +11,7 @@
     │   ├── UpstreamConnectError      connection refused, reset, DNS…
     │   ├── UpstreamTimeout           no answer in time
     │   └── UpstreamProtocolError     the answer is not what the protocol promises
+    ├── UntranslatableRequest         the request has no equivalent in the target's API (400)
     └── (client-side errors, in router.errors)
 """
 
@@ -99,3 +100,11 @@ class UpstreamTimeout(UpstreamError):
 
 class UpstreamProtocolError(UpstreamError):
     retryable = False
+
+
+class UntranslatableRequest(SwitchboardError):
+    """The client's request cannot be expressed in the target's API (an audio part for Anthropic…)."""
+
+    status = 400
+    error_type = "invalid_request_error"
+    code = "unsupported_for_target"

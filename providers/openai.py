@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
+from urllib.parse import quote
 
 import httpx
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from providers.base import Inbound, SecretRedactor, error_for_status, retry_after_seconds
+from providers.base import Inbound, SecretRedactor, error_fields, error_for_status, retry_after_seconds
 from providers.errors import UpstreamError, UpstreamProtocolError, UpstreamServerError
 from providers.sse import SSEEvent
 
@@ -39,25 +40,6 @@ class _ChunkView(msgspec.Struct):
 
 _decode_view = msgspec.json.Decoder(_ChunkView).decode
 _decode_any = msgspec.json.Decoder().decode
-
-
-def error_fields(payload: object) -> tuple[str, str | None, str | None]:
-    """``(message, code, param)`` from OpenAI-style error payloads, tolerant of the variants
-    seen in the wild: ``{"error": {...}}``, ``{"error": "text"}``, vLLM's ``{"object": "error"}``,
-    Azure's string codes and missing ``type``."""
-    obj: object = payload.get("error", payload) if isinstance(payload, Mapping) else payload
-    if isinstance(obj, str):
-        return obj, None, None
-    if not isinstance(obj, Mapping):
-        return "", None, None
-    message = obj.get("message")
-    code = obj.get("code")
-    param = obj.get("param")
-    return (
-        message if isinstance(message, str) else "",
-        str(code) if isinstance(code, str | int) and not isinstance(code, bool) else None,
-        param if isinstance(param, str) else None,
-    )
 
 
 class OpenAIStream:
@@ -116,10 +98,16 @@ class OpenAIProvider:
         self._url = httpx.URL(base_url.rstrip("/") + "/chat/completions")
         base_headers = {"content-type": "application/json", "user-agent": USER_AGENT, **(headers or {})}
         if api_key:
-            base_headers["authorization"] = f"Bearer {api_key}"
+            base_headers.update(self.auth_headers(api_key))
         self._headers = base_headers
         self._stream_headers = {**base_headers, "accept": "text/event-stream"}
         self.redact = SecretRedactor(*(s for s in (api_key, base_url) if s))
+
+    def auth_headers(self, api_key: str) -> dict[str, str]:
+        return {"authorization": f"Bearer {api_key}"}
+
+    def url_for(self, model: str) -> httpx.URL:
+        return self._url
 
     def build_request(self, call: Inbound, model: str) -> httpx.Request:
         fields = call.fields
@@ -127,10 +115,13 @@ class OpenAIProvider:
             fields = {**fields, "model": msgspec.Raw(_encode(model))}
         return httpx.Request(
             "POST",
-            self._url,
+            self.url_for(model),
             headers=self._stream_headers if call.chat.is_stream else self._headers,
             content=_encode(fields),
         )
+
+    def unsupported(self, call: Inbound) -> list[str]:
+        return []  # whatever the client sends reaches the upstream
 
     def parse_response(self, body: bytes) -> bytes:
         try:
@@ -168,3 +159,33 @@ class OpenAIProvider:
         except msgspec.DecodeError:
             message, code, param = body[:200].decode("utf-8", "replace").strip(), None, None
         return self.redact(message), code, param
+
+
+class AzureProvider(OpenAIProvider):
+    """Azure OpenAI: the OpenAI wire format, addressed by deployment (the target's model) and
+    authenticated with an ``api-key`` header. Its empty-choices first chunk (prompt filter
+    results) and ``content_filter_results`` pass through like any other field."""
+
+    MAX_URLS: Final = 256
+
+    def __init__(
+        self, name: str, endpoint: str, api_key: str | None, api_version: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(name, endpoint, api_key, headers)
+        self._endpoint = endpoint.rstrip("/")
+        self._api_version = api_version
+        self._urls: dict[str, httpx.URL] = {}
+
+    def auth_headers(self, api_key: str) -> dict[str, str]:
+        return {"api-key": api_key}
+
+    def url_for(self, model: str) -> httpx.URL:
+        url = self._urls.get(model)
+        if url is None:
+            url = httpx.URL(
+                f"{self._endpoint}/openai/deployments/{quote(model, safe='')}/chat/completions",
+                params={"api-version": self._api_version},
+            )
+            if len(self._urls) < self.MAX_URLS:  # deployments named by clients must not grow this forever
+                self._urls[model] = url
+        return url

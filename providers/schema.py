@@ -194,6 +194,7 @@ class ResponseMessage(Emitted, kw_only=True):
     content: str | None = None
     refusal: str | None = None
     tool_calls: list[ToolCall] | UnsetType = UNSET
+    reasoning_content: str | UnsetType = UNSET  # a model's thinking, as vLLM and DeepSeek name it
 
 
 class Choice(Emitted, kw_only=True):
@@ -230,6 +231,7 @@ class Delta(Emitted, kw_only=True):
     content: str | UnsetType | None = UNSET
     refusal: str | UnsetType | None = UNSET
     tool_calls: list[ToolCallDelta] | UnsetType = UNSET
+    reasoning_content: str | UnsetType = UNSET
 
 
 class ChunkChoice(Emitted, kw_only=True):

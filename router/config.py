@@ -92,6 +92,7 @@ class HTTPProviderConfig(Strict, tag_field="type", frozen=True, kw_only=True):
     headers: dict[str, str] = {}
     max_connections: PositiveInt = 1024
     breaker: BreakerOverride | None = None
+    drop_unsupported_params: bool = True  # false: a request using one gets a 400 naming it
 
 
 class OpenAIProviderConfig(HTTPProviderConfig, tag="openai", frozen=True, kw_only=True):
@@ -100,10 +101,18 @@ class OpenAIProviderConfig(HTTPProviderConfig, tag="openai", frozen=True, kw_onl
 
 class AnthropicProviderConfig(HTTPProviderConfig, tag="anthropic", frozen=True, kw_only=True):
     base_url: str = "https://api.anthropic.com"
+    default_max_tokens: PositiveInt = 4096  # Anthropic requires max_tokens; used when the client sends none
 
 
 class GeminiProviderConfig(HTTPProviderConfig, tag="gemini", frozen=True, kw_only=True):
     base_url: str = "https://generativelanguage.googleapis.com"
+
+
+class AzureProviderConfig(HTTPProviderConfig, tag="azure", frozen=True, kw_only=True):
+    """``base_url`` is the resource endpoint (``https://NAME.openai.azure.com``); a target's
+    ``model`` is the deployment name."""
+
+    api_version: str = "2024-10-21"
 
 
 class MockProviderConfig(Strict, tag_field="type", tag="mock", frozen=True, kw_only=True):
@@ -115,8 +124,10 @@ class MockProviderConfig(Strict, tag_field="type", tag="mock", frozen=True, kw_o
     breaker: BreakerOverride | None = None
 
 
-ProviderConfig = OpenAIProviderConfig | AnthropicProviderConfig | GeminiProviderConfig | MockProviderConfig
-PROVIDER_TYPES: Final = ("openai", "anthropic", "gemini", "mock")
+ProviderConfig = (
+    OpenAIProviderConfig | AnthropicProviderConfig | GeminiProviderConfig | AzureProviderConfig | MockProviderConfig
+)
+PROVIDER_TYPES: Final = ("openai", "azure", "anthropic", "gemini", "mock")
 
 
 class TargetConfig(Strict, frozen=True, kw_only=True):

@@ -23,7 +23,7 @@ from providers.base import Inbound, Provider
 from providers.errors import SwitchboardError, UpstreamError, UpstreamRejected, UpstreamTimeout
 from router.balancing import order
 from router.config import TimeoutsConfig
-from router.errors import AllTargetsFailed, NoTargetAvailable
+from router.errors import AllTargetsFailed, InvalidRequest, NoTargetAvailable
 from router.resilience import Bulkhead, Lease, RetryPolicy, TargetRegistry, TargetState
 from router.routing import Group, Route, Router, Target
 from router.transport import upstream_failure
@@ -44,6 +44,7 @@ class Attempt:
     adapter: Provider
     transport: httpx.AsyncBaseTransport
     state: TargetState
+    drop_unsupported: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +54,7 @@ class Answer:
     body: bytes
     target: Target
     calls: int
+    dropped: Sequence[str] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,7 @@ class OpenStream:
     deadline: float  # loop time by which the whole request must be done
     lease: Lease
     calls: int
+    dropped: Sequence[str] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +95,7 @@ class Run:
     """One request's way across its targets: the deadline, the calls made, and why each target
     did not answer."""
 
-    __slots__ = ("_loop", "alias", "calls", "deadline", "last", "notes")
+    __slots__ = ("_loop", "alias", "calls", "deadline", "dropped", "last", "notes")
 
     def __init__(self, alias: str, total_s: float) -> None:
         self._loop = asyncio.get_running_loop()
@@ -101,6 +104,7 @@ class Run:
         self.calls = 0
         self.notes: list[str] = []
         self.last: SwitchboardError | None = None
+        self.dropped: Sequence[str] = ()  # what the answering target could not honour
 
     def remaining(self) -> float:
         return self.deadline - self._loop.time()
@@ -166,7 +170,7 @@ class Gateway:
                 entries.append(upstream.unavailable or "unavailable")
             else:
                 state = self.targets.get(target.provider, target.model)
-                entries.append(Attempt(target, upstream.adapter, upstream.transport, state))
+                entries.append(Attempt(target, upstream.adapter, upstream.transport, state, upstream.drop_unsupported))
         return Prepared(group, tuple(entries))
 
     def candidates(self, route: Route, run: Run) -> Iterator[Attempt]:
@@ -195,6 +199,7 @@ class Gateway:
             if run.remaining() <= 0:
                 run.notes.append("deadline passed before the next target")
                 break
+            run.dropped = _unsupported(call, attempt)
             try:
                 return await self._on_target(attempt, run, once), attempt.target, run
             except TargetSkipped as skipped:
@@ -239,7 +244,7 @@ class Gateway:
 
     async def complete(self, call: Inbound) -> Answer:
         body, target, run = await self._walk(call, lambda a, lease, run: self._complete_once(call, a, lease, run))
-        return Answer(body, target, run.calls)
+        return Answer(body, target, run.calls, run.dropped)
 
     async def open_stream(self, call: Inbound) -> OpenStream:
         """Start a stream and wait for its first chunk, so that a failure before it can still move
@@ -293,10 +298,24 @@ class Gateway:
             await _close(upstream)
             raise
         attempt.state.observe_latency(loop.time() - started)
-        return OpenStream(upstream, first or (), attempt.target, run.deadline, lease, run.calls)
+        return OpenStream(upstream, first or (), attempt.target, run.deadline, lease, run.calls, run.dropped)
 
     def snapshot(self) -> list[dict[str, object]]:
         return self.targets.snapshot()
+
+
+def _unsupported(call: Inbound, attempt: Attempt) -> Sequence[str]:
+    """Parameters the target cannot honour: dropped (and named in a header), or refused with a 400
+    when the provider says ``drop_unsupported_params: false``."""
+    dropped = attempt.adapter.unsupported(call)
+    if dropped and not attempt.drop_unsupported:
+        raise InvalidRequest(
+            f"{attempt.target.label} does not support the parameter '{dropped[0]}' "
+            f"(its provider has drop_unsupported_params: false).",
+            param=dropped[0],
+            code="unsupported_parameter",
+        )
+    return dropped
 
 
 async def read_body(response: httpx.Response) -> bytes:

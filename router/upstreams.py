@@ -7,14 +7,16 @@ from dataclasses import dataclass
 
 import httpx
 
+from providers.anthropic import AnthropicProvider
 from providers.base import Provider
 from providers.mock import MockBehaviour, MockTransport
-from providers.openai import OpenAIProvider
+from providers.openai import AzureProvider, OpenAIProvider
 from router.config import (
     AnthropicProviderConfig,
+    AzureProviderConfig,
     GeminiProviderConfig,
+    HTTPProviderConfig,
     MockProviderConfig,
-    OpenAIProviderConfig,
     ProviderConfig,
     Settings,
 )
@@ -32,12 +34,24 @@ class Upstream:
     adapter: Provider | None
     transport: httpx.AsyncBaseTransport | None
     unavailable: str | None = None
+    drop_unsupported: bool = True
 
 
 def _missing_key(name: str, key_vars: tuple[str, ...]) -> str:
     if key_vars:
         return f"provider '{name}' has no API key: set {' or '.join(key_vars)}"
     return f"provider '{name}' has an empty api_key"
+
+
+def _adapter(name: str, cfg: HTTPProviderConfig) -> Provider | str:
+    """The adapter for an HTTP provider, or why there is none yet."""
+    if isinstance(cfg, AzureProviderConfig):
+        return AzureProvider(name, cfg.base_url, cfg.api_key, cfg.api_version, cfg.headers)
+    if isinstance(cfg, AnthropicProviderConfig):
+        return AnthropicProvider(name, cfg.base_url, cfg.api_key, cfg.default_max_tokens, cfg.headers)
+    if isinstance(cfg, GeminiProviderConfig):
+        return f"provider '{name}': the gemini adapter is not available in this version of Switchboard"
+    return OpenAIProvider(name, cfg.base_url, cfg.api_key, cfg.headers)
 
 
 def build_upstream(
@@ -58,16 +72,14 @@ def build_upstream(
             seed=cfg.seed,
         )
         return Upstream(name, "mock", OpenAIProvider(name, MOCK_BASE_URL, None), MockTransport(behaviour))
-    if isinstance(cfg, AnthropicProviderConfig | GeminiProviderConfig):
-        kind = cfg.__struct_config__.tag
-        reason = f"provider '{name}': the {kind} adapter is not available in this version of Switchboard"
-        return Upstream(name, str(kind), None, None, reason)
-    assert isinstance(cfg, OpenAIProviderConfig)
+    kind = str(cfg.__struct_config__.tag)
+    adapter = _adapter(name, cfg)
+    if isinstance(adapter, str):
+        return Upstream(name, kind, None, None, adapter)
     if cfg.api_key == "":
-        return Upstream(name, "openai", None, None, _missing_key(name, key_vars))
-    adapter = OpenAIProvider(name, cfg.base_url, cfg.api_key, cfg.headers)
+        return Upstream(name, kind, None, None, _missing_key(name, key_vars))
     http = transport or AiohttpTransport(max_connections=cfg.max_connections, connect_timeout_s=connect_timeout_s)
-    return Upstream(name, "openai", adapter, http)
+    return Upstream(name, kind, adapter, http, drop_unsupported=cfg.drop_unsupported_params)
 
 
 def build_upstreams(settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> Mapping[str, Upstream]:

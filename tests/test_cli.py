@@ -16,12 +16,14 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_check_prints_the_route_table_and_unavailable_providers(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    for var in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
     assert main(["check", "--config", str(ROOT / "config.yaml")]) == 0
     out = capsys.readouterr().out
     assert "demo             mock       available" in out
     assert "set OPENAI_API_KEY" in out
-    assert "anthropic adapter is not available" in out
+    assert "set ANTHROPIC_API_KEY" in out
+    assert "gemini adapter is not available" in out
     assert "gpt-4o-mini" in out
     assert "openai/gpt-4o-mini (unavailable)" in out
     assert "fallbacks: demo" in out

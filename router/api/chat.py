@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Sequence
 from typing import Final
 
 import msgspec
@@ -36,6 +37,8 @@ _TYPE_NAMES: Final = {
 }
 TARGET_HEADER: Final = b"x-switchboard-target"
 ATTEMPTS_HEADER: Final = b"x-switchboard-attempts"
+DROPPED_HEADER: Final = b"x-switchboard-dropped-params"
+_HEADER_UNSAFE: Final = re.compile(r"[^A-Za-z0-9_.\-]")
 SSE_HEADERS: Final = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -95,10 +98,11 @@ async def chat_completions(request: Request[None, None, State]) -> ASGIApp:
         if call.chat.is_stream:
             opened = await gateway.open_stream(call)
             handed_over = True  # the response ends the lease, the watch and the bulkhead slot
-            return SSEResponse(opened, _headers(SSE_HEADERS, opened.target, opened.calls), watch, gateway)
+            headers = _headers(SSE_HEADERS, opened.target, opened.calls, opened.dropped)
+            return SSEResponse(opened, headers, watch, gateway)
         answer = await gateway.complete(call)
         await watch.stop()
-        return JSONBody(answer.body, _headers([], answer.target, answer.calls))
+        return JSONBody(answer.body, _headers([], answer.target, answer.calls, answer.dropped))
     except asyncio.CancelledError:
         if watch.absorb():
             return CLIENT_GONE
@@ -109,5 +113,12 @@ async def chat_completions(request: Request[None, None, State]) -> ASGIApp:
             gateway.bulkhead.leave()
 
 
-def _headers(base: list[tuple[bytes, bytes]], target: Target, calls: int) -> list[tuple[bytes, bytes]]:
-    return [*base, (TARGET_HEADER, target.label.encode()), (ATTEMPTS_HEADER, str(calls).encode())]
+def _headers(
+    base: list[tuple[bytes, bytes]], target: Target, calls: int, dropped: Sequence[str]
+) -> list[tuple[bytes, bytes]]:
+    headers = [*base, (TARGET_HEADER, target.label.encode()), (ATTEMPTS_HEADER, str(calls).encode())]
+    if dropped:
+        # Client-chosen field names: keep only header-safe characters.
+        names = ", ".join(_HEADER_UNSAFE.sub("", name) for name in dropped)
+        headers.append((DROPPED_HEADER, names.encode()))
+    return headers

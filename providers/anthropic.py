@@ -1,0 +1,483 @@
+"""Anthropic Messages ↔ OpenAI Chat Completions.
+
+``to_anthropic`` and ``from_anthropic`` are pure; ``AnthropicStream`` turns the event stream into
+OpenAI chunks (tool calls renumbered from 0, ``id`` and ``name`` only in a call's first fragment,
+arguments in fragments, the finish chunk, then usage when asked for). Choices made where the
+APIs differ, documented in the README:
+
+- ``temperature`` above 1 (OpenAI allows 2) is clamped to 1, Anthropic's maximum.
+- ``response_format`` ``json_schema``/``json_object`` become one forced tool, ``json_response``, whose
+  input comes back as the message content with ``finish_reason: "stop"``.
+- ``max_tokens`` is required by Anthropic: the provider's ``default_max_tokens`` when the client
+  sends neither ``max_completion_tokens`` nor ``max_tokens``.
+"""
+
+from __future__ import annotations
+
+import binascii
+import time
+from collections.abc import Mapping, Sequence
+from typing import Final, Literal
+
+import httpx
+import msgspec
+from msgspec import UNSET
+
+from providers import anthropic_wire as wire
+from providers.base import Inbound, SecretRedactor, error_fields, error_for_status, retry_after_seconds
+from providers.errors import UntranslatableRequest, UpstreamError, UpstreamProtocolError, UpstreamServerError
+from providers.schema import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatRequest,
+    Choice,
+    ChunkChoice,
+    CompletionTokensDetails,
+    ContentPart,
+    Delta,
+    FunctionCall,
+    FunctionCallDelta,
+    Message,
+    NamedToolChoice,
+    PromptTokensDetails,
+    ResponseMessage,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
+from providers.sse import SSEEvent
+
+JSON_TOOL: Final = "json_response"
+FINISH_REASONS: Final = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+# OpenAI parameters an Anthropic target honours; anything else set in a request is dropped.
+SUPPORTED: Final = frozenset(
+    {
+        "model",
+        "messages",
+        "stream",
+        "stream_options",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "stop",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "user",
+        "response_format",
+        "n",
+    }
+)
+_NULLISH: Final = frozenset({b"null", b"false"})
+_encode = msgspec.json.Encoder().encode
+_OBJECT: Final = msgspec.Raw(b'{"type":"object","properties":{}}')
+
+
+class _SchemaSpec(msgspec.Struct):
+    schema: msgspec.Raw | None = None
+    description: str | None = None
+
+
+# ---- request ------------------------------------------------------------------------------------
+
+
+def _text(content: str | list[ContentPart] | None) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "".join(p.text for p in content if p.type == "text" and isinstance(p.text, str))
+
+
+def _image(url: str, param: str) -> wire.ImageBlock:
+    if not url.startswith("data:"):
+        return wire.ImageBlock(source=wire.ImageSource(type="url", url=url))
+    header, comma, data = url[5:].partition(",")
+    media_type, _, encoding = header.partition(";")
+    if not comma or encoding != "base64" or not media_type:
+        raise UntranslatableRequest("an image data URL must look like data:<type>;base64,<data>", param=param)
+    try:
+        binascii.a2b_base64(data[:64])  # a cheap sanity check; Anthropic validates the rest
+    except binascii.Error:
+        raise UntranslatableRequest("the image data is not valid base64", param=param) from None
+    return wire.ImageBlock(source=wire.ImageSource(type="base64", media_type=media_type, data=data))
+
+
+def _user_blocks(content: str | list[ContentPart] | None, param: str) -> list[wire.Block]:
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [wire.TextBlock(text=content)] if content else []
+    blocks: list[wire.Block] = []
+    for i, part in enumerate(content):
+        if part.type == "text" and isinstance(part.text, str):
+            if part.text:
+                blocks.append(wire.TextBlock(text=part.text))
+        elif part.type == "image_url" and part.image_url is not UNSET:
+            blocks.append(_image(part.image_url.url, f"{param}[{i}].image_url"))
+        else:
+            raise UntranslatableRequest(
+                f"Anthropic targets cannot take '{part.type}' content parts", param=f"{param}[{i}]"
+            )
+    return blocks
+
+
+def _arguments(raw: str, param: str) -> msgspec.Raw:
+    try:
+        value = msgspec.json.decode(raw or "{}")
+    except msgspec.DecodeError:
+        raise UntranslatableRequest("tool call arguments must be a JSON object", param=param) from None
+    if not isinstance(value, dict):
+        raise UntranslatableRequest("tool call arguments must be a JSON object", param=param)
+    return msgspec.Raw(_encode(value))
+
+
+def _assistant_blocks(message: Message, i: int) -> list[wire.Block]:
+    text = _text(message.content)
+    blocks: list[wire.Block] = [wire.TextBlock(text=text)] if text else []
+    if message.tool_calls is not UNSET:
+        for j, call in enumerate(message.tool_calls):
+            param = f"messages[{i}].tool_calls[{j}].function.arguments"
+            blocks.append(
+                wire.ToolUseBlock(id=call.id, name=call.function.name, input=_arguments(call.function.arguments, param))
+            )
+    return blocks
+
+
+def _turns(messages: Sequence[Message]) -> tuple[str, list[wire.MessageParam]]:
+    """System text, and the conversation as alternating turns (consecutive same-role turns merged;
+    tool results go into the user turn that follows the assistant's tool calls)."""
+    system: list[str] = []
+    turns: list[wire.MessageParam] = []
+    for i, message in enumerate(messages):
+        role = message.role
+        if role in ("system", "developer"):
+            system.append(_text(message.content))
+            continue
+        if role == "assistant":
+            blocks = _assistant_blocks(message, i)
+        elif role == "tool":
+            assert message.tool_call_id is not UNSET
+            result = message.content if isinstance(message.content, str) else _text(message.content)
+            blocks = [wire.ToolResultBlock(tool_use_id=message.tool_call_id, content=result)]
+        else:
+            blocks = _user_blocks(message.content, f"messages[{i}].content")
+        side: Literal["user", "assistant"] = "assistant" if role == "assistant" else "user"
+        if not blocks:
+            continue
+        if turns and turns[-1].role == side:
+            turns[-1].content.extend(blocks)
+        else:
+            turns.append(wire.MessageParam(role=side, content=blocks))
+    return "\n\n".join(s for s in system if s), turns
+
+
+def _tools(req: ChatRequest) -> tuple[list[wire.ToolParam], wire.ToolChoiceParam | None]:
+    tools = [
+        wire.ToolParam(
+            name=t.function.name,
+            description=t.function.description,
+            input_schema=t.function.parameters if isinstance(t.function.parameters, msgspec.Raw) else _OBJECT,
+        )
+        for t in (req.tools or [])
+        if t.function is not UNSET
+    ]
+    choice: wire.ToolChoiceParam | None = None
+    if isinstance(req.tool_choice, NamedToolChoice) and req.tool_choice.function is not UNSET:
+        choice = wire.ToolChoiceParam(type="tool", name=req.tool_choice.function.name)
+    elif req.tool_choice == "required":
+        choice = wire.ToolChoiceParam(type="any")
+    elif req.tool_choice in ("none", "auto"):
+        choice = wire.ToolChoiceParam(type=req.tool_choice)
+    if req.parallel_tool_calls is False and tools:
+        choice = choice or wire.ToolChoiceParam(type="auto")
+        if choice.type != "none":
+            choice.disable_parallel_tool_use = True
+    format_ = req.response_format
+    if format_ is not None and format_ is not UNSET and format_.type in ("json_schema", "json_object"):
+        spec = msgspec.json.decode(format_.json_schema, type=_SchemaSpec) if format_.json_schema else _SchemaSpec()
+        description = spec.description or "Give the answer as this JSON object."
+        tools.append(wire.ToolParam(name=JSON_TOOL, description=description, input_schema=spec.schema or _OBJECT))
+        choice = wire.ToolChoiceParam(type="tool", name=JSON_TOOL)
+    return tools, choice
+
+
+def to_anthropic(req: ChatRequest, model: str, default_max_tokens: int) -> wire.MessagesRequest:
+    """The Messages request for an OpenAI chat request (raises ``UntranslatableRequest``)."""
+    system, turns = _turns(req.messages)
+    tools, choice = _tools(req)
+    out = wire.MessagesRequest(
+        model=model,
+        max_tokens=req.max_completion_tokens or req.max_tokens or default_max_tokens,
+        messages=turns,
+    )
+    if system:
+        out.system = system
+    if isinstance(req.temperature, float | int):
+        out.temperature = min(float(req.temperature), 1.0)
+    if isinstance(req.top_p, float | int):
+        out.top_p = float(req.top_p)
+    if isinstance(req.stop, str):
+        out.stop_sequences = [req.stop]
+    elif isinstance(req.stop, list):
+        out.stop_sequences = req.stop
+    if req.is_stream:
+        out.stream = True
+    if tools:
+        out.tools = tools
+    if choice is not None:
+        out.tool_choice = choice
+    if isinstance(req.user, str):
+        out.metadata = wire.Metadata(user_id=req.user)
+    return out
+
+
+# ---- answer ---------------------------------------------------------------------------------------
+
+
+def usage_from(usage: wire.Usage) -> Usage:
+    """prompt = input + cache creation + cache read; cached = cache read (PROTOCOLS.md §3)."""
+    cache_read = usage.cache_read_input_tokens or 0
+    prompt = (usage.input_tokens or 0) + (usage.cache_creation_input_tokens or 0) + cache_read
+    completion = usage.output_tokens or 0
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=cache_read),
+        completion_tokens_details=CompletionTokensDetails(reasoning_tokens=0),
+    )
+
+
+def from_anthropic(msg: wire.MessageInfo, created: int) -> ChatCompletion:
+    text: list[str] = []
+    thinking: list[str] = []
+    calls: list[ToolCall] = []
+    json_answer = False
+    for block in msg.content:
+        if block.type == "text":
+            text.append(block.text)
+        elif block.type == "thinking":
+            thinking.append(block.thinking)
+        elif block.type == "tool_use":
+            arguments = bytes(block.input).decode() if block.input is not None else "{}"
+            if block.name == JSON_TOOL:
+                text.append(arguments)
+                json_answer = True
+            else:
+                calls.append(ToolCall(id=block.id, function=FunctionCall(name=block.name, arguments=arguments)))
+    message = ResponseMessage(content="".join(text) if text else None)
+    if calls:
+        message.tool_calls = calls
+    if thinking:
+        message.reasoning_content = "".join(thinking)
+    finish = "stop" if json_answer else FINISH_REASONS.get(msg.stop_reason or "", "stop")
+    return ChatCompletion(
+        id=msg.id,
+        created=created,
+        model=msg.model,
+        choices=[Choice(index=0, message=message, finish_reason=finish)],
+        usage=usage_from(msg.usage),
+    )
+
+
+# ---- stream -----------------------------------------------------------------------------------------
+
+_decode_event = msgspec.json.Decoder(wire.StreamEvent).decode
+_NOTHING: Final[tuple[bytes, ...]] = ()
+
+
+class AnthropicStream:
+    """One Anthropic event stream → OpenAI chunk payloads (see the module docstring)."""
+
+    def __init__(self, provider: AnthropicProvider, include_usage: bool, created: int) -> None:
+        self._provider = provider
+        self._include_usage = include_usage
+        self._created = created
+        self._id = ""
+        self._model = ""
+        self._usage = wire.Usage()
+        self._tools: dict[int, int] = {}  # Anthropic block index → OpenAI tool call index
+        self._json_block: int | None = None  # the forced json_response tool's block
+        self._finish: str | None = None
+        self._finished = False
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    @property
+    def complete(self) -> bool:
+        return self._finished or self._finish is not None
+
+    def _chunk(self, delta: Delta, finish: str | None = None) -> bytes:
+        choice = ChunkChoice(index=0, delta=delta, finish_reason=finish)
+        return _encode(ChatCompletionChunk(id=self._id, created=self._created, model=self._model, choices=[choice]))
+
+    def translate(self, event: SSEEvent) -> Sequence[bytes]:
+        if event.event not in wire.EVENT_TYPES:
+            return _NOTHING  # unknown event types must be ignored
+        try:
+            data = _decode_event(event.data)
+        except msgspec.DecodeError:
+            raise UpstreamProtocolError(
+                f"provider '{self._provider.name}' sent a malformed '{event.event}' event"
+            ) from None
+        if isinstance(data, wire.ContentBlockDelta):
+            return self._delta(data)
+        if isinstance(data, wire.ContentBlockStart):
+            return self._block_start(data)
+        if isinstance(data, wire.MessageStart):
+            self._id, self._model = data.message.id, data.message.model
+            self._usage = data.message.usage
+            return (self._chunk(Delta(role="assistant", content="")),)
+        if isinstance(data, wire.MessageDelta):
+            return self._message_delta(data)
+        if isinstance(data, wire.MessageStop):
+            return self._stop()
+        if isinstance(data, wire.ErrorEvent):
+            raise self._provider.stream_error(data.error)
+        return _NOTHING  # ping, content_block_stop
+
+    def _block_start(self, data: wire.ContentBlockStart) -> Sequence[bytes]:
+        block = data.content_block
+        if block.type == "tool_use":
+            if block.name == JSON_TOOL:
+                self._json_block = data.index
+                return _NOTHING
+            index = self._tools[data.index] = len(self._tools)
+            call = ToolCallDelta(
+                index=index, id=block.id, type="function", function=FunctionCallDelta(name=block.name, arguments="")
+            )
+            return (self._chunk(Delta(tool_calls=[call])),)
+        if block.type == "text" and block.text:
+            return (self._chunk(Delta(content=block.text)),)
+        return _NOTHING
+
+    def _delta(self, data: wire.ContentBlockDelta) -> Sequence[bytes]:
+        delta = data.delta
+        if delta.type == "text_delta":
+            return (self._chunk(Delta(content=delta.text)),) if delta.text else _NOTHING
+        if delta.type == "input_json_delta":
+            if not delta.partial_json:
+                return _NOTHING
+            if data.index == self._json_block:
+                return (self._chunk(Delta(content=delta.partial_json)),)
+            index = self._tools.get(data.index)
+            if index is None:
+                return _NOTHING
+            call = ToolCallDelta(index=index, function=FunctionCallDelta(arguments=delta.partial_json))
+            return (self._chunk(Delta(tool_calls=[call])),)
+        if delta.type == "thinking_delta" and delta.thinking:
+            return (self._chunk(Delta(reasoning_content=delta.thinking)),)
+        return _NOTHING  # signature_delta, citations_delta
+
+    def _message_delta(self, data: wire.MessageDelta) -> Sequence[bytes]:
+        usage = data.usage  # cumulative: replace what it carries, keep the rest
+        self._usage = wire.Usage(
+            input_tokens=usage.input_tokens if usage.input_tokens is not None else self._usage.input_tokens,
+            output_tokens=usage.output_tokens if usage.output_tokens is not None else self._usage.output_tokens,
+            cache_creation_input_tokens=usage.cache_creation_input_tokens
+            if usage.cache_creation_input_tokens is not None
+            else self._usage.cache_creation_input_tokens,
+            cache_read_input_tokens=usage.cache_read_input_tokens
+            if usage.cache_read_input_tokens is not None
+            else self._usage.cache_read_input_tokens,
+        )
+        if data.delta.stop_reason is None or self._finish is not None:
+            return _NOTHING
+        finish = FINISH_REASONS.get(data.delta.stop_reason, "stop")
+        if self._json_block is not None and finish == "tool_calls":
+            finish = "stop"
+        self._finish = finish
+        return (self._chunk(Delta(), finish),)
+
+    def _stop(self) -> Sequence[bytes]:
+        self._finished = True
+        out: list[bytes] = []
+        if self._finish is None:  # no message_delta with a stop reason: still end the choice
+            self._finish = "stop"
+            out.append(self._chunk(Delta(), "stop"))
+        if self._include_usage:
+            chunk = ChatCompletionChunk(
+                id=self._id, created=self._created, model=self._model, choices=[], usage=usage_from(self._usage)
+            )
+            out.append(_encode(chunk))
+        return out
+
+
+# ---- adapter ----------------------------------------------------------------------------------------
+
+
+class AnthropicProvider:
+    """Adapter for one configured Anthropic provider."""
+
+    def __init__(
+        self,
+        name: str,
+        base_url: str,
+        api_key: str | None,
+        default_max_tokens: int = 4096,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self._url = httpx.URL(base_url.rstrip("/") + "/v1/messages")
+        self._default_max_tokens = default_max_tokens
+        base = {"content-type": "application/json", "anthropic-version": wire.API_VERSION, **(headers or {})}
+        if api_key:
+            base["x-api-key"] = api_key
+        self._headers = base
+        self._stream_headers = {**base, "accept": "text/event-stream"}
+        self.redact = SecretRedactor(*(s for s in (api_key, base_url) if s))
+
+    def build_request(self, call: Inbound, model: str) -> httpx.Request:
+        body = to_anthropic(call.chat, model, self._default_max_tokens)
+        return httpx.Request(
+            "POST",
+            self._url,
+            headers=self._stream_headers if call.chat.is_stream else self._headers,
+            content=_encode(body),
+        )
+
+    def unsupported(self, call: Inbound) -> list[str]:
+        dropped = [k for k, v in call.fields.items() if k not in SUPPORTED and bytes(v) not in _NULLISH]
+        if isinstance(call.chat.n, int) and call.chat.n > 1:
+            dropped.append("n")
+        return dropped
+
+    def parse_response(self, body: bytes) -> bytes:
+        try:
+            msg = msgspec.json.decode(body, type=wire.MessageInfo)
+        except msgspec.DecodeError:
+            raise UpstreamProtocolError(f"provider '{self.name}' answered with a malformed message") from None
+        return _encode(from_anthropic(msg, int(time.time())))
+
+    def stream_translator(self, call: Inbound) -> AnthropicStream:
+        return AnthropicStream(self, call.chat.include_usage, int(time.time()))
+
+    def parse_error(self, status: int, body: bytes, headers: httpx.Headers) -> UpstreamError:
+        try:
+            message, _, _ = error_fields(msgspec.json.decode(body))
+        except msgspec.DecodeError:
+            message = body[:200].decode("utf-8", "replace").strip()
+        return error_for_status(
+            status,
+            self.redact(message) or f"HTTP {status}",
+            provider=self.name,
+            retry_after=retry_after_seconds(headers),
+        )
+
+    def stream_error(self, error: wire.ErrorInfo) -> UpstreamError:
+        """An ``event: error`` inside a 200 stream, e.g. ``overloaded_error``: worth another try."""
+        return UpstreamServerError(
+            f"provider '{self.name}' reported {error.type or 'an error'}: {self.redact(error.message)}"
+        )
