@@ -21,7 +21,7 @@ from typing import Final, Literal
 
 import httpx
 import msgspec
-from msgspec import UNSET
+from msgspec import UNSET, UnsetType
 
 from providers import anthropic_wire as wire
 from providers.base import Inbound, SecretRedactor, error_fields, error_for_status, retry_after_seconds
@@ -83,7 +83,7 @@ _OBJECT: Final = msgspec.Raw(b'{"type":"object","properties":{}}')
 
 
 class _SchemaSpec(msgspec.Struct):
-    schema: msgspec.Raw | None = None
+    schema: msgspec.Raw | UnsetType = UNSET
     description: str | None = None
 
 
@@ -206,7 +206,8 @@ def _tools(req: ChatRequest) -> tuple[list[wire.ToolParam], wire.ToolChoiceParam
     if format_ is not None and format_ is not UNSET and format_.type in ("json_schema", "json_object"):
         spec = msgspec.json.decode(format_.json_schema, type=_SchemaSpec) if format_.json_schema else _SchemaSpec()
         description = spec.description or "Give the answer as this JSON object."
-        tools.append(wire.ToolParam(name=JSON_TOOL, description=description, input_schema=spec.schema or _OBJECT))
+        schema = spec.schema if isinstance(spec.schema, msgspec.Raw) else _OBJECT
+        tools.append(wire.ToolParam(name=JSON_TOOL, description=description, input_schema=schema))
         choice = wire.ToolChoiceParam(type="tool", name=JSON_TOOL)
     return tools, choice
 
@@ -269,7 +270,7 @@ def from_anthropic(msg: wire.MessageInfo, created: int) -> ChatCompletion:
         elif block.type == "thinking":
             thinking.append(block.thinking)
         elif block.type == "tool_use":
-            arguments = bytes(block.input).decode() if block.input is not None else "{}"
+            arguments = bytes(block.input).decode() if block.input is not UNSET else "{}"
             if block.name == JSON_TOOL:
                 text.append(arguments)
                 json_answer = True

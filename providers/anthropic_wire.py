@@ -96,7 +96,7 @@ class ContentBlock(msgspec.Struct, kw_only=True):
     thinking: str = ""
     id: str = ""
     name: str = ""
-    input: msgspec.Raw | None = None
+    input: msgspec.Raw | UnsetType = UNSET
 
 
 class MessageInfo(msgspec.Struct, kw_only=True):
