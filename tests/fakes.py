@@ -238,3 +238,39 @@ FAULTS: dict[str, Fault] = {
     "diemid": _dies_midway,
     "malformed": _malformed,
 }
+
+
+@dataclass
+class FakeAnthropic:
+    """Answers ``POST /v1/messages`` from the recorded Anthropic fixtures: tool calls when the
+    request offers tools, text otherwise; records what it was sent."""
+
+    port: int = 0
+    seen: list[Seen] = field(default_factory=list)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = msgspec.json.decode(await request.read())
+        assert isinstance(body, dict)
+        self.seen.append(Seen(dict(request.headers), body))
+        if request.headers.get("x-api-key") != "sk-ant-e2e":
+            return web.Response(status=401, body=fixture_bytes("anthropic", "error_auth_401.json"))
+        if not body.get("stream"):
+            name = "message_tool_use.json" if body.get("tools") else "message_text.json"
+            return _json(fixture_bytes("anthropic", name))
+        response = await _sse(request)
+        name = "stream_tools.sse" if body.get("tools") else "stream_text.sse"
+        for event in fixture_bytes("anthropic", name).split(b"\n\n"):
+            if event:
+                await response.write(event + b"\n\n")
+        await response.write_eof()
+        return response
+
+
+@contextlib.contextmanager
+def running_anthropic() -> Iterator[FakeAnthropic]:
+    fake = FakeAnthropic()
+    app = web.Application()
+    app.router.add_post("/v1/messages", fake.handle)
+    with serving_in_thread(app) as port:
+        fake.port = port
+        yield fake

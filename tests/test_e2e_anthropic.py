@@ -1,0 +1,119 @@
+"""End to end across providers: the official openai SDK, the real server, a fake Anthropic API on
+loopback. The client must not be able to tell who answered, except by `model` and our headers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import openai
+import pytest
+from openai.types.chat import ChatCompletion, ChatCompletionMessageParam, ChatCompletionToolParam
+
+from tests.fakes import FakeAnthropic, FakeUpstream, running_anthropic, running_upstream
+from tests.live import running_proxy
+
+HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hello"}]
+TOOLS: list[ChatCompletionToolParam] = [
+    {"type": "function", "function": {"name": name, "parameters": {"type": "object", "properties": {}}}}
+    for name in ("get_weather", "get_time")
+]
+
+
+@dataclass
+class Env:
+    client: openai.OpenAI
+    anthropic: FakeAnthropic
+    openai_fake: FakeUpstream
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    tmp = tmp_path_factory.mktemp("anthropic")
+    with running_anthropic() as anthropic, running_upstream() as up:
+        path = tmp / "config.yaml"
+        path.write_text(
+            f"""
+providers:
+  claude: {{type: anthropic, base_url: "http://127.0.0.1:{anthropic.port}", api_key: sk-ant-e2e}}
+  up: {{type: openai, base_url: "http://127.0.0.1:{up.port}/v1", api_key: sk-up}}
+models:
+  claude: {{targets: [{{provider: claude, model: claude-sonnet-4-5}}]}}
+  cross: {{targets: [{{provider: up, model: fail500}}, {{provider: claude, model: claude-sonnet-4-5}}]}}
+resilience:
+  retry: {{initial_backoff_s: 0.01}}
+"""
+        )
+        with running_proxy(path, {}, tmp / "proxy.log") as base:
+            client = openai.OpenAI(base_url=f"{base}/v1", api_key="sk-client", max_retries=0, timeout=20)
+            yield Env(client, anthropic, up)
+
+
+def test_stream_helper_reassembles_the_exact_tool_call_json(env: Env) -> None:
+    with env.client.chat.completions.stream(model="claude", messages=HELLO, tools=TOOLS) as stream:
+        for _ in stream:
+            pass
+        final = stream.get_final_completion()
+    choice = final.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    calls = choice.message.tool_calls or []
+    assert [(c.id, c.function.name, c.function.arguments) for c in calls] == [
+        ("toolu_01T1x1fJ34qAmk2tNTrN7Up6", "get_weather", '{"city": "Paris"}'),
+        ("toolu_02B", "get_time", '{"tz": "CET"}'),
+    ]
+    assert choice.message.content == "Checking both."
+    sent = env.anthropic.seen[-1]
+    assert sent.headers["x-api-key"] == "sk-ant-e2e"
+    assert sent.headers["anthropic-version"] == "2023-06-01"
+    assert "Authorization" not in sent.headers
+    tools = sent.body["tools"]
+    assert isinstance(tools, list)
+    assert [t["name"] for t in tools] == ["get_weather", "get_time"]
+
+
+def test_include_usage_gives_correct_totals(env: Env) -> None:
+    chunks = list(
+        env.client.chat.completions.create(
+            model="claude", messages=HELLO, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello! How are you?"
+    usage = chunks[-1].usage
+    assert usage is not None
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (1025, 15, 1040)
+    assert usage.prompt_tokens_details is not None
+    assert usage.prompt_tokens_details.cached_tokens == 1000
+
+
+def test_a_whole_answer(env: Env) -> None:
+    completion = env.client.chat.completions.create(model="claude", messages=HELLO, max_tokens=50)
+    assert completion.choices[0].message.content == "Hello! How can I help you today?"
+    assert completion.model == "claude-sonnet-4-5-20250929"
+    assert completion.usage is not None
+    assert completion.usage.total_tokens == 2122
+    assert env.anthropic.seen[-1].body["max_tokens"] == 50
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_cross_provider_failover_is_invisible_but_for_model_and_headers(env: Env, stream: bool) -> None:
+    raw = env.client.chat.completions.with_raw_response.create(model="cross", messages=HELLO, stream=stream)
+    assert raw.headers["x-switchboard-target"] == "claude/claude-sonnet-4-5"
+    assert raw.headers["x-switchboard-attempts"] == "3"  # the OpenAI target twice, then Anthropic
+    parsed = raw.parse()
+    if isinstance(parsed, ChatCompletion):
+        assert parsed.choices[0].message.content == "Hello! How can I help you today?"
+        assert parsed.object == "chat.completion"
+    else:
+        chunks = list(parsed)
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello! How are you?"
+        assert chunks[0].model == "claude-sonnet-4-5-20250929"
+    assert isinstance(parsed, ChatCompletion) is not stream
+
+
+def test_parameters_anthropic_cannot_honour_are_named(env: Env) -> None:
+    raw = env.client.chat.completions.with_raw_response.create(
+        model="claude", messages=HELLO, seed=7, logprobs=True, temperature=0.3
+    )
+    assert set(raw.headers["x-switchboard-dropped-params"].split(", ")) == {"seed", "logprobs"}
+    assert "seed" not in env.anthropic.seen[-1].body
+    assert env.anthropic.seen[-1].body["temperature"] == 0.3
