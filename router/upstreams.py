@@ -9,6 +9,7 @@ import httpx
 
 from providers.anthropic import AnthropicProvider
 from providers.base import Provider
+from providers.gemini import GeminiProvider
 from providers.mock import MockBehaviour, MockTransport
 from providers.openai import AzureProvider, OpenAIProvider
 from router.config import (
@@ -43,14 +44,14 @@ def _missing_key(name: str, key_vars: tuple[str, ...]) -> str:
     return f"provider '{name}' has an empty api_key"
 
 
-def _adapter(name: str, cfg: HTTPProviderConfig) -> Provider | str:
-    """The adapter for an HTTP provider, or why there is none yet."""
+def _adapter(name: str, cfg: HTTPProviderConfig) -> Provider:
+    """The adapter for an HTTP provider."""
     if isinstance(cfg, AzureProviderConfig):
         return AzureProvider(name, cfg.base_url, cfg.api_key, cfg.api_version, cfg.headers)
     if isinstance(cfg, AnthropicProviderConfig):
         return AnthropicProvider(name, cfg.base_url, cfg.api_key, cfg.default_max_tokens, cfg.headers)
     if isinstance(cfg, GeminiProviderConfig):
-        return f"provider '{name}': the gemini adapter is not available in this version of Switchboard"
+        return GeminiProvider(name, cfg.base_url, cfg.api_key, cfg.headers)
     return OpenAIProvider(name, cfg.base_url, cfg.api_key, cfg.headers)
 
 
@@ -74,8 +75,6 @@ def build_upstream(
         return Upstream(name, "mock", OpenAIProvider(name, MOCK_BASE_URL, None), MockTransport(behaviour))
     kind = str(cfg.__struct_config__.tag)
     adapter = _adapter(name, cfg)
-    if isinstance(adapter, str):
-        return Upstream(name, kind, None, None, adapter)
     if cfg.api_key == "":
         return Upstream(name, kind, None, None, _missing_key(name, key_vars))
     http = transport or AiohttpTransport(max_connections=cfg.max_connections, connect_timeout_s=connect_timeout_s)

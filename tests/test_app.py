@@ -29,7 +29,7 @@ def settings(**resilience: Any) -> Any:
             "providers": {
                 "up": {"type": "openai", "base_url": UPSTREAM_URL, "api_key": "${UP_KEY}"},
                 "nokey": {"type": "openai", "api_key": "${NOKEY_API_KEY:-}"},
-                "claude": {"type": "gemini", "api_key": "x"},
+                "claude": {"type": "gemini", "api_key": "${GEMINI_KEY_FOR_TESTS:-}"},
                 "demo": {"type": "mock"},
             },
             "models": {
@@ -262,7 +262,7 @@ async def test_only_unavailable_targets_is_503_naming_the_variable_and_reason() 
         response = await client.post("/v1/chat/completions", json={**CHAT, "model": "dark"})
     error = assert_openai_error(response, 503)
     assert "NOKEY_API_KEY" in error["message"]
-    assert "gemini adapter is not available" in error["message"]
+    assert "GEMINI_KEY_FOR_TESTS" in error["message"]
 
 
 @pytest.mark.parametrize(

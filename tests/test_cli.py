@@ -16,14 +16,14 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_check_prints_the_route_table_and_unavailable_providers(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for var in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY"):
+    for var in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY"):
         monkeypatch.delenv(var, raising=False)
     assert main(["check", "--config", str(ROOT / "config.yaml")]) == 0
     out = capsys.readouterr().out
     assert "demo             mock       available" in out
     assert "set OPENAI_API_KEY" in out
     assert "set ANTHROPIC_API_KEY" in out
-    assert "gemini adapter is not available" in out
+    assert "set GEMINI_API_KEY" in out
     assert "gpt-4o-mini" in out
     assert "openai/gpt-4o-mini (unavailable)" in out
     assert "fallbacks: demo" in out

@@ -1,0 +1,471 @@
+"""Google Gemini ``generateContent`` ↔ OpenAI Chat Completions.
+
+``to_gemini`` and ``from_gemini`` are pure (call ids come from an injected generator: Gemini's
+function calls usually carry none). Choices where the APIs differ, documented in the README:
+
+- ``tool`` messages become ``functionResponse`` parts, named after the assistant tool call they
+  answer (found by ``tool_call_id`` earlier in the conversation); a JSON object answer is passed as
+  the response, anything else as ``{"content": text}``.
+- ``STOP`` with function calls in the choice is ``finish_reason: "tool_calls"``.
+- Each stream event is a whole response holding only the new parts; ``usageMetadata`` is
+  cumulative, so the last one counts. The finish chunk (and the usage chunk, when asked for) go
+  out when an event carries ``finishReason``; the stream ends when the connection does.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Final
+from urllib.parse import quote
+
+import httpx
+import msgspec
+from msgspec import UNSET
+
+from providers import gemini_wire as wire
+from providers.base import Inbound, SecretRedactor, error_fields, error_for_status, retry_after_seconds
+from providers.errors import (
+    UntranslatableRequest,
+    UpstreamAuthFailed,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamServerError,
+)
+from providers.schema import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatRequest,
+    Choice,
+    ChunkChoice,
+    CompletionTokensDetails,
+    ContentPart,
+    Delta,
+    FunctionCall,
+    FunctionCallDelta,
+    Message,
+    NamedToolChoice,
+    PromptTokensDetails,
+    ResponseMessage,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
+from providers.sse import SSEEvent
+
+FILTERED: Final = frozenset({"SAFETY", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY", "RECITATION"})
+SUPPORTED: Final = frozenset(
+    {
+        "model",
+        "messages",
+        "stream",
+        "stream_options",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "stop",
+        "n",
+        "seed",
+        "presence_penalty",
+        "frequency_penalty",
+        "tools",
+        "tool_choice",
+        "response_format",
+    }
+)
+_NULLISH: Final = frozenset({b"null", b"false"})
+_RETRY_DELAY: Final = re.compile(rb'"retryDelay"\s*:\s*"([0-9.]+)s"')
+_encode = msgspec.json.Encoder().encode
+IdSource = Callable[[], str]
+
+
+def random_ids() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+class _SchemaSpec(msgspec.Struct):
+    schema: msgspec.Raw | msgspec.UnsetType = UNSET
+
+
+# ---- request ------------------------------------------------------------------------------------
+
+
+def _text(content: str | list[ContentPart] | None) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    return "".join(p.text for p in content if p.type == "text" and isinstance(p.text, str))
+
+
+def _image(url: str, param: str) -> wire.Part:
+    if not url.startswith("data:"):
+        return wire.Part(file_data=wire.FileData(file_uri=url))
+    header, comma, data = url[5:].partition(",")
+    mime_type, _, encoding = header.partition(";")
+    if not comma or encoding != "base64" or not mime_type:
+        raise UntranslatableRequest("an image data URL must look like data:<type>;base64,<data>", param=param)
+    return wire.Part(inline_data=wire.InlineData(mime_type=mime_type, data=data))
+
+
+def _user_parts(content: str | list[ContentPart] | None, param: str) -> list[wire.Part]:
+    if content is None or isinstance(content, str):
+        return [wire.Part(text=content)] if content else []
+    parts: list[wire.Part] = []
+    for i, part in enumerate(content):
+        if part.type == "text" and isinstance(part.text, str):
+            parts.append(wire.Part(text=part.text))
+        elif part.type == "image_url" and part.image_url is not UNSET:
+            parts.append(_image(part.image_url.url, f"{param}[{i}].image_url"))
+        else:
+            message = f"Gemini targets cannot take '{part.type}' content parts"
+            raise UntranslatableRequest(message, param=f"{param}[{i}]")
+    return parts
+
+
+def _object(raw: str, param: str) -> msgspec.Raw:
+    try:
+        value = msgspec.json.decode(raw or "{}")
+    except msgspec.DecodeError:
+        raise UntranslatableRequest("tool call arguments must be a JSON object", param=param) from None
+    if not isinstance(value, dict):
+        raise UntranslatableRequest("tool call arguments must be a JSON object", param=param)
+    return msgspec.Raw(_encode(value))
+
+
+def _result(content: str, name: str) -> wire.FunctionResponse:
+    try:
+        value = msgspec.json.decode(content)
+    except msgspec.DecodeError:
+        value = None
+    response = value if isinstance(value, dict) else {"content": content}
+    return wire.FunctionResponse(name=name, response=msgspec.Raw(_encode(response)))
+
+
+def _parts(message: Message, i: int, names: dict[str, str]) -> list[wire.Part]:
+    if message.role == "assistant":
+        text = _text(message.content)
+        parts = [wire.Part(text=text)] if text else []
+        for j, call in enumerate(message.tool_calls or []):
+            names[call.id] = call.function.name
+            args = _object(call.function.arguments, f"messages[{i}].tool_calls[{j}].function.arguments")
+            parts.append(wire.Part(function_call=wire.FunctionCall(name=call.function.name, args=args)))
+        return parts
+    if message.role == "tool":
+        assert message.tool_call_id is not UNSET
+        name = names.get(message.tool_call_id)
+        if name is None:
+            raise UntranslatableRequest(
+                "a tool message must answer a tool call of an earlier assistant message",
+                param=f"messages[{i}].tool_call_id",
+            )
+        return [wire.Part(function_response=_result(_text(message.content), name))]
+    return _user_parts(message.content, f"messages[{i}].content")
+
+
+def _contents(messages: Sequence[Message]) -> tuple[list[str], list[wire.Content]]:
+    system: list[str] = []
+    contents: list[wire.Content] = []
+    names: dict[str, str] = {}  # tool_call_id → function name, for functionResponse
+    for i, message in enumerate(messages):
+        if message.role in ("system", "developer"):
+            system.append(_text(message.content))
+            continue
+        parts = _parts(message, i, names)
+        role = "model" if message.role == "assistant" else "user"
+        if not parts:
+            continue
+        if contents and contents[-1].role == role:
+            contents[-1].parts.extend(parts)
+        else:
+            contents.append(wire.Content(role=role, parts=parts))
+    return system, contents
+
+
+def _generation_config(req: ChatRequest) -> wire.GenerationConfig:
+    config = wire.GenerationConfig()
+    if (limit := req.max_completion_tokens or req.max_tokens) is not None and limit is not UNSET:
+        config.max_output_tokens = limit
+    for name, value in (
+        ("temperature", req.temperature),
+        ("top_p", req.top_p),
+        ("presence_penalty", req.presence_penalty),
+        ("frequency_penalty", req.frequency_penalty),
+    ):
+        if isinstance(value, int | float):
+            setattr(config, name, float(value))
+    if isinstance(req.stop, str):
+        config.stop_sequences = [req.stop]
+    elif isinstance(req.stop, list):
+        config.stop_sequences = req.stop
+    if isinstance(req.n, int):
+        config.candidate_count = req.n
+    if isinstance(req.seed, int):
+        config.seed = req.seed
+    fmt = req.response_format
+    if fmt is not None and fmt is not UNSET and fmt.type in ("json_object", "json_schema"):
+        config.response_mime_type = "application/json"
+        if fmt.json_schema is not UNSET:
+            spec = msgspec.json.decode(fmt.json_schema, type=_SchemaSpec)
+            if spec.schema is not UNSET:
+                config.response_json_schema = spec.schema
+    return config
+
+
+def _tool_config(req: ChatRequest) -> wire.ToolConfig | None:
+    choice = req.tool_choice
+    if isinstance(choice, NamedToolChoice) and choice.function is not UNSET:
+        mode = wire.FunctionCallingConfig(mode="ANY", allowed_function_names=[choice.function.name])
+    elif choice in ("none", "auto", "required"):
+        mode = wire.FunctionCallingConfig(mode={"none": "NONE", "auto": "AUTO", "required": "ANY"}[str(choice)])
+    else:
+        return None
+    return wire.ToolConfig(function_calling_config=mode)
+
+
+def to_gemini(req: ChatRequest) -> wire.GenerateContentRequest:
+    """The generateContent request for an OpenAI chat request (raises ``UntranslatableRequest``)."""
+    system, contents = _contents(req.messages)
+    out = wire.GenerateContentRequest(contents=contents)
+    if any(system):
+        out.system_instruction = wire.Content(parts=[wire.Part(text="\n\n".join(s for s in system if s))])
+    config = _generation_config(req)
+    if config != wire.GenerationConfig():
+        out.generation_config = config
+    declarations = [
+        wire.FunctionDeclaration(
+            name=t.function.name, description=t.function.description, parameters=t.function.parameters
+        )
+        for t in (req.tools or [])
+        if t.function is not UNSET
+    ]
+    if declarations:
+        out.tools = [wire.ToolDecl(function_declarations=declarations)]
+    tool_config = _tool_config(req)
+    if tool_config is not None:
+        out.tool_config = tool_config
+    return out
+
+
+# ---- answers ------------------------------------------------------------------------------------
+
+
+def usage_from(meta: wire.UsageMetadata | None) -> Usage:
+    meta = meta or wire.UsageMetadata()
+    completion = meta.candidates_token_count + meta.thoughts_token_count
+    return Usage(
+        prompt_tokens=meta.prompt_token_count,
+        completion_tokens=completion,
+        total_tokens=meta.prompt_token_count + completion,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=meta.cached_content_token_count),
+        completion_tokens_details=CompletionTokensDetails(reasoning_tokens=meta.thoughts_token_count),
+    )
+
+
+def finish_reason(reason: str | None, called: bool) -> str | None:
+    if reason is None:
+        return None
+    if reason in FILTERED:
+        return "content_filter"
+    if reason == "MAX_TOKENS":
+        return "length"
+    return "tool_calls" if called else "stop"
+
+
+def _message(candidate: wire.Candidate, ids: IdSource) -> ResponseMessage:
+    text = [p.text for p in candidate.content.parts if isinstance(p.text, str) and not p.thought]
+    thoughts = [p.text for p in candidate.content.parts if isinstance(p.text, str) and p.thought]
+    calls = [
+        ToolCall(
+            id=p.function_call.id or ids(),
+            function=FunctionCall(
+                name=p.function_call.name,
+                arguments=bytes(p.function_call.args).decode() if p.function_call.args is not UNSET else "{}",
+            ),
+        )
+        for p in candidate.content.parts
+        if p.function_call is not UNSET
+    ]
+    message = ResponseMessage(content="".join(text) if text else None)
+    if calls:
+        message.tool_calls = calls
+    if thoughts:
+        message.reasoning_content = "".join(thoughts)
+    return message
+
+
+def from_gemini(resp: wire.GenerateContentResponse, model: str, created: int, ids: IdSource) -> ChatCompletion:
+    choices = []
+    for i, candidate in enumerate(resp.candidates):
+        message = _message(candidate, ids)
+        finish = finish_reason(candidate.finish_reason or "STOP", message.tool_calls is not UNSET)
+        choices.append(Choice(index=i, message=message, finish_reason=finish))
+    if not choices:  # the prompt itself was blocked
+        blocked = resp.prompt_feedback is not None and resp.prompt_feedback.block_reason is not None
+        choices.append(
+            Choice(index=0, message=ResponseMessage(), finish_reason="content_filter" if blocked else "stop")
+        )
+    return ChatCompletion(
+        id=f"chatcmpl-{resp.response_id}" if resp.response_id else f"chatcmpl-{ids()}",
+        created=created,
+        model=resp.model_version or model,
+        choices=choices,
+        usage=usage_from(resp.usage_metadata),
+    )
+
+
+# ---- stream -------------------------------------------------------------------------------------
+
+_decode_response = msgspec.json.Decoder(wire.GenerateContentResponse).decode
+
+
+class GeminiStream:
+    """A Gemini SSE stream → OpenAI chunk payloads (see the module docstring)."""
+
+    def __init__(self, provider: GeminiProvider, model: str, include_usage: bool, created: int, ids: IdSource) -> None:
+        self._provider = provider
+        self._model = model
+        self._include_usage = include_usage
+        self._created = created
+        self._ids = ids
+        self._id = ""
+        self._started: set[int] = set()  # choices whose role chunk went out
+        self._calls: dict[int, itertools.count[int]] = {}  # per choice: next tool call index
+        self._finished: set[int] = set()
+        self._usage: wire.UsageMetadata | None = None
+        self._done = False
+
+    @property
+    def finished(self) -> bool:
+        return False  # Gemini has no end marker: the stream ends with the connection
+
+    @property
+    def complete(self) -> bool:
+        return self._done
+
+    def _chunk(self, index: int, delta: Delta, finish: str | None = None) -> bytes:
+        choice = ChunkChoice(index=index, delta=delta, finish_reason=finish)
+        return _encode(ChatCompletionChunk(id=self._id, created=self._created, model=self._model, choices=[choice]))
+
+    def translate(self, event: SSEEvent) -> Sequence[bytes]:
+        try:
+            resp = _decode_response(event.data)
+        except msgspec.DecodeError:
+            raise UpstreamProtocolError(f"provider '{self._provider.name}' sent a malformed stream event") from None
+        if resp.error is not UNSET:
+            raise self._provider.stream_error(bytes(resp.error))
+        if not self._id:
+            self._id = f"chatcmpl-{resp.response_id or self._ids()}"
+            self._model = resp.model_version or self._model
+        if resp.usage_metadata is not None:
+            self._usage = resp.usage_metadata
+        out: list[bytes] = []
+        for candidate in resp.candidates:
+            out.extend(self._candidate(candidate))
+        if not resp.candidates and resp.prompt_feedback is not None and resp.prompt_feedback.block_reason:
+            out.append(self._chunk(0, Delta(role="assistant", content=None), "content_filter"))
+            self._finished.add(0)
+        if self._finished and not self._done and len(self._finished) >= max(len(self._started), 1):
+            self._done = True
+            if self._include_usage:
+                chunk = ChatCompletionChunk(
+                    id=self._id, created=self._created, model=self._model, choices=[], usage=usage_from(self._usage)
+                )
+                out.append(_encode(chunk))
+        return out
+
+    def _candidate(self, candidate: wire.Candidate) -> Iterator[bytes]:
+        index = candidate.index
+        if index not in self._started:
+            self._started.add(index)
+            yield self._chunk(index, Delta(role="assistant", content=""))
+        for part in candidate.content.parts:
+            if part.function_call is not UNSET:
+                call = part.function_call
+                position = next(self._calls.setdefault(index, itertools.count()))
+                arguments = bytes(call.args).decode() if call.args is not UNSET else "{}"
+                fragment = ToolCallDelta(
+                    index=position,
+                    id=call.id or self._ids(),
+                    type="function",
+                    function=FunctionCallDelta(name=call.name, arguments=arguments),
+                )
+                yield self._chunk(index, Delta(tool_calls=[fragment]))
+            elif isinstance(part.text, str) and part.text:
+                delta = Delta(reasoning_content=part.text) if part.thought else Delta(content=part.text)
+                yield self._chunk(index, delta)
+        if candidate.finish_reason is not None and index not in self._finished:
+            self._finished.add(index)
+            yield self._chunk(index, Delta(), finish_reason(candidate.finish_reason, index in self._calls))
+
+
+# ---- adapter ------------------------------------------------------------------------------------
+
+
+class GeminiProvider:
+    """Adapter for one configured Gemini provider. The key goes in ``x-goog-api-key``, never in
+    the URL, where it would end up in logs."""
+
+    def __init__(
+        self,
+        name: str,
+        base_url: str,
+        api_key: str | None,
+        headers: Mapping[str, str] | None = None,
+        ids: IdSource = random_ids,
+    ) -> None:
+        self.name = name
+        self._base = base_url.rstrip("/") + "/v1beta/models/"
+        base = {"content-type": "application/json", **(headers or {})}
+        if api_key:
+            base["x-goog-api-key"] = api_key
+        self._headers = base
+        self._stream_headers = {**base, "accept": "text/event-stream"}
+        self._ids = ids
+        self.redact = SecretRedactor(*(s for s in (api_key, base_url) if s))
+
+    def build_request(self, call: Inbound, model: str) -> httpx.Request:
+        stream = call.chat.is_stream
+        action = ":streamGenerateContent?alt=sse" if stream else ":generateContent"
+        return httpx.Request(
+            "POST",
+            self._base + quote(model, safe="") + action,
+            headers=self._stream_headers if stream else self._headers,
+            content=_encode(to_gemini(call.chat)),
+        )
+
+    def unsupported(self, call: Inbound) -> list[str]:
+        return [k for k, v in call.fields.items() if k not in SUPPORTED and bytes(v) not in _NULLISH]
+
+    def parse_response(self, body: bytes) -> bytes:
+        try:
+            resp = _decode_response(body)
+        except msgspec.DecodeError:
+            raise UpstreamProtocolError(f"provider '{self.name}' answered with a malformed response") from None
+        return _encode(from_gemini(resp, "", int(time.time()), self._ids))
+
+    def stream_translator(self, call: Inbound) -> GeminiStream:
+        return GeminiStream(self, call.chat.model, call.chat.include_usage, int(time.time()), self._ids)
+
+    def parse_error(self, status: int, body: bytes, headers: httpx.Headers) -> UpstreamError:
+        try:
+            message, _, _ = error_fields(msgspec.json.decode(body))
+        except msgspec.DecodeError:
+            message = body[:200].decode("utf-8", "replace").strip()
+        message = self.redact(message) or f"HTTP {status}"
+        if b"API_KEY_INVALID" in body:  # Gemini answers a bad key with a 400
+            return UpstreamAuthFailed(
+                f"provider '{self.name}' rejected Switchboard's credentials ({status}): {message}",
+                upstream_status=status,
+                code="upstream_auth_failed",
+            )
+        retry_after = retry_after_seconds(headers)
+        if retry_after is None and (delay := _RETRY_DELAY.search(body)):
+            retry_after = float(delay.group(1))
+        return error_for_status(status, message, provider=self.name, retry_after=retry_after)
+
+    def stream_error(self, error: bytes) -> UpstreamError:
+        message, _, _ = error_fields({"error": msgspec.json.decode(error)})
+        return UpstreamServerError(f"provider '{self.name}' reported an error: {self.redact(message)}")
