@@ -274,3 +274,38 @@ def running_anthropic() -> Iterator[FakeAnthropic]:
     with serving_in_thread(app) as port:
         fake.port = port
         yield fake
+
+
+@dataclass
+class FakeGemini:
+    """Answers ``:generateContent`` and ``:streamGenerateContent?alt=sse`` from the recorded
+    Gemini fixtures (CRLF-framed, as Gemini sends them); records what it was sent."""
+
+    port: int = 0
+    seen: list[Seen] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = msgspec.json.decode(await request.read())
+        assert isinstance(body, dict)
+        self.seen.append(Seen(dict(request.headers), body))
+        self.paths.append(request.path_qs)
+        if request.headers.get("x-goog-api-key") != "gemini-e2e-key" or "key=" in request.query_string:
+            return web.Response(status=400, body=fixture_bytes("gemini", "error_bad_key.json"))
+        tools = bool(body.get("tools"))
+        if request.path.endswith(":generateContent"):
+            return _json(fixture_bytes("gemini", "generate_function_call.json" if tools else "generate_text.json"))
+        response = await _sse(request)
+        await response.write(fixture_bytes("gemini", "stream_function_call.sse" if tools else "stream_text.sse"))
+        await response.write_eof()
+        return response
+
+
+@contextlib.contextmanager
+def running_gemini() -> Iterator[FakeGemini]:
+    fake = FakeGemini()
+    app = web.Application()
+    app.router.add_post("/v1beta/models/{action}", fake.handle)
+    with serving_in_thread(app) as port:
+        fake.port = port
+        yield fake

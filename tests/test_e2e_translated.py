@@ -1,5 +1,5 @@
-"""End to end across providers: the official openai SDK, the real server, a fake Anthropic API on
-loopback. The client must not be able to tell who answered, except by `model` and our headers."""
+"""End to end across providers: the official openai SDK, the real server, fake Anthropic and Gemini
+APIs on loopback. The client must not be able to tell who answered, except by `model` and our headers."""
 
 from __future__ import annotations
 
@@ -10,7 +10,14 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionMessageParam, ChatCompletionToolParam
 
-from tests.fakes import FakeAnthropic, FakeUpstream, running_anthropic, running_upstream
+from tests.fakes import (
+    FakeAnthropic,
+    FakeGemini,
+    FakeUpstream,
+    running_anthropic,
+    running_gemini,
+    running_upstream,
+)
 from tests.live import running_proxy
 
 HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hello"}]
@@ -25,19 +32,23 @@ class Env:
     client: openai.OpenAI
     anthropic: FakeAnthropic
     openai_fake: FakeUpstream
+    gemini: FakeGemini
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     tmp = tmp_path_factory.mktemp("anthropic")
-    with running_anthropic() as anthropic, running_upstream() as up:
+    with running_anthropic() as anthropic, running_upstream() as up, running_gemini() as gemini:
         path = tmp / "config.yaml"
         path.write_text(
             f"""
 providers:
   claude: {{type: anthropic, base_url: "http://127.0.0.1:{anthropic.port}", api_key: sk-ant-e2e}}
   up: {{type: openai, base_url: "http://127.0.0.1:{up.port}/v1", api_key: sk-up}}
+  gem: {{type: gemini, base_url: "http://127.0.0.1:{gemini.port}", api_key: gemini-e2e-key}}
 models:
+  gemini: {{targets: [{{provider: gem, model: gemini-2.5-flash}}]}}
+  cross-gemini: {{targets: [{{provider: up, model: fail500}}, {{provider: gem, model: gemini-2.5-flash}}]}}
   claude: {{targets: [{{provider: claude, model: claude-sonnet-4-5}}]}}
   cross: {{targets: [{{provider: up, model: fail500}}, {{provider: claude, model: claude-sonnet-4-5}}]}}
 resilience:
@@ -46,7 +57,7 @@ resilience:
         )
         with running_proxy(path, {}, tmp / "proxy.log") as base:
             client = openai.OpenAI(base_url=f"{base}/v1", api_key="sk-client", max_retries=0, timeout=20)
-            yield Env(client, anthropic, up)
+            yield Env(client, anthropic, up, gemini)
 
 
 def test_stream_helper_reassembles_the_exact_tool_call_json(env: Env) -> None:
@@ -117,3 +128,46 @@ def test_parameters_anthropic_cannot_honour_are_named(env: Env) -> None:
     assert set(raw.headers["x-switchboard-dropped-params"].split(", ")) == {"seed", "logprobs"}
     assert "seed" not in env.anthropic.seen[-1].body
     assert env.anthropic.seen[-1].body["temperature"] == 0.3
+
+
+def test_gemini_stream_helper_reassembles_whole_function_calls(env: Env) -> None:
+    with env.client.chat.completions.stream(model="gemini", messages=HELLO, tools=TOOLS) as stream:
+        for _ in stream:
+            pass
+        final = stream.get_final_completion()
+    choice = final.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    calls = choice.message.tool_calls or []
+    assert [(c.function.name, c.function.arguments) for c in calls] == [
+        ("get_weather", '{"city": "Paris"}'),
+        ("get_time", '{"tz": "CET"}'),
+    ]
+    assert len({c.id for c in calls}) == 2
+    assert env.gemini.paths[-1] == "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
+    assert env.gemini.seen[-1].headers["x-goog-api-key"] == "gemini-e2e-key"
+
+
+def test_gemini_usage_totals_and_text(env: Env) -> None:
+    chunks = list(
+        env.client.chat.completions.create(
+            model="gemini", messages=HELLO, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello, world!"
+    usage = chunks[-1].usage
+    assert usage is not None
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (5, 14, 19)
+    completion = env.client.chat.completions.create(model="gemini", messages=HELLO)
+    assert completion.choices[0].message.content == "Hello there! How can I help?"
+    assert completion.model == "gemini-2.5-flash"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_failover_from_openai_to_gemini(env: Env, stream: bool) -> None:
+    raw = env.client.chat.completions.with_raw_response.create(model="cross-gemini", messages=HELLO, stream=stream)
+    assert raw.headers["x-switchboard-target"] == "gem/gemini-2.5-flash"
+    parsed = raw.parse()
+    if isinstance(parsed, ChatCompletion):
+        assert parsed.choices[0].message.content == "Hello there! How can I help?"
+    else:
+        assert "".join(c.choices[0].delta.content or "" for c in parsed if c.choices) == "Hello, world!"
