@@ -1,7 +1,8 @@
 """The mock upstream: nginx on loopback answering like OpenAI from memory, far faster than any
 proxy under test. ``/json`` answers a completion, ``/stream`` a whole streamed answer at once,
 ``/slow`` the same stream trickled over ~30 s (for the open-streams memory test), and
-``/flaky-json``, ``/flaky-stream`` fail half their requests with a 503 (the failover scenario)."""
+``/flaky-json``, ``/flaky-stream`` fail half their requests with a 503 (the failover scenario), and
+``/anthropic/v1/messages`` streams the same answer in Anthropic's event format."""
 
 from __future__ import annotations
 
@@ -63,6 +64,26 @@ def stream_body() -> bytes:
     return b"".join(parts)
 
 
+def anthropic_stream_body() -> bytes:
+    """The same answer as ``stream_body`` in Anthropic's event format (``event:`` + ``data:``)."""
+
+    def event(kind: str, data: dict[str, object]) -> bytes:
+        return b"event: " + kind.encode() + b"\ndata: " + msgspec.json.encode({"type": kind, **data}) + b"\n\n"
+
+    usage = {"input_tokens": 20, "cache_read_input_tokens": 0, "output_tokens": 1}
+    message = {"id": "msg_bench", "type": "message", "role": "assistant", "content": [], "model": MODEL, "usage": usage}
+    parts = [event("message_start", {"message": message})]
+    parts.append(event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}))
+    parts += [
+        event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": f" word{i}"}})
+        for i in range(CHUNKS)
+    ]
+    parts.append(event("content_block_stop", {"index": 0}))
+    parts.append(event("message_delta", {"delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": CHUNKS}}))
+    parts.append(event("message_stop", {}))
+    return b"".join(parts)
+
+
 def write_site(root: Path) -> Path:
     """Answers as static files: nginx serves them from memory-mapped pages at full speed."""
     www = root / "www"
@@ -72,6 +93,9 @@ def write_site(root: Path) -> Path:
         path = www / kind / "v1" / "chat" / "completions"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(body)
+    messages = www / "anthropic" / "v1" / "messages"
+    messages.parent.mkdir(parents=True, exist_ok=True)
+    messages.write_bytes(anthropic_stream_body())
     return www
 
 
@@ -103,6 +127,7 @@ http {{
         error_page 405 =200 $uri;
         location /json/ {{ default_type application/json; }}
         location /stream/ {{ default_type text/event-stream; }}
+        location /anthropic/ {{ default_type text/event-stream; }}
         location /slow/ {{ default_type text/event-stream; limit_rate 400; }}
         location /flaky-json/ {{
             default_type application/json;

@@ -437,7 +437,13 @@ class GeminiProvider:
         )
 
     def unsupported(self, call: Inbound) -> list[str]:
-        return [k for k, v in call.fields.items() if k not in SUPPORTED and bytes(v) not in _NULLISH]
+        # parallel_tool_calls: true is what Gemini does anyway; false it cannot promise.
+        return [
+            k
+            for k, v in call.fields.items()
+            if (k not in SUPPORTED and k != "parallel_tool_calls" and bytes(v) not in _NULLISH)
+            or (k == "parallel_tool_calls" and bytes(v) == b"false")
+        ]
 
     def parse_response(self, body: bytes) -> bytes:
         try:

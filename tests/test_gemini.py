@@ -129,6 +129,8 @@ def test_the_key_travels_in_a_header_never_in_the_url() -> None:
 def test_unsupported_parameters() -> None:
     dropped = provider().unsupported(call(logprobs=True, user="u", logit_bias={"1": 2}, seed=1, n=1))
     assert sorted(dropped) == ["logit_bias", "logprobs", "user"]
+    assert provider().unsupported(call(parallel_tool_calls=True)) == []
+    assert provider().unsupported(call(parallel_tool_calls=False)) == ["parallel_tool_calls"]
 
 
 def completion(name: str) -> ChatCompletion:
