@@ -15,6 +15,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TypeVar
 
 import httpx
@@ -32,6 +33,7 @@ from router.upstreams import Upstream
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+Once = Callable[["Attempt", httpx.Request, "Lease", "Run"], Awaitable[T]]  # one try at one target
 
 
 class TargetSkipped(Exception):
@@ -192,7 +194,7 @@ class Gateway:
                     continue
                 yield attempt
 
-    async def _walk(self, call: Inbound, once: Callable[[Attempt, Lease, Run], Awaitable[T]]) -> tuple[T, Target, Run]:
+    async def _walk(self, call: Inbound, once: Once[T]) -> tuple[T, Target, Run]:
         route = self.router.resolve(call.chat.model)
         run = Run(route.alias, self.timeouts.total_s)
         for attempt in self.candidates(route, run):
@@ -200,8 +202,10 @@ class Gateway:
                 run.notes.append("deadline passed before the next target")
                 break
             run.dropped = _unsupported(call, attempt)
+            # Built before any lease: a request the target cannot express fails without touching it.
+            request = attempt.adapter.build_request(call, attempt.target.model)
             try:
-                return await self._on_target(attempt, run, once), attempt.target, run
+                return await self._on_target(attempt, request, run, once), attempt.target, run
             except TargetSkipped as skipped:
                 run.skipped(attempt.target, str(skipped))
             except UpstreamRejected:
@@ -210,10 +214,10 @@ class Gateway:
                 run.failed(attempt.target, exc)
         raise run.exhausted()
 
-    async def _on_target(self, attempt: Attempt, run: Run, once: Callable[[Attempt, Lease, Run], Awaitable[T]]) -> T:
+    async def _on_target(self, attempt: Attempt, request: httpx.Request, run: Run, once: Once[T]) -> T:
         """The first try, then (for retryable failures) tenacity's."""
         try:
-            return await self._try(attempt, run, once)
+            return await self._try(attempt, request, run, once)
         except UpstreamError as exc:
             first = exc
             if not self.retry.should_retry(exc):
@@ -224,17 +228,17 @@ class Gateway:
         log.info("retry target=%s in=%.3fs reason=%r", attempt.target.label, delay, first.message)
         await self.retry.sleep(delay)
         try:
-            return await self.retry.retrying(1, run.fits)(self._try, attempt, run, once)
+            return await self.retry.retrying(1, run.fits)(self._try, attempt, request, run, once)
         except TargetSkipped:
             raise first from None  # the breaker opened meanwhile: the target's last word stands
 
-    async def _try(self, attempt: Attempt, run: Run, once: Callable[[Attempt, Lease, Run], Awaitable[T]]) -> T:
+    async def _try(self, attempt: Attempt, request: httpx.Request, run: Run, once: Once[T]) -> T:
         lease = attempt.state.acquire()
         if isinstance(lease, str):
             raise TargetSkipped(lease)
         run.calls += 1
         try:
-            return await once(attempt, lease, run)
+            return await once(attempt, request, lease, run)
         except SwitchboardError as exc:
             lease.failed(exc)
             raise
@@ -243,18 +247,17 @@ class Gateway:
             raise
 
     async def complete(self, call: Inbound) -> Answer:
-        body, target, run = await self._walk(call, lambda a, lease, run: self._complete_once(call, a, lease, run))
+        body, target, run = await self._walk(call, self._complete_once)
         return Answer(body, target, run.calls, run.dropped)
 
     async def open_stream(self, call: Inbound) -> OpenStream:
         """Start a stream and wait for its first chunk, so that a failure before it can still move
         on to the next target, or become an HTTP error."""
-        opened, _, _ = await self._walk(call, lambda a, lease, run: self._open_once(call, a, lease, run))
+        opened, _, _ = await self._walk(call, partial(self._open_once, call))
         return opened
 
-    async def _complete_once(self, call: Inbound, attempt: Attempt, lease: Lease, run: Run) -> bytes:
+    async def _complete_once(self, attempt: Attempt, request: httpx.Request, lease: Lease, run: Run) -> bytes:
         adapter, provider = attempt.adapter, attempt.target.provider
-        request = adapter.build_request(call, attempt.target.model)
         budget = min(self.timeouts.attempt_s, run.remaining())
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -273,12 +276,13 @@ class Gateway:
         lease.succeeded()
         return answer
 
-    async def _open_once(self, call: Inbound, attempt: Attempt, lease: Lease, run: Run) -> OpenStream:
+    async def _open_once(
+        self, call: Inbound, attempt: Attempt, request: httpx.Request, lease: Lease, run: Run
+    ) -> OpenStream:
         adapter, provider = attempt.adapter, attempt.target.provider
         loop = asyncio.get_running_loop()
         started = loop.time()
         budget = min(self.timeouts.first_token_s, run.remaining())
-        request = adapter.build_request(call, attempt.target.model)
         upstream: UpstreamStream | None = None
         try:
             async with asyncio.timeout(budget):

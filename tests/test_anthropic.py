@@ -18,7 +18,7 @@ from providers.errors import (
     UpstreamRejected,
     UpstreamServerError,
 )
-from providers.schema import ChatCompletion, ChatCompletionChunk, ChatRequest
+from providers.schema import ChatCompletion, ChatCompletionChunk, ChatRequest, ChunkChoice, Delta
 from providers.sse import SSEParser
 from tests.conftest import fixture_bytes
 
@@ -338,13 +338,24 @@ def test_parallel_tool_calls_stream_as_openai_tool_call_deltas() -> None:
     assert reasoning == "Two lookups."
 
 
-def test_an_error_event_raises_a_retryable_failure() -> None:
+def test_an_error_before_any_content_leaves_nothing_sent_and_is_retryable() -> None:
     translator = provider().stream_translator(inbound(stream=True))
     events = SSEParser().feed(fixture_bytes("anthropic", "stream_overloaded_early.sse"))
-    assert translator.translate(events[0])  # the role chunk
+    assert translator.translate(events[0]) == ()  # message_start alone commits nothing
     with pytest.raises(UpstreamServerError, match="overloaded_error") as info:
         translator.translate(events[1])
     assert info.value.retryable
+
+
+def test_an_error_after_content_raises_after_the_content() -> None:
+    translator = provider().stream_translator(inbound(stream=True))
+    *events, error = SSEParser().feed(fixture_bytes("anthropic", "stream_error_midway.sse"))
+    sent = [chunk for event in events for chunk in translator.translate(event)]
+    with pytest.raises(UpstreamServerError, match="Overloaded"):
+        translator.translate(error)
+    chunks = [msgspec.json.decode(c, type=ChatCompletionChunk) for c in sent]
+    assert [c.choices[0].delta.content for c in chunks] == ["", "Partial"]
+    assert chunks[0].choices[0].delta.role == "assistant"
 
 
 def test_the_json_tool_streams_as_content() -> None:
@@ -375,3 +386,21 @@ def test_errors(status: int, name: str, kind: type, client_status: int) -> None:
         assert error.retry_after == 2
     if status == 400:
         assert "roles must alternate" in error.message
+
+
+def test_spliced_text_chunks_are_the_bytes_a_struct_would_encode() -> None:
+    text = 'quote " backslash \\ newline \n unicode é 😀 nul \u0000'
+    start = b'event: message_start\ndata: {"type":"message_start","message":{"id":"m\\"1","model":"c"}}\n\n'
+    delta = msgspec.json.encode(
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}
+    )
+    translator = provider().stream_translator(inbound(stream=True))
+    events = SSEParser().feed(start + b"event: content_block_delta\ndata: " + delta + b"\n\n")
+    out = [chunk for event in events for chunk in translator.translate(event)]
+    created = msgspec.json.decode(out[0], type=ChatCompletionChunk).created
+    expected = msgspec.json.encode(
+        ChatCompletionChunk(
+            id='m"1', created=created, model="c", choices=[ChunkChoice(index=0, delta=Delta(content=text))]
+        )
+    )
+    assert out[1] == expected

@@ -94,3 +94,36 @@ async def test_content_anthropic_cannot_take_is_a_400_without_an_upstream_call(c
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "messages[0].content[0]"
     assert recorder.requests == []
+
+
+async def test_an_anthropic_overload_before_any_content_fails_over_to_the_next_target() -> None:
+    class Routed:
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+
+        def __call__(self, request: httpx.Request) -> httpx.Response:
+            self.calls.append(request.url.host)
+            if request.url.host == "claude.test":
+                raw = fixture_bytes("anthropic", "stream_overloaded_early.sse")
+                return httpx.Response(200, content=raw, headers={"content-type": "text/event-stream"})
+            raw = fixture_bytes("openai", "stream_text.sse")
+            return httpx.Response(200, content=raw, headers={"content-type": "text/event-stream"})
+
+    routed = Routed()
+    settings = settings_from_dict(
+        {
+            "providers": {
+                "claude": {"type": "anthropic", "base_url": "https://claude.test", "api_key": "k"},
+                "gpt": {"type": "openai", "base_url": "https://gpt.test/v1", "api_key": "k"},
+            },
+            "models": {"m": {"targets": [{"provider": "claude", "model": "c"}, {"provider": "gpt", "model": "g"}]}},
+            "resilience": {"retry": {"max_attempts": 1}},
+        },
+        {},
+    )
+    async with AsyncTestClient(app=create_app(settings, transport=httpx.MockTransport(routed))) as client:
+        response = await client.post("/v1/chat/completions", json={"model": "m", "messages": HELLO, "stream": True})
+    assert response.status_code == 200
+    assert response.headers["x-switchboard-target"] == "gpt/g"
+    assert routed.calls == ["claude.test", "gpt.test"]
+    assert b"overloaded" not in response.content
