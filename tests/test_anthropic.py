@@ -9,7 +9,8 @@ import msgspec
 import pytest
 
 from providers import anthropic_wire as wire
-from providers.anthropic import JSON_TOOL, AnthropicProvider, from_anthropic, to_anthropic
+from providers.anthropic import AnthropicProvider, from_anthropic
+from providers.anthropic_request import JSON_TOOL, to_anthropic
 from providers.base import Inbound
 from providers.errors import (
     UntranslatableRequest,
@@ -286,10 +287,10 @@ def test_malformed_answer_is_a_protocol_error() -> None:
 # ---- streams ------------------------------------------------------------------------------------
 
 
-def stream(name: str, include_usage: bool = False, raw: bytes | None = None) -> list[ChatCompletionChunk]:
+def stream(name: str, include_usage: bool = False) -> list[ChatCompletionChunk]:
     translator = provider().stream_translator(inbound(stream=True, stream_options={"include_usage": include_usage}))
     out: list[bytes] = []
-    for event in SSEParser().feed(raw if raw is not None else fixture_bytes("anthropic", name)):
+    for event in SSEParser().feed(fixture_bytes("anthropic", name)):
         out.extend(translator.translate(event))
     assert translator.finished
     return [msgspec.json.decode(chunk, type=ChatCompletionChunk) for chunk in out]

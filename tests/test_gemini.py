@@ -11,7 +11,8 @@ import pytest
 
 from providers.base import Inbound
 from providers.errors import UntranslatableRequest, UpstreamAuthFailed, UpstreamRateLimited, UpstreamRejected
-from providers.gemini import GeminiProvider, finish_reason, to_gemini
+from providers.gemini import GeminiProvider, finish_reason
+from providers.gemini_request import to_gemini
 from providers.schema import ChatCompletion, ChatCompletionChunk, ChatRequest
 from providers.sse import SSEParser
 from tests.conftest import fixture_bytes

@@ -7,6 +7,7 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
+import respx
 from litestar.testing import AsyncTestClient
 
 from providers.sse import SSEParser
@@ -35,16 +36,25 @@ def app(recorder: Recorder, **providers: dict[str, Any]) -> AsyncTestClient[Any]
 
 async def test_azure_addresses_the_deployment_with_its_api_key_and_passes_filter_results_through() -> None:
     raw = fixture_bytes("azure", "stream_filtered.sse")
-    recorder = Recorder(httpx.Response(200, content=raw, headers={"content-type": "text/event-stream"}))
-    azure = {"type": "azure", "base_url": "https://res.openai.azure.com/", "api_key": "az-SECRET"}
-    async with app(recorder, az=azure) as client:
-        response = await client.post("/v1/chat/completions", json={"model": "az", "messages": HELLO, "stream": True})
-    (sent,) = recorder.requests
-    assert str(sent.url) == (
-        "https://res.openai.azure.com/openai/deployments/az-model/chat/completions?api-version=2024-10-21"
+    # respx matches the exact deployment URL and api-version; anything else is a 404 from respx.
+    router = respx.Router(assert_all_called=True)
+    route = router.post(
+        "https://res.openai.azure.com/openai/deployments/az-model/chat/completions",
+        params={"api-version": "2024-10-21"},
+        headers={"api-key": "az-SECRET"},
+    ).respond(200, content=raw, headers={"content-type": "text/event-stream"})
+    settings = settings_from_dict(
+        {
+            "providers": {"az": {"type": "azure", "base_url": "https://res.openai.azure.com/", "api_key": "az-SECRET"}},
+            "models": {"az": {"targets": [{"provider": "az", "model": "az-model"}]}},
+        },
+        {},
     )
-    assert sent.headers["api-key"] == "az-SECRET"
-    assert "authorization" not in sent.headers
+    transport = httpx.MockTransport(router.async_handler)
+    async with AsyncTestClient(app=create_app(settings, transport=transport)) as client:
+        response = await client.post("/v1/chat/completions", json={"model": "az", "messages": HELLO, "stream": True})
+    assert route.call_count == 1
+    assert "authorization" not in route.calls.last.request.headers
     assert response.status_code == 200
     events = [e.data for e in SSEParser().feed(response.content)]
     assert events == [e.data for e in SSEParser().feed(raw)]  # the empty-choices first chunk included
