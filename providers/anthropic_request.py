@@ -5,7 +5,6 @@ Raises ``UntranslatableRequest`` (a 400 naming the param) for what Anthropic can
 
 from __future__ import annotations
 
-import binascii
 from collections.abc import Sequence
 from typing import Final, Literal
 
@@ -15,6 +14,7 @@ from msgspec import UNSET, UnsetType
 from providers import anthropic_wire as wire
 from providers.errors import UntranslatableRequest
 from providers.schema import ChatRequest, ContentPart, Message, NamedToolChoice
+from providers.translate import arguments_object, data_url, text_of
 
 JSON_TOOL: Final = "json_response"  # the forced tool that carries a response_format schema
 _encode = msgspec.json.Encoder().encode
@@ -26,25 +26,10 @@ class _SchemaSpec(msgspec.Struct):
     description: str | None = None
 
 
-def _text(content: str | list[ContentPart] | None) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    return "".join(p.text for p in content if p.type == "text" and isinstance(p.text, str))
-
-
 def _image(url: str, param: str) -> wire.ImageBlock:
     if not url.startswith("data:"):
         return wire.ImageBlock(source=wire.ImageSource(type="url", url=url))
-    header, comma, data = url[5:].partition(",")
-    media_type, _, encoding = header.partition(";")
-    if not comma or encoding != "base64" or not media_type:
-        raise UntranslatableRequest("an image data URL must look like data:<type>;base64,<data>", param=param)
-    try:
-        binascii.a2b_base64(data[:64])  # a cheap sanity check; Anthropic validates the rest
-    except binascii.Error:
-        raise UntranslatableRequest("the image data is not valid base64", param=param) from None
+    media_type, data = data_url(url, param)
     return wire.ImageBlock(source=wire.ImageSource(type="base64", media_type=media_type, data=data))
 
 
@@ -67,24 +52,16 @@ def _user_blocks(content: str | list[ContentPart] | None, param: str) -> list[wi
     return blocks
 
 
-def _arguments(raw: str, param: str) -> msgspec.Raw:
-    try:
-        value = msgspec.json.decode(raw or "{}")
-    except msgspec.DecodeError:
-        raise UntranslatableRequest("tool call arguments must be a JSON object", param=param) from None
-    if not isinstance(value, dict):
-        raise UntranslatableRequest("tool call arguments must be a JSON object", param=param)
-    return msgspec.Raw(_encode(value))
-
-
 def _assistant_blocks(message: Message, i: int) -> list[wire.Block]:
-    text = _text(message.content)
+    text = text_of(message.content)
     blocks: list[wire.Block] = [wire.TextBlock(text=text)] if text else []
     if message.tool_calls is not UNSET:
         for j, call in enumerate(message.tool_calls):
             param = f"messages[{i}].tool_calls[{j}].function.arguments"
             blocks.append(
-                wire.ToolUseBlock(id=call.id, name=call.function.name, input=_arguments(call.function.arguments, param))
+                wire.ToolUseBlock(
+                    id=call.id, name=call.function.name, input=arguments_object(call.function.arguments, param)
+                )
             )
     return blocks
 
@@ -97,13 +74,13 @@ def _turns(messages: Sequence[Message]) -> tuple[str, list[wire.MessageParam]]:
     for i, message in enumerate(messages):
         role = message.role
         if role in ("system", "developer"):
-            system.append(_text(message.content))
+            system.append(text_of(message.content))
             continue
         if role == "assistant":
             blocks = _assistant_blocks(message, i)
         elif role == "tool":
             assert message.tool_call_id is not UNSET
-            result = message.content if isinstance(message.content, str) else _text(message.content)
+            result = message.content if isinstance(message.content, str) else text_of(message.content)
             blocks = [wire.ToolResultBlock(tool_use_id=message.tool_call_id, content=result)]
         else:
             blocks = _user_blocks(message.content, f"messages[{i}].content")

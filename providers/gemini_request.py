@@ -13,6 +13,7 @@ from msgspec import UNSET
 from providers import gemini_wire as wire
 from providers.errors import UntranslatableRequest
 from providers.schema import ChatRequest, ContentPart, Message, NamedToolChoice
+from providers.translate import arguments_object, data_url, text_of
 
 _encode = msgspec.json.Encoder().encode
 
@@ -21,19 +22,10 @@ class _SchemaSpec(msgspec.Struct):
     schema: msgspec.Raw | msgspec.UnsetType = UNSET
 
 
-def _text(content: str | list[ContentPart] | None) -> str:
-    if content is None or isinstance(content, str):
-        return content or ""
-    return "".join(p.text for p in content if p.type == "text" and isinstance(p.text, str))
-
-
 def _image(url: str, param: str) -> wire.Part:
     if not url.startswith("data:"):
         return wire.Part(file_data=wire.FileData(file_uri=url))
-    header, comma, data = url[5:].partition(",")
-    mime_type, _, encoding = header.partition(";")
-    if not comma or encoding != "base64" or not mime_type:
-        raise UntranslatableRequest("an image data URL must look like data:<type>;base64,<data>", param=param)
+    mime_type, data = data_url(url, param)
     return wire.Part(inline_data=wire.InlineData(mime_type=mime_type, data=data))
 
 
@@ -52,16 +44,6 @@ def _user_parts(content: str | list[ContentPart] | None, param: str) -> list[wir
     return parts
 
 
-def _object(raw: str, param: str) -> msgspec.Raw:
-    try:
-        value = msgspec.json.decode(raw or "{}")
-    except msgspec.DecodeError:
-        raise UntranslatableRequest("tool call arguments must be a JSON object", param=param) from None
-    if not isinstance(value, dict):
-        raise UntranslatableRequest("tool call arguments must be a JSON object", param=param)
-    return msgspec.Raw(_encode(value))
-
-
 def _result(content: str, name: str) -> wire.FunctionResponse:
     try:
         value = msgspec.json.decode(content)
@@ -73,11 +55,11 @@ def _result(content: str, name: str) -> wire.FunctionResponse:
 
 def _parts(message: Message, i: int, names: dict[str, str]) -> list[wire.Part]:
     if message.role == "assistant":
-        text = _text(message.content)
+        text = text_of(message.content)
         parts = [wire.Part(text=text)] if text else []
         for j, call in enumerate(message.tool_calls or []):
             names[call.id] = call.function.name
-            args = _object(call.function.arguments, f"messages[{i}].tool_calls[{j}].function.arguments")
+            args = arguments_object(call.function.arguments, f"messages[{i}].tool_calls[{j}].function.arguments")
             parts.append(wire.Part(function_call=wire.FunctionCall(name=call.function.name, args=args)))
         return parts
     if message.role == "tool":
@@ -88,7 +70,7 @@ def _parts(message: Message, i: int, names: dict[str, str]) -> list[wire.Part]:
                 "a tool message must answer a tool call of an earlier assistant message",
                 param=f"messages[{i}].tool_call_id",
             )
-        return [wire.Part(function_response=_result(_text(message.content), name))]
+        return [wire.Part(function_response=_result(text_of(message.content), name))]
     return _user_parts(message.content, f"messages[{i}].content")
 
 
@@ -98,7 +80,7 @@ def _contents(messages: Sequence[Message]) -> tuple[list[str], list[wire.Content
     names: dict[str, str] = {}  # tool_call_id → function name, for functionResponse
     for i, message in enumerate(messages):
         if message.role in ("system", "developer"):
-            system.append(_text(message.content))
+            system.append(text_of(message.content))
             continue
         parts = _parts(message, i, names)
         role = "model" if message.role == "assistant" else "user"
