@@ -16,6 +16,7 @@ from providers.schema import ErrorBody, ErrorEnvelope
 __all__ = [
     "AllTargetsFailed",
     "InvalidRequest",
+    "MethodNotAllowed",
     "ModelNotFound",
     "NoTargetAvailable",
     "Overloaded",

@@ -8,15 +8,14 @@ from collections.abc import Sequence
 from typing import Final
 
 import msgspec
-from litestar import Request, post
-from litestar.datastructures import State
-from litestar.types import ASGIApp
+from litestar import asgi
+from litestar.types import ASGIApp, HTTPScope, Receive, Send
 
 from providers.base import Inbound
 from providers.schema import ChatRequest
 from router.api.responses import CLIENT_GONE, JSONBody
 from router.disconnect import ClientWatch
-from router.errors import InvalidRequest
+from router.errors import InvalidRequest, MethodNotAllowed, PayloadTooLarge
 from router.gateway import Gateway
 from router.routing import Target
 from router.streaming import SSEResponse
@@ -86,13 +85,42 @@ def decode_call(body: bytes) -> Inbound:
     return Inbound(chat, fields)
 
 
-@post("/v1/chat/completions", status_code=200)
-async def chat_completions(request: Request[None, None, State]) -> ASGIApp:
-    call = decode_call(await request.body())
-    # Read from the app, not an injected `state` parameter: Litestar copies State per request.
-    gateway: Gateway = request.app.state.gateway
+@asgi("/v1/chat/completions", http_methods=["POST"], copy_scope=False)
+async def chat_completions(scope: HTTPScope, receive: Receive, send: Send) -> None:
+    """A raw ASGI handler: the hot path skips Litestar's request and response modelling. Errors
+    raised here still reach the app's exception handlers."""
+    if scope["method"] != "POST":  # asgi handlers do not enforce http_methods
+        raise MethodNotAllowed(f"Method {scope['method']} is not allowed for /v1/chat/completions.")
+    app = scope["app"]
+    call = decode_call(await read_body(scope, receive, app.state.max_body_bytes))
+    response = await _answer(app.state.gateway, call, receive)
+    await response(scope, receive, send)
+
+
+async def read_body(scope: HTTPScope, receive: Receive, limit: int) -> bytes:
+    """The request body, refused with a 413 past ``limit`` bytes (announced or received)."""
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit() and int(value) > limit:
+            raise PayloadTooLarge(f"The request body is larger than this gateway accepts ({limit} bytes).")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise asyncio.CancelledError  # nobody is waiting for an answer
+        body = message.get("body", b"")
+        assert isinstance(body, bytes)
+        size += len(body)
+        if size > limit:
+            raise PayloadTooLarge(f"The request body is larger than this gateway accepts ({limit} bytes).")
+        chunks.append(body)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _answer(gateway: Gateway, call: Inbound, receive: Receive) -> ASGIApp:
     gateway.bulkhead.enter()
-    watch = ClientWatch(request.receive)
+    watch = ClientWatch(receive)
     handed_over = False
     try:
         if call.chat.is_stream:
