@@ -24,7 +24,7 @@ from msgspec import UNSET
 
 from providers import anthropic_wire as wire
 from providers.anthropic_request import JSON_TOOL, to_anthropic
-from providers.base import Inbound, SecretRedactor, error_fields, error_for_status, retry_after_seconds
+from providers.base import Inbound, SecretRedactor, error_fields, error_for_status, post, retry_after_seconds
 from providers.errors import UpstreamError, UpstreamProtocolError, UpstreamServerError
 from providers.schema import (
     ChatCompletion,
@@ -291,18 +291,13 @@ class AnthropicProvider:
         base = {"content-type": "application/json", "anthropic-version": wire.API_VERSION, **(headers or {})}
         if api_key:
             base["x-api-key"] = api_key
-        self._headers = base
-        self._stream_headers = {**base, "accept": "text/event-stream"}
+        self._headers = httpx.Headers(base)
+        self._stream_headers = httpx.Headers({**base, "accept": "text/event-stream"})
         self.redact = SecretRedactor(*(s for s in (api_key, base_url) if s))
 
     def build_request(self, call: Inbound, model: str) -> httpx.Request:
         body = to_anthropic(call.chat, model, self._default_max_tokens)
-        return httpx.Request(
-            "POST",
-            self._url,
-            headers=self._stream_headers if call.chat.is_stream else self._headers,
-            content=_encode(body),
-        )
+        return post(self._url, self._stream_headers if call.chat.is_stream else self._headers, _encode(body))
 
     def unsupported(self, call: Inbound) -> list[str]:
         dropped = [k for k, v in call.fields.items() if k not in SUPPORTED and bytes(v) not in _NULLISH]

@@ -27,7 +27,7 @@ import msgspec
 from msgspec import UNSET
 
 from providers import gemini_wire as wire
-from providers.base import Inbound, SecretRedactor, error_fields, error_for_status, retry_after_seconds
+from providers.base import Inbound, SecretRedactor, error_fields, error_for_status, post, retry_after_seconds
 from providers.errors import (
     UpstreamAuthFailed,
     UpstreamError,
@@ -255,20 +255,16 @@ class GeminiProvider:
         base = {"content-type": "application/json", **(headers or {})}
         if api_key:
             base["x-goog-api-key"] = api_key
-        self._headers = base
-        self._stream_headers = {**base, "accept": "text/event-stream"}
+        self._headers = httpx.Headers(base)
+        self._stream_headers = httpx.Headers({**base, "accept": "text/event-stream"})
         self._ids = ids
         self.redact = SecretRedactor(*(s for s in (api_key, base_url) if s))
 
     def build_request(self, call: Inbound, model: str) -> httpx.Request:
         stream = call.chat.is_stream
         action = ":streamGenerateContent?alt=sse" if stream else ":generateContent"
-        return httpx.Request(
-            "POST",
-            self._base + quote(model, safe="") + action,
-            headers=self._stream_headers if stream else self._headers,
-            content=_encode(to_gemini(call.chat)),
-        )
+        url = httpx.URL(self._base + quote(model, safe="") + action)
+        return post(url, self._stream_headers if stream else self._headers, _encode(to_gemini(call.chat)))
 
     def unsupported(self, call: Inbound) -> list[str]:
         # parallel_tool_calls: true is what Gemini does anyway; false it cannot promise.

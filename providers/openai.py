@@ -15,7 +15,7 @@ import httpx
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from providers.base import Inbound, SecretRedactor, error_fields, error_for_status, retry_after_seconds
+from providers.base import Inbound, SecretRedactor, error_fields, error_for_status, post, retry_after_seconds
 from providers.errors import UpstreamError, UpstreamProtocolError, UpstreamServerError
 from providers.sse import SSEEvent
 
@@ -99,8 +99,9 @@ class OpenAIProvider:
         base_headers = {"content-type": "application/json", "user-agent": USER_AGENT, **(headers or {})}
         if api_key:
             base_headers.update(self.auth_headers(api_key))
-        self._headers = base_headers
-        self._stream_headers = {**base_headers, "accept": "text/event-stream"}
+        # Built once: httpx copies a Headers object cheaply, but normalizes a dict on every request.
+        self._headers = httpx.Headers(base_headers)
+        self._stream_headers = httpx.Headers({**base_headers, "accept": "text/event-stream"})
         self.redact = SecretRedactor(*(s for s in (api_key, base_url) if s))
 
     def auth_headers(self, api_key: str) -> dict[str, str]:
@@ -113,11 +114,8 @@ class OpenAIProvider:
         fields = call.fields
         if call.chat.model != model:
             fields = {**fields, "model": msgspec.Raw(_encode(model))}
-        return httpx.Request(
-            "POST",
-            self.url_for(model),
-            headers=self._stream_headers if call.chat.is_stream else self._headers,
-            content=_encode(fields),
+        return post(
+            self.url_for(model), self._stream_headers if call.chat.is_stream else self._headers, _encode(fields)
         )
 
     def unsupported(self, call: Inbound) -> list[str]:
