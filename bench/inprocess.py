@@ -1,0 +1,126 @@
+"""CPU per request of Switchboard's own stack, without sockets: the app is driven as an ASGI
+callable with an in-memory upstream (``httpx.MockTransport``). Far steadier than a load test on a
+shared machine, so it is the tool for A/B-testing a hot-path change:
+
+    python -m bench.inprocess            # non-streamed and streamed, microseconds of CPU per request
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+from litestar import Litestar
+
+from bench.upstream import completion_body, stream_body
+from router.app import create_app
+from router.config import settings_from_dict
+
+WARMUP, ROUNDS, PER_ROUND = 2_000, 5, 3_000
+
+
+def upstream(request: httpx.Request) -> httpx.Response:
+    if b'"stream":true' in request.content:
+        return httpx.Response(200, content=stream_body(), headers={"content-type": "text/event-stream"})
+    return httpx.Response(200, content=completion_body(), headers={"content-type": "application/json"})
+
+
+def request_body(stream: bool) -> bytes:
+    flag = b"true" if stream else b"false"
+    return (
+        b'{"model":"m","messages":[{"role":"system","content":"You are a helpful assistant."},'
+        b'{"role":"user","content":"Write one sentence about foxes."}],"temperature":0.7,"stream":' + flag + b"}"
+    )
+
+
+async def started(app: Litestar) -> None:
+    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    await inbox.put({"type": "lifespan.startup"})
+    ready = asyncio.Event()
+
+    async def send(message: Any) -> None:
+        if message["type"] == "lifespan.startup.complete":
+            ready.set()
+
+    asyncio.get_running_loop().create_task(app({"type": "lifespan", "asgi": {"version": "3.0"}}, inbox.get, send))  # type: ignore[arg-type]
+    await ready.wait()
+
+
+def caller(app: Litestar, body: bytes) -> Callable[[], Awaitable[None]]:
+    headers = [
+        (b"host", b"bench"),
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 2),
+        "state": {},
+    }
+
+    async def one() -> None:
+        done = asyncio.Event()
+        delivered = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await done.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: Any) -> None:
+            if message["type"] == "http.response.start" and message["status"] != 200:
+                raise RuntimeError(f"status {message['status']}")
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                done.set()
+
+        await app(dict(scope), receive, send)  # type: ignore[arg-type]
+
+    return one
+
+
+async def measure(stream: bool) -> float:
+    settings = settings_from_dict(
+        {
+            "providers": {"o": {"type": "openai", "base_url": "http://upstream/v1", "api_key": "k"}},
+            "models": {"m": {"targets": [{"provider": "o", "model": "x"}]}},
+        },
+        {},
+    )
+    app = create_app(settings, transport=httpx.MockTransport(upstream))
+    await started(app)
+    one = caller(app, request_body(stream))
+    for _ in range(WARMUP):
+        await one()
+    best = float("inf")
+    for _ in range(ROUNDS):
+        cpu = time.process_time()
+        for _ in range(PER_ROUND):
+            await one()
+        best = min(best, (time.process_time() - cpu) / PER_ROUND * 1e6)
+    return best
+
+
+def main() -> None:
+    for stream in (False, True):
+        us = asyncio.run(measure(stream))
+        print(f"{'streamed (43 events)' if stream else 'non-streamed'}: {us:.1f} us of CPU per request")
+
+
+if __name__ == "__main__":
+    main()
