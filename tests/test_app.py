@@ -490,3 +490,28 @@ async def test_valid_features_switchboard_does_not_model_still_pass_through(extr
     forwarded = msgspec.json.decode(upstream.requests[0].content)
     for key, value in extra.items():
         assert forwarded[key] == value
+
+
+async def test_body_reading_enforces_the_limit_and_survives_an_early_disconnect() -> None:
+    from router.api.chat import read_body
+    from router.errors import InvalidRequest, PayloadTooLarge
+
+    def receiver(*messages: dict[str, Any]) -> Any:
+        queue = list(messages)
+
+        async def receive() -> dict[str, Any]:
+            return queue.pop(0)
+
+        return receive
+
+    scope: Any = {"headers": []}
+    parts = receiver({"type": "http.request", "body": b"ab", "more_body": True}, {"type": "http.request", "body": b"c"})
+    assert await read_body(scope, parts, 10) == b"abc"
+    with pytest.raises(PayloadTooLarge):
+        await read_body(scope, receiver({"type": "http.request", "body": b"x" * 11}), 10)
+    with pytest.raises(PayloadTooLarge):  # refused on the announced length, before reading
+        await read_body({"headers": [(b"content-length", b"11")]}, receiver(), 10)
+    with pytest.raises(InvalidRequest, match="disconnected"):
+        await read_body(
+            scope, receiver({"type": "http.request", "body": b"a", "more_body": True}, {"type": "http.disconnect"}), 10
+        )

@@ -106,8 +106,8 @@ async def read_body(scope: HTTPScope, receive: Receive, limit: int) -> bytes:
     size = 0
     while True:
         message = await receive()
-        if message["type"] == "http.disconnect":
-            raise asyncio.CancelledError  # nobody is waiting for an answer
+        if message["type"] == "http.disconnect":  # nobody will read this answer, but it must be one
+            raise InvalidRequest("The client disconnected before sending the whole request body.")
         body = message.get("body", b"")
         assert isinstance(body, bytes)
         size += len(body)
