@@ -509,8 +509,9 @@ async def test_body_reading_enforces_the_limit_and_survives_an_early_disconnect(
     assert await read_body(scope, parts, 10) == b"abc"
     with pytest.raises(PayloadTooLarge):
         await read_body(scope, receiver({"type": "http.request", "body": b"x" * 11}), 10)
+    announced: Any = {"headers": [(b"content-length", b"11")]}
     with pytest.raises(PayloadTooLarge):  # refused on the announced length, before reading
-        await read_body({"headers": [(b"content-length", b"11")]}, receiver(), 10)
+        await read_body(announced, receiver(), 10)
     with pytest.raises(InvalidRequest, match="disconnected"):
         await read_body(
             scope, receiver({"type": "http.request", "body": b"a", "more_body": True}, {"type": "http.disconnect"}), 10
