@@ -374,3 +374,18 @@ async def test_admission_is_safe_under_concurrency() -> None:
     await asyncio.gather(*(request() for _ in range(100)))
     assert len(admitted) == 1
     assert state.breaker.state == "closed"
+
+
+def test_every_breaker_transition_is_one_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    state = target(BreakerConfig(fail_max=1, reset_timeout_s=1), clock)
+    with caplog.at_level("WARNING", logger="router.resilience"):
+        lease(state).failed(FAIL)
+        clock.advance(1)
+        lease(state).succeeded()
+    transitions = [r.getMessage() for r in caplog.records if r.getMessage().startswith("breaker ")]
+    assert transitions == [
+        "breaker target=p/m closed -> open",
+        "breaker target=p/m open -> half-open",
+        "breaker target=p/m half-open -> closed",
+    ]
