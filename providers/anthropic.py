@@ -238,17 +238,9 @@ class AnthropicStream:
         return _NOTHING  # signature_delta, citations_delta
 
     def _message_delta(self, data: wire.MessageDelta) -> Sequence[bytes]:
-        usage = data.usage  # cumulative: replace what it carries, keep the rest
-        self._usage = wire.Usage(
-            input_tokens=usage.input_tokens if usage.input_tokens is not None else self._usage.input_tokens,
-            output_tokens=usage.output_tokens if usage.output_tokens is not None else self._usage.output_tokens,
-            cache_creation_input_tokens=usage.cache_creation_input_tokens
-            if usage.cache_creation_input_tokens is not None
-            else self._usage.cache_creation_input_tokens,
-            cache_read_input_tokens=usage.cache_read_input_tokens
-            if usage.cache_read_input_tokens is not None
-            else self._usage.cache_read_input_tokens,
-        )
+        # Cumulative counts: take what this event carries, keep the rest.
+        carried = {f: v for f in wire.Usage.__struct_fields__ if (v := getattr(data.usage, f)) is not None}
+        self._usage = msgspec.structs.replace(self._usage, **carried)
         if data.delta.stop_reason is None or self._finish is not None:
             return _NOTHING
         finish = FINISH_REASONS.get(data.delta.stop_reason, "stop")

@@ -80,8 +80,7 @@ def _turns(messages: Sequence[Message]) -> tuple[str, list[wire.MessageParam]]:
             blocks = _assistant_blocks(message, i)
         elif role == "tool":
             assert message.tool_call_id is not UNSET
-            result = message.content if isinstance(message.content, str) else text_of(message.content)
-            blocks = [wire.ToolResultBlock(tool_use_id=message.tool_call_id, content=result)]
+            blocks = [wire.ToolResultBlock(tool_use_id=message.tool_call_id, content=text_of(message.content))]
         else:
             blocks = _user_blocks(message.content, f"messages[{i}].content")
         side: Literal["user", "assistant"] = "assistant" if role == "assistant" else "user"
