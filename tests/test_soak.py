@@ -31,10 +31,13 @@ class Upstreams:
         self.rng = random.Random(2026)
         self.calls: Counter[str] = Counter()
         self.active = 0
+        self.peers: set[object] = set()  # client (port) of each connection the proxy opened
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         kind = request.match_info["kind"]
         self.calls[kind] += 1
+        assert request.transport is not None
+        self.peers.add(request.transport.get_extra_info("peername"))
         self.active += 1
         try:
             body = msgspec.json.decode(await request.read())
@@ -141,4 +144,5 @@ async def test_connections_are_pooled_not_piled_up(upstreams: tuple[Upstreams, i
             await asyncio.gather(*(client.post("/v1/chat/completions", json=body) for _ in range(16)))
         open_now = established_to(port)
     assert fake.calls["healthy"] == 80
-    assert open_now <= 16  # reused across rounds, never one per request
+    assert len(fake.peers) <= 16  # 80 requests over at most 16 connections: reused across rounds
+    assert open_now <= 16
