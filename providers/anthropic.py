@@ -33,12 +33,12 @@ from providers.schema import (
     ChunkChoice,
     CompletionTokensDetails,
     Delta,
-    FunctionCall,
     FunctionCallDelta,
+    FunctionCallOut,
     PromptTokensDetails,
     ResponseMessage,
-    ToolCall,
     ToolCallDelta,
+    ToolCallOut,
     Usage,
 )
 from providers.sse import SSEEvent
@@ -96,7 +96,7 @@ def usage_from(usage: wire.Usage) -> Usage:
 def from_anthropic(msg: wire.MessageInfo, created: int) -> ChatCompletion:
     text: list[str] = []
     thinking: list[str] = []
-    calls: list[ToolCall] = []
+    calls: list[ToolCallOut] = []
     json_answer = False
     for block in msg.content:
         if block.type == "text":
@@ -109,7 +109,7 @@ def from_anthropic(msg: wire.MessageInfo, created: int) -> ChatCompletion:
                 text.append(arguments)
                 json_answer = True
             else:
-                calls.append(ToolCall(id=block.id, function=FunctionCall(name=block.name, arguments=arguments)))
+                calls.append(ToolCallOut(id=block.id, function=FunctionCallOut(name=block.name, arguments=arguments)))
     message = ResponseMessage(content="".join(text) if text else None)
     if calls:
         message.tool_calls = calls

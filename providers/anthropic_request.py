@@ -9,21 +9,16 @@ from collections.abc import Sequence
 from typing import Final, Literal
 
 import msgspec
-from msgspec import UNSET, UnsetType
+from msgspec import UNSET
 
 from providers import anthropic_wire as wire
 from providers.errors import UntranslatableRequest
-from providers.schema import ChatRequest, ContentPart, Message, NamedToolChoice
+from providers.schema import ChatRequest, ContentPart, JSONSchemaFormat, Message, NamedToolChoice
 from providers.translate import arguments_object, data_url, text_of
 
 JSON_TOOL: Final = "json_response"  # the forced tool that carries a response_format schema
 _encode = msgspec.json.Encoder().encode
 _OBJECT: Final = msgspec.Raw(b'{"type":"object","properties":{}}')
-
-
-class _SchemaSpec(msgspec.Struct):
-    schema: msgspec.Raw | UnsetType = UNSET
-    description: str | None = None
 
 
 def _image(url: str, param: str) -> wire.ImageBlock:
@@ -116,8 +111,8 @@ def _tools(req: ChatRequest) -> tuple[list[wire.ToolParam], wire.ToolChoiceParam
             choice.disable_parallel_tool_use = True
     format_ = req.response_format
     if format_ is not None and format_ is not UNSET and format_.type in ("json_schema", "json_object"):
-        spec = msgspec.json.decode(format_.json_schema, type=_SchemaSpec) if format_.json_schema else _SchemaSpec()
-        description = spec.description or "Give the answer as this JSON object."
+        spec = format_.json_schema or JSONSchemaFormat()
+        description = spec.description if isinstance(spec.description, str) else "Give the answer as this JSON object."
         schema = spec.schema if isinstance(spec.schema, msgspec.Raw) else _OBJECT
         tools.append(wire.ToolParam(name=JSON_TOOL, description=description, input_schema=schema))
         choice = wire.ToolChoiceParam(type="tool", name=JSON_TOOL)

@@ -42,12 +42,12 @@ from providers.schema import (
     ChunkChoice,
     CompletionTokensDetails,
     Delta,
-    FunctionCall,
     FunctionCallDelta,
+    FunctionCallOut,
     PromptTokensDetails,
     ResponseMessage,
-    ToolCall,
     ToolCallDelta,
+    ToolCallOut,
     Usage,
 )
 from providers.sse import SSEEvent
@@ -112,9 +112,9 @@ def _message(candidate: wire.Candidate, ids: IdSource) -> ResponseMessage:
     text = [p.text for p in candidate.content.parts if isinstance(p.text, str) and not p.thought]
     thoughts = [p.text for p in candidate.content.parts if isinstance(p.text, str) and p.thought]
     calls = [
-        ToolCall(
+        ToolCallOut(
             id=p.function_call.id or ids(),
-            function=FunctionCall(
+            function=FunctionCallOut(
                 name=p.function_call.name,
                 arguments=bytes(p.function_call.args).decode() if p.function_call.args is not UNSET else "{}",
             ),

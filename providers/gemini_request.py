@@ -18,10 +18,6 @@ from providers.translate import arguments_object, data_url, text_of
 _encode = msgspec.json.Encoder().encode
 
 
-class _SchemaSpec(msgspec.Struct):
-    schema: msgspec.Raw | msgspec.UnsetType = UNSET
-
-
 def _image(url: str, param: str) -> wire.Part:
     if not url.startswith("data:"):
         return wire.Part(file_data=wire.FileData(file_uri=url))
@@ -116,10 +112,8 @@ def _generation_config(req: ChatRequest) -> wire.GenerationConfig:
     fmt = req.response_format
     if fmt is not None and fmt is not UNSET and fmt.type in ("json_object", "json_schema"):
         config.response_mime_type = "application/json"
-        if fmt.json_schema is not UNSET:
-            spec = msgspec.json.decode(fmt.json_schema, type=_SchemaSpec)
-            if spec.schema is not UNSET:
-                config.response_json_schema = spec.schema
+        if fmt.json_schema is not UNSET and fmt.json_schema.schema is not UNSET:
+            config.response_json_schema = fmt.json_schema.schema
     return config
 
 

@@ -120,9 +120,18 @@ class StreamOptions(Wire, kw_only=True):
     include_usage: bool | UnsetType | None = UNSET
 
 
+class JSONSchemaFormat(Wire, kw_only=True):
+    """``response_format.json_schema``: checked here so translations can rely on its shape."""
+
+    name: str | UnsetType = UNSET
+    description: str | UnsetType | None = UNSET
+    schema: msgspec.Raw | UnsetType = UNSET
+    strict: bool | UnsetType | None = UNSET
+
+
 class ResponseFormat(Wire, kw_only=True):
     type: str  # text | json_object | json_schema, and vendor kinds
-    json_schema: msgspec.Raw | UnsetType = UNSET
+    json_schema: JSONSchemaFormat | UnsetType = UNSET
 
 
 Temperature = Annotated[float, Meta(ge=0, le=2)]
@@ -189,11 +198,25 @@ class Usage(Emitted, kw_only=True):
     completion_tokens_details: CompletionTokensDetails | UnsetType = UNSET
 
 
+class FunctionCallOut(Emitted, kw_only=True):
+    name: str
+    arguments: str
+
+
+class ToolCallOut(Emitted, kw_only=True):
+    """A tool call in an answer: ``type`` is always written (the inbound ``ToolCall`` omits
+    defaults, which would drop it, and OpenAI's schema requires it)."""
+
+    id: str
+    type: str = "function"
+    function: FunctionCallOut
+
+
 class ResponseMessage(Emitted, kw_only=True):
     role: str = "assistant"
     content: str | None = None
     refusal: str | None = None
-    tool_calls: list[ToolCall] | UnsetType = UNSET
+    tool_calls: list[ToolCallOut] | UnsetType = UNSET
     reasoning_content: str | UnsetType = UNSET  # a model's thinking, as vLLM and DeepSeek name it
 
 

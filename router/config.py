@@ -39,6 +39,11 @@ class ServerConfig(Strict, frozen=True, kw_only=True):
     port: Port = 4000
     workers: PositiveInt = 1
     max_body_bytes: PositiveInt = 8 * 1024 * 1024
+    max_header_bytes: PositiveInt = 64 * 1024  # a request line and headers past it: 431
+    max_headers: PositiveInt = 100  # more header fields than this: 431
+    header_timeout_s: PositiveFloat = 30.0  # a connection must send a request's headers within this
+    body_timeout_s: PositiveFloat = 60.0  # ... and its body within this, once the headers are in
+    write_timeout_s: PositiveFloat = 30.0  # a client that reads nothing for this long is cut off
 
 
 class RetryConfig(Strict, frozen=True, kw_only=True):
@@ -81,6 +86,8 @@ class ResilienceConfig(Strict, frozen=True, kw_only=True):
     breaker: BreakerConfig = BreakerConfig()
     timeouts: TimeoutsConfig = TimeoutsConfig()
     max_concurrent: PositiveInt | None = None  # requests in flight in this process; above it, 429
+    max_answer_bytes: PositiveInt = 32 * 1024 * 1024  # a non-streamed answer, after decompression
+    max_event_bytes: PositiveInt = 4 * 1024 * 1024  # one event of an upstream stream
 
 
 class HTTPProviderConfig(Strict, tag_field="type", frozen=True, kw_only=True):
