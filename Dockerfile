@@ -20,6 +20,8 @@ ENV SWITCHBOARD_CONFIG=/etc/switchboard/config.yaml \
 
 USER switchboard
 EXPOSE 4000
+# Probes $SWITCHBOARD_PORT, where the bundled config listens; a mounted config should listen there too
+# (`port: ${SWITCHBOARD_PORT:-4000}`), or the container is reported unhealthy.
 HEALTHCHECK --interval=10s --timeout=2s --retries=3 \
-  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:4000/health/live', timeout=2)"]
+  CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health/live' % (os.environ.get('SWITCHBOARD_PORT') or '4000'), timeout=2)"]
 ENTRYPOINT ["switchboard", "serve"]

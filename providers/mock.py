@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -130,7 +131,7 @@ class MockTransport(httpx.AsyncBaseTransport):
         usage = Usage(
             prompt_tokens=prompt_tokens, completion_tokens=len(words), total_tokens=prompt_tokens + len(words)
         )
-        ident = f"chatcmpl-mock{self.requests}"
+        ident = f"chatcmpl-mock-{secrets.token_hex(12)}"  # unique across restarts, as a real id is
         created = int(time.time())
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)

@@ -1,4 +1,4 @@
-"""``switchboard serve | check`` (also ``python -m router``)."""
+"""``switchboard serve | check | --version`` (also ``python -m router``)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,26 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import TextIO
+from importlib import metadata
+from typing import Final, TextIO
 
 from router.config import ConfigError, Settings, default_config_path, load_settings
 from router.routing import Router
 from router.upstreams import Upstream, build_upstreams
 
+SIGPIPE_STATUS: Final = 141  # what a shell reports for a writer killed by SIGPIPE, as `cat` would be
+
+
+def version() -> str:
+    try:
+        return metadata.version("switchboard")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "0+unknown"
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="switchboard", description="OpenAI-compatible LLM gateway")
+    parser.add_argument("--version", action="version", version=f"switchboard {version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     config_help = "config file (default: $SWITCHBOARD_CONFIG, then ./config.yaml)"
     serve = commands.add_parser("serve", help="start the proxy")
@@ -78,7 +89,16 @@ def _serve(args: argparse.Namespace, path: str) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _report(error: ConfigError) -> None:
+    if len(error.errors) == 1:
+        print(f"switchboard: invalid config: {error}", file=sys.stderr)
+        return
+    print(f"switchboard: invalid config ({len(error.errors)} errors):", file=sys.stderr)
+    for line in error.errors:
+        print(f"  {line}", file=sys.stderr)
+
+
+def _run(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     level = getattr(args, "log_level", "info").upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -88,5 +108,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check(path)
         return _serve(args, path)
     except ConfigError as exc:
-        print(f"switchboard: invalid config: {exc}", file=sys.stderr)
+        _report(exc)
         return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        try:
+            return _run(argv)
+        finally:
+            sys.stdout.flush()  # a closed pipe must fail here, where it is caught, not at interpreter exit
+    except BrokenPipeError:
+        # The reader went away (`switchboard check | head -1`): nothing is wrong, and nobody is left
+        # to tell. Point stdout at /dev/null so that Python's own flush at exit does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return SIGPIPE_STATUS

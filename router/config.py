@@ -1,18 +1,22 @@
 """config.yaml → a typed, validated ``Settings``.
 
 ``${VAR}`` and ``${VAR:-default}`` are replaced from the environment inside string values (never
-in the YAML text, so a value cannot inject structure). Every mistake is a ``ConfigError`` whose
-message starts with the path it concerns: ``models.gpt-4o.targets[1].provider: unknown provider 'opnai'``.
+in the YAML text, so a value cannot inject structure). Every mistake found is listed in one
+``ConfigError``, each line starting with the path it concerns:
+``models.gpt-4o.targets[1].provider: unknown provider 'opnai' — did you mean 'openai'?``.
+A value that came from the environment or from a key field is never echoed: it may be a secret.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
-from collections.abc import Mapping
+import types
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal, TypeVar
+from typing import Annotated, Any, Final, Literal, TypeVar, Union, get_args, get_origin
 
 import msgspec
 import yaml
@@ -20,6 +24,10 @@ from msgspec import Meta
 
 _VAR: Final = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _MSGSPEC_AT: Final = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
+# Paths whose values are credentials: never printed, whether typed inline or interpolated.
+_SECRET_PATH: Final = re.compile(r"(?:^|\.)(?:api_key|headers)(?:$|[.\[])")
+_QUOTED: Final = re.compile(r"'[^']*'|\"[^\"]*\"")
+_TOKEN: Final = re.compile(r"'(?:<[a-z ]+>|[^']{0,2})'")  # '<stream end>', ':', '\\t': the parser's own words
 
 PositiveFloat = Annotated[float, Meta(gt=0)]
 PositiveInt = Annotated[int, Meta(ge=1)]
@@ -27,7 +35,12 @@ Port = Annotated[int, Meta(ge=0, le=65535)]
 
 
 class ConfigError(Exception):
-    """The configuration cannot be used; the message names the path and the problem."""
+    """The configuration cannot be used. ``errors`` lists every mistake found, each starting with
+    the path it concerns; ``str()`` puts one per line."""
+
+    def __init__(self, errors: str | Sequence[str]) -> None:
+        self.errors = [errors] if isinstance(errors, str) else list(errors)
+        super().__init__("\n".join(self.errors))
 
 
 class Strict(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -170,9 +183,33 @@ class Settings:
     key_vars: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
-def interpolate(value: Any, env: Mapping[str, str], path: str = "") -> Any:
-    """Replace ``${VAR}``/``${VAR:-default}`` in every string of a YAML tree."""
+@dataclass
+class _Report:
+    """The mistakes found so far, and which values came from the environment (never echoed)."""
+
+    origins: dict[str, tuple[str, ...]] = field(default_factory=dict)  # path → its ${VAR}s
+    unset: set[str] = field(default_factory=set)  # paths already reported for an unset variable
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, path: str, problem: str) -> None:
+        if path not in self.unset:  # its empty stand-in would only add a second, confusing error
+            self.errors.append(f"{path or '<root>'}: {problem}")
+
+    def hidden(self, path: str) -> str | None:
+        """Why the value at ``path`` must not be printed, or None if it was typed in the YAML."""
+        if names := self.origins.get(path):
+            return "from " + ", ".join(f"${{{name}}}" for name in names)
+        return "not shown: a key field" if _SECRET_PATH.search(path) else None
+
+    def shown(self, path: str, value: object) -> str:
+        hidden = self.hidden(path)
+        return f"({hidden})" if hidden else f"'{value}'"
+
+
+def _interpolate(value: Any, env: Mapping[str, str], path: str, report: _Report) -> Any:
     if isinstance(value, str):
+        if names := tuple(m.group(1) for m in _VAR.finditer(value)):
+            report.origins[path] = names
 
         def substitute(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
@@ -180,109 +217,252 @@ def interpolate(value: Any, env: Mapping[str, str], path: str = "") -> Any:
                 return env[name]
             if default is not None:
                 return default
-            raise ConfigError(f"{path or '<root>'}: environment variable {name} is not set and has no default")
+            report.add(path, f"environment variable {name} is not set and has no default")
+            report.unset.add(path)
+            return ""
 
         return _VAR.sub(substitute, value)
     if isinstance(value, dict):
-        return {k: interpolate(v, env, _join(path, str(k))) for k, v in value.items()}
+        return {k: _interpolate(v, env, _join(path, str(k)), report) for k, v in value.items()}
     if isinstance(value, list):
-        return [interpolate(v, env, f"{path}[{i}]") for i, v in enumerate(value)]
+        return [_interpolate(v, env, f"{path}[{i}]", report) for i, v in enumerate(value)]
     return value
+
+
+def interpolate(value: Any, env: Mapping[str, str], path: str = "") -> Any:
+    """Replace ``${VAR}``/``${VAR:-default}`` in every string of a YAML tree."""
+    report = _Report()
+    result = _interpolate(value, env, path, report)
+    if report.errors:
+        raise ConfigError(report.errors)
+    return result
 
 
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
-def _explain(exc: msgspec.ValidationError, prefix: str) -> str:
+def _kind(value: object) -> str:
+    return "nothing" if value is None else type(value).__name__
+
+
+def _did_you_mean(word: object, choices: Collection[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1) if isinstance(word, str) else []
+    return f" — did you mean '{close[0]}'?" if close else ""
+
+
+def _check_choice(value: object, choices: Sequence[str], path: str, what: str, report: _Report) -> bool:
+    if value in choices:
+        return True
+    hint = "" if report.hidden(path) else _did_you_mean(value, choices)
+    report.add(path, f"{what} {report.shown(path, value)}{hint or '; expected one of ' + ', '.join(choices)}")
+    return False
+
+
+def _explain(exc: msgspec.ValidationError, prefix: str, report: _Report) -> None:
     match = _MSGSPEC_AT.match(str(exc))
     what, path = (match.group("what"), match.group("path") or "") if match else (str(exc), "")
     where = prefix + path if prefix else path.lstrip(".")
     if missing := re.fullmatch(r"Object missing required field `([^`]+)`", what):
-        return f"{_join(where, missing.group(1))}: required key is missing"
-    if unknown := re.fullmatch(r"Object contains unknown field `([^`]+)`", what):
-        return f"{_join(where, unknown.group(1))}: unknown key"
-    if where.endswith(".type") and what.startswith("Invalid value"):
-        return f"{where}: {what.replace('Invalid value', 'unknown provider type')} (one of {', '.join(PROVIDER_TYPES)})"
-    return f"{where or '<root>'}: {what[:1].lower()}{what[1:]}"
+        report.add(_join(where, missing.group(1)), "required key is missing")
+    elif unknown := re.fullmatch(r"Object contains unknown field `([^`]+)`", what):
+        report.add(_join(where, unknown.group(1)), "unknown key")
+    elif ("'" in what or '"' in what) and report.hidden(where):  # msgspec quotes the value it rejects
+        report.add(where, f"invalid value {report.shown(where, None)}")
+    else:
+        report.add(where, f"{what[:1].lower()}{what[1:]}")
 
 
-T = TypeVar("T")
+def _struct_in(hint: Any) -> type[Strict] | None:
+    """The Struct a field holds, seen through ``Annotated[...]`` and ``... | None``."""
+    origin = get_origin(hint)
+    if origin is Annotated:
+        return _struct_in(get_args(hint)[0])
+    if origin in (Union, types.UnionType):
+        found = [s for s in map(_struct_in, get_args(hint)) if s is not None]
+        return found[0] if len(found) == 1 else None
+    return hint if isinstance(hint, type) and issubclass(hint, Strict) else None
 
 
-def _convert(value: Any, kind: type[T], path: str) -> T:
+def _items_of(hint: Any) -> Any:
+    """The item type of a ``list[...]`` field (through ``Annotated``), or None."""
+    if get_origin(hint) is Annotated:
+        return _items_of(get_args(hint)[0])
+    return get_args(hint)[0] if get_origin(hint) is list else None
+
+
+def _check_fields(value: dict[Any, Any], cls: type[Strict], path: str, report: _Report) -> None:
+    fields = {info.name: info for info in msgspec.structs.fields(cls)}
+    tag_field = cls.__struct_config__.tag_field
+    for key in value:
+        if key not in fields and key != tag_field:
+            report.add(_join(path, str(key)), "unknown key" + _did_you_mean(str(key), fields))
+    for name, info in fields.items():
+        if name in value:
+            _check(value[name], info.type, _join(path, name), report)
+        elif info.default is msgspec.NODEFAULT and info.default_factory is msgspec.NODEFAULT:
+            report.add(_join(path, name), "required key is missing")
+
+
+def _check(value: Any, hint: Any, path: str, report: _Report) -> object:
+    """Report every mistake under ``path`` (msgspec stops at the first), then convert."""
+    before = len(report.errors)
+    struct, items = _struct_in(hint), _items_of(hint)
+    if struct is not None and isinstance(value, dict):
+        _check_fields(value, struct, path, report)
+    elif items is not None and isinstance(value, list):
+        for i, item in enumerate(value):
+            _check(item, items, f"{path}[{i}]", report)
+    elif get_origin(hint) is Literal and not _check_choice(value, get_args(hint), path, "invalid value", report):
+        return None
+    if len(report.errors) > before:
+        return None
     try:
-        return msgspec.convert(value, kind, strict=False)
+        return msgspec.convert(value, hint, strict=False)
     except msgspec.ValidationError as exc:
-        raise ConfigError(_explain(exc, path)) from None
+        _explain(exc, path, report)
+        return None
 
 
-def _mapping(raw: dict[str, Any], key: str) -> dict[str, Any]:
+S = TypeVar("S", bound=msgspec.Struct)
+
+
+def _build(value: Any, kind: type[S], path: str, report: _Report) -> S | None:
+    result = _check(value, kind, path, report)
+    return result if isinstance(result, kind) else None
+
+
+def _provider(name: str, value: Any, report: _Report) -> ProviderConfig | None:
+    path = f"providers.{name}"
+    if not isinstance(value, dict):
+        report.add(path, f"expected a mapping, got {_kind(value)}")
+        return None
+    if "type" not in value:
+        report.add(f"{path}.type", f"required key is missing (one of {', '.join(PROVIDER_TYPES)})")
+        return None
+    if not _check_choice(value["type"], PROVIDER_TYPES, f"{path}.type", "unknown provider type", report):
+        return None
+    kind = next(c for c in get_args(ProviderConfig) if c.__struct_config__.tag == value["type"])
+    provider: ProviderConfig | None = _build(value, kind, path, report)
+    if isinstance(provider, HTTPProviderConfig) and not provider.base_url.startswith(("http://", "https://")):
+        report.add(f"{path}.base_url", "must start with http:// or https://")
+    return provider
+
+
+def _mapping(raw: dict[str, Any], key: str, report: _Report) -> dict[str, Any]:
     value = raw.get(key) or {}
     if not isinstance(value, dict):
-        raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        report.add(key, f"expected a mapping, got {_kind(value)}")
+        return {}
     return {str(k): v for k, v in value.items()}
 
 
-def settings_from_dict(data: Any, env: Mapping[str, str] | None = None) -> Settings:
-    """Validate a parsed YAML document (before interpolation) against the schema."""
+def _check_sections(raw: dict[str, Any], report: _Report, servable: bool) -> None:
+    for key in raw:
+        if key not in Config.__struct_fields__:
+            report.add(str(key), "unknown key" + _did_you_mean(str(key), Config.__struct_fields__))
+    if not servable:
+        return
+    # Nothing could be served: say so rather than start a gateway that answers every request with 404.
+    if not raw.get("providers"):
+        report.add("", "no providers are configured (add a `providers:` section)")
+    if not raw.get("models"):
+        report.add("", "no models are configured (add a `models:` section)")
+
+
+def _collect(data: dict[str, Any], env: Mapping[str, str], report: _Report, servable: bool) -> Config | None:
+    raw: dict[str, Any] = _interpolate(data, env, "", report)
+    _check_sections(raw, report, servable)
+    server = _build(raw.get("server") or {}, ServerConfig, "server", report)
+    providers_raw, models_raw = _mapping(raw, "providers", report), _mapping(raw, "models", report)
+    providers = {name: _provider(name, value, report) for name, value in providers_raw.items()}
+    models = {name: _build(value, ModelConfig, f"models.{name}", report) for name, value in models_raw.items()}
+    _check_references(models_raw, providers_raw.keys(), report)
+    _check_limits(models, report)
+    resilience = _build(raw.get("resilience") or {}, ResilienceConfig, "resilience", report)
+    if report.errors or server is None or resilience is None:
+        return None
+    return Config(
+        server=server,
+        providers={name: p for name, p in providers.items() if p is not None},
+        models={name: m for name, m in models.items() if m is not None},
+        resilience=resilience,
+    )
+
+
+def settings_from_dict(data: Any, env: Mapping[str, str] | None = None, *, servable: bool = False) -> Settings:
+    """Validate a parsed YAML document (before interpolation) against the schema, reporting every
+    mistake at once. ``servable`` also requires a provider and a model (``check`` and ``serve``)."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"<root>: expected a mapping, got {type(data).__name__}")
-    environ = os.environ if env is None else env
-    raw: dict[str, Any] = interpolate(data, environ)
-    unknown = sorted(set(raw) - set(Config.__struct_fields__))
-    if unknown:
-        raise ConfigError(f"{unknown[0]}: unknown key")
-    providers: dict[str, ProviderConfig] = {
-        name: _convert(value, ProviderConfig, f"providers.{name}")  # type: ignore[arg-type]
-        for name, value in _mapping(raw, "providers").items()
-    }
-    models = {name: _convert(value, ModelConfig, f"models.{name}") for name, value in _mapping(raw, "models").items()}
-    config = Config(
-        server=_convert(raw.get("server") or {}, ServerConfig, "server"),
-        providers=providers,
-        models=models,
-        resilience=_convert(raw.get("resilience") or {}, ResilienceConfig, "resilience"),
-    )
-    _check_references(config)
+        raise ConfigError(f"<root>: expected a mapping, got {_kind(data)}")
+    report = _Report()
+    config = _collect(data, os.environ if env is None else env, report, servable)
+    if config is None:
+        raise ConfigError(report.errors)
     key_vars: dict[str, tuple[str, ...]] = {}
-    for name, value in _mapping(data, "providers").items():
+    providers = data.get("providers")
+    for name, value in (providers if isinstance(providers, dict) else {}).items():
         template = value.get("api_key") if isinstance(value, dict) else None
         if isinstance(template, str):
-            key_vars[name] = tuple(m.group(1) for m in _VAR.finditer(template))
+            key_vars[str(name)] = tuple(m.group(1) for m in _VAR.finditer(template))
     return Settings(config=config, key_vars=key_vars)
 
 
-def _check_references(config: Config) -> None:
+def _unknown_name(path: str, value: object, noun: str, names: Collection[str], report: _Report) -> None:
+    hint = "" if report.hidden(path) else _did_you_mean(value, names)
+    report.add(path, f"unknown {noun} {report.shown(path, value)}{hint}")
+
+
+def _check_references(models: dict[str, Any], providers: Collection[str], report: _Report) -> None:
+    """Targets name providers and fallbacks name models. Read from the raw mapping, so that a
+    model with another mistake still has its references checked."""
+    for alias, model in models.items():
+        if not isinstance(model, dict):
+            continue
+        for i, target in enumerate(model.get("targets") or []):
+            name = target.get("provider") if isinstance(target, dict) else None
+            if isinstance(name, str) and name not in providers:
+                _unknown_name(f"models.{alias}.targets[{i}].provider", name, "provider", providers, report)
+        for i, fallback in enumerate(model.get("fallbacks") or []):
+            path = f"models.{alias}.fallbacks[{i}]"
+            if fallback == alias:
+                report.add(path, "a model cannot fall back to itself")
+            elif isinstance(fallback, str) and fallback not in models:
+                _unknown_name(path, fallback, "model", [m for m in models if m != alias], report)
+
+
+def _check_limits(models: Mapping[str, ModelConfig | None], report: _Report) -> None:
     # A target (provider + model) has one breaker and one limit, whichever aliases list it.
     limits: dict[tuple[str, str], tuple[str, object]] = {}
-    for alias, model in config.models.items():
-        for i, target in enumerate(model.targets):
-            path = f"models.{alias}.targets[{i}]"
-            if target.provider not in config.providers:
-                raise ConfigError(f"{path}.provider: unknown provider '{target.provider}'")
+    for alias, model in models.items():
+        for i, target in enumerate(model.targets if model else []):
             own = (target.breaker, target.max_concurrent)
             if own == (None, None):
                 continue
+            path = f"models.{alias}.targets[{i}]"
             first = limits.setdefault((target.provider, target.model), (path, own))
             if first[1] != own:
-                raise ConfigError(
-                    f"{path}: {target.provider}/{target.model} already has a different breaker or "
-                    f"max_concurrent at {first[0]} (a target has one of each)"
+                report.add(
+                    path,
+                    f"{target.provider}/{target.model} already has a different breaker or "
+                    f"max_concurrent at {first[0]} (a target has one of each)",
                 )
-        for i, fallback in enumerate(model.fallbacks):
-            if fallback not in config.models:
-                raise ConfigError(f"models.{alias}.fallbacks[{i}]: unknown model '{fallback}'")
-            if fallback == alias:
-                raise ConfigError(f"models.{alias}.fallbacks[{i}]: a model cannot fall back to itself")
-    for name, provider in config.providers.items():
-        if isinstance(provider, HTTPProviderConfig) and not provider.base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"providers.{name}.base_url: must start with http:// or https://")
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where and what, never the source text: the offending line may hold a key."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or "syntax error"
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    # PyYAML quotes source text in some messages ("found undefined alias 'sk-…'"): keep only its own words.
+    problem = _QUOTED.sub(lambda m: m.group() if _TOKEN.fullmatch(m.group()) else "'…'", problem)
+    return f"not valid YAML{where}: {problem}"
 
 
 def load_settings(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate a config file that is meant to be served: it needs a provider and a model."""
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")
@@ -291,8 +471,8 @@ def load_settings(path: str | os.PathLike[str], env: Mapping[str, str] | None = 
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{file}: not valid YAML: {exc}") from None
-    return settings_from_dict(data, env)
+        raise ConfigError(f"{file}: {_yaml_problem(exc)}") from None
+    return settings_from_dict(data, env, servable=True)
 
 
 def default_config_path(env: Mapping[str, str] | None = None) -> str:

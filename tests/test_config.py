@@ -69,12 +69,14 @@ def test_interpolated_strings_are_coerced_to_the_field_type() -> None:
 
 def test_interpolation_cannot_inject_yaml_structure(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
-    path.write_text("providers:\n  o: {type: openai, api_key: '${K}'}\nmodels: {}\n")
+    path.write_text(
+        "providers:\n  o: {type: openai, api_key: '${K}'}\nmodels: {m: {targets: [{provider: o, model: x}]}}\n"
+    )
     settings = load_settings(path, env={"K": "x\nmodels: {evil: {}}"})
     provider = settings.config.providers["o"]
     assert isinstance(provider, OpenAIProviderConfig)
     assert provider.api_key == "x\nmodels: {evil: {}}"
-    assert settings.config.models == {}
+    assert list(settings.config.models) == ["m"]
 
 
 @pytest.mark.parametrize(
@@ -158,10 +160,120 @@ def test_unreadable_and_invalid_yaml_files(tmp_path: Path) -> None:
         load_settings(bad)
 
 
-def test_empty_file_is_an_empty_config(tmp_path: Path) -> None:
-    path = tmp_path / "empty.yaml"
-    path.write_text("")
-    assert load_settings(path, env={}).config.models == {}
+NO_PROVIDERS = "<root>: no providers are configured (add a `providers:` section)"
+NO_MODELS = "<root>: no models are configured (add a `models:` section)"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", [NO_PROVIDERS, NO_MODELS]),
+        ("server: {port: 4000}\n", [NO_PROVIDERS, NO_MODELS]),
+        ("providers: {p: {type: mock}}\nmodels: {}\n", [NO_MODELS]),
+        ("models: {m: {targets: [{provider: p, model: x}]}}\n", [NO_PROVIDERS, "models.m.targets[0].provider:"]),
+    ],
+)
+def test_a_file_that_could_serve_nothing_is_an_error(tmp_path: Path, text: str, expected: list[str]) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, env={})
+    assert [e[: len(x)] for e, x in zip(info.value.errors, expected, strict=True)] == expected
+
+
+def test_the_schema_alone_accepts_a_config_without_models() -> None:
+    # Fragments (README examples, tests) are valid; only a file meant to be served must route something.
+    assert settings_from_dict({"providers": {"p": {"type": "mock"}}}, {}).config.models == {}
+
+
+def test_every_mistake_is_reported_at_once() -> None:
+    data = {
+        "servr": {},
+        "server": {"prot": 1, "workers": 0},
+        "providers": {"o": {"type": "opnai"}, "p": {"type": "openai", "apikey": "k", "breaker": {"fail_mx": 1}}},
+        "models": {
+            "gpt-4o": {
+                "targets": [{"provider": "p", "model": ""}, {"provider": "pp", "model": "m"}],
+                "fallbacks": ["gpt4o"],
+                "strategy": "wieghted",
+            },
+            "empty": {"targets": []},
+        },
+        "resilience": {"retry": {"max_attempts": "many"}, "breaker": {"fail_maks": 3}},
+    }
+    with pytest.raises(ConfigError) as info:
+        settings_from_dict(data, {})
+    expected = [
+        "servr: unknown key — did you mean 'server'?",
+        "server.prot: unknown key — did you mean 'port'?",
+        "server.workers: expected `int` >= 1",
+        "providers.o.type: unknown provider type 'opnai' — did you mean 'openai'?",
+        "providers.p.apikey: unknown key — did you mean 'api_key'?",
+        "providers.p.breaker.fail_mx: unknown key — did you mean 'fail_max'?",
+        "models.gpt-4o.targets[0].model: expected `str` of length >= 1",
+        "models.gpt-4o.strategy: invalid value 'wieghted' — did you mean 'weighted'?",
+        "models.empty.targets: expected `array` of length >= 1",
+        "models.gpt-4o.targets[1].provider: unknown provider 'pp' — did you mean 'p'?",
+        "models.gpt-4o.fallbacks[0]: unknown model 'gpt4o'",
+        "resilience.retry.max_attempts: expected `int`, got `str`",
+        "resilience.breaker.fail_maks: unknown key — did you mean 'fail_max'?",
+    ]
+    assert info.value.errors == expected
+    assert str(info.value) == "\n".join(expected)
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (
+            minimal(models={"gpt-4o": {"targets": [{"provider": "dmeo", "model": "x"}]}}),
+            "models.gpt-4o.targets[0].provider: unknown provider 'dmeo' — did you mean 'demo'?",
+        ),
+        (
+            minimal(
+                models={
+                    "gpt-4o": {"targets": [{"provider": "demo", "model": "x"}]},
+                    "m": {"targets": [{"provider": "demo", "model": "x"}], "fallbacks": ["gpt4o"]},
+                }
+            ),
+            "models.m.fallbacks[0]: unknown model 'gpt4o' — did you mean 'gpt-4o'?",
+        ),
+        (
+            {"providers": {"p": {"type": "zzz"}}},
+            "providers.p.type: unknown provider type 'zzz'; expected one of openai, azure, anthropic, gemini, mock",
+        ),
+        (minimal(server={"prot": 1}), "server.prot: unknown key — did you mean 'port'?"),
+    ],
+)
+def test_a_misspelling_gets_a_suggestion(data: Any, expected: str) -> None:
+    assert error_of(data) == expected
+
+
+def test_unset_variables_are_all_reported_once_each() -> None:
+    data = minimal(server={"port": "${PORT}"})
+    data["providers"]["o"] = {"type": "openai", "api_key": "${KEY}"}
+    with pytest.raises(ConfigError) as info:
+        settings_from_dict(data, {})
+    assert info.value.errors == [  # one line each: the empty stand-in is not reported again
+        "providers.o.api_key: environment variable KEY is not set and has no default",
+        "server.port: environment variable PORT is not set and has no default",
+    ]
+
+
+def test_a_yaml_error_names_line_and_column_but_never_the_source(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("providers:\n  o: {type: openai, api_key: sk-proj-SECRET\nmodels: {}\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert str(info.value) == f"{path}: not valid YAML at line 3, column 7: expected ',' or '}}', but got ':'"
+
+
+def test_a_yaml_message_that_quotes_the_source_is_redacted(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("providers:\n  o: {type: openai, api_key: *sk-proj-SECRET}\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert str(info.value) == f"{path}: not valid YAML at line 2, column 30: found undefined alias '…'"
 
 
 def test_default_config_path() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import httpx
 import msgspec
 import pytest
@@ -86,3 +88,13 @@ async def test_failure_rate_extremes(rate: float) -> None:
     transport = MockTransport(MockBehaviour(failure_rate=rate))
     codes = {(await call(transport, {"model": "echo", "messages": USER})).status_code for _ in range(10)}
     assert codes == ({503} if rate else {200})
+
+
+async def test_answer_ids_are_unique_across_restarts() -> None:
+    # A fresh transport is a restarted gateway: its first answer must not reuse an earlier id.
+    ids = []
+    for _ in range(2):
+        response = await call(MockTransport(), {"model": "echo", "messages": USER})
+        ids.append(msgspec.json.decode(response.content, type=ChatCompletion).id)
+    assert ids[0] != ids[1]
+    assert all(re.fullmatch(r"chatcmpl-mock-[0-9a-f]{24}", i) for i in ids)
