@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Final
@@ -299,8 +300,10 @@ def seeded_random(seed: int | None = None) -> random.Random:
 
 class TargetRegistry:
     """Every target's state, keyed by (provider, model). Targets named in the config exist from
-    the start; ``<provider>/<model>`` requests add theirs on demand, up to a bound, so that
-    clients inventing model names cannot grow memory without limit."""
+    the start and stay; ``<provider>/<model>`` requests add theirs on demand, kept in
+    least-recently-used order up to ``max_ad_hoc``, so that clients inventing model names cannot
+    grow memory, whatever the breakers' states. Every lookup is O(1). An evicted target that is
+    still in flight keeps its state object until its lease ends; a later request starts afresh."""
 
     def __init__(
         self,
@@ -312,40 +315,42 @@ class TargetRegistry:
         self._breakers = breakers
         self._limits = limits
         self._clock = clock
-        self._states: dict[tuple[str, str], TargetState] = {}
-        self._ad_hoc: list[tuple[str, str]] = []
+        self._declared: dict[tuple[str, str], TargetState] = {}
+        self._ad_hoc: OrderedDict[tuple[str, str], TargetState] = OrderedDict()
         self._max_ad_hoc = max_ad_hoc
+
+    def _new(self, provider: str, model: str) -> TargetState:
+        label = f"{provider}/{model}"
+        breaker = Breaker(label, self._breakers(provider, model), self._clock)
+        return TargetState(label, breaker, self._limits(provider, model))
 
     def declare(self, provider: str, model: str) -> TargetState:
         key = (provider, model)
-        state = self._states.get(key)
+        state = self._declared.get(key)
         if state is None:
-            label = f"{provider}/{model}"
-            breaker = Breaker(label, self._breakers(provider, model), self._clock)
-            state = self._states[key] = TargetState(label, breaker, self._limits(provider, model))
+            state = self._ad_hoc.pop(key) if key in self._ad_hoc else self._new(provider, model)
+            self._declared[key] = state
         return state
 
     def get(self, provider: str, model: str) -> TargetState:
-        state = self._states.get((provider, model))
+        key = (provider, model)
+        state = self._declared.get(key)
         if state is not None:
             return state
+        state = self._ad_hoc.get(key)
+        if state is not None:
+            self._ad_hoc.move_to_end(key)
+            return state
         if len(self._ad_hoc) >= self._max_ad_hoc:
-            self._evict_idle()
-        self._ad_hoc.append((provider, model))
-        return self.declare(provider, model)
+            self._ad_hoc.popitem(last=False)
+        state = self._ad_hoc[key] = self._new(provider, model)
+        return state
 
-    def _evict_idle(self) -> None:
-        keep: list[tuple[str, str]] = []
-        for key in self._ad_hoc:
-            state = self._states[key]
-            if state.in_flight or state.breaker.state != pybreaker.STATE_CLOSED or len(keep) >= self._max_ad_hoc // 2:
-                keep.append(key)
-            else:
-                del self._states[key]
-        self._ad_hoc = keep
+    def __len__(self) -> int:
+        return len(self._declared) + len(self._ad_hoc)
 
     def snapshot(self) -> list[dict[str, object]]:
-        return [state.snapshot() for state in self._states.values()]
+        return [state.snapshot() for state in (*self._declared.values(), *self._ad_hoc.values())]
 
 
 class Bulkhead:

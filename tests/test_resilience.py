@@ -236,12 +236,35 @@ def test_breaker_overrides_per_provider_and_per_target() -> None:
 
 def test_direct_route_targets_are_bounded() -> None:
     registry = TargetRegistry(lambda p, m: BreakerConfig(), lambda p, m: None, Clock(), max_ad_hoc=10)
-    busy = registry.get("p", "busy")
-    lease(busy)
+    declared = registry.declare("p", "configured")
     for i in range(100):
         registry.get("p", f"invented-{i}")
-    assert len(registry.snapshot()) <= 11
-    assert registry.get("p", "busy") is busy  # in flight: kept
+    assert len(registry) == 11
+    assert registry.get("p", "configured") is declared  # configured targets are never evicted
+
+
+def test_ad_hoc_targets_stay_bounded_when_every_breaker_is_open() -> None:
+    """Regression: eviction kept every target whose breaker was open, so during an outage
+    invented names grew the registry without bound (and each new name rescanned all of it)."""
+    registry = TargetRegistry(lambda p, m: BreakerConfig(fail_max=1), lambda p, m: None, Clock(), max_ad_hoc=50)
+    for i in range(2_000):
+        state = registry.get("p", f"invented-{i}")
+        held = lease(state)
+        held.failed(UpstreamServerError("down", upstream_status=503))
+        assert state.breaker.state == "open"
+    assert len(registry) == 50
+
+
+def test_recently_used_ad_hoc_targets_survive_eviction() -> None:
+    registry = TargetRegistry(lambda p, m: BreakerConfig(), lambda p, m: None, Clock(), max_ad_hoc=10)
+    hot = registry.get("p", "hot")
+    for i in range(100):
+        registry.get("p", f"invented-{i}")
+        assert registry.get("p", "hot") is hot  # used again: moves to the back of the line
+    first = registry.get("p", "invented-0")
+    for i in range(10):
+        registry.get("p", f"other-{i}")
+    assert registry.get("p", "invented-0") is not first  # least recently used: evicted
 
 
 # ---- retry policy ---------------------------------------------------------------------------
