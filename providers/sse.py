@@ -25,46 +25,57 @@ class SSEEvent(msgspec.Struct, frozen=True, gc=False):
     retry: int | None = None
 
 
+class EventTooLarge(Exception):
+    """An event (or one line of it) grew past the parser's ``max_event_bytes``."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"a stream event is larger than {limit} bytes")
+        self.limit = limit
+
+
 class SSEParser:
     """Feed it the bytes of a stream as they arrive; it returns the events each read completes.
 
     An event is dispatched by a blank line. Comments (``: keep-alive``) and unknown fields are
     ignored; an event whose data is empty is not dispatched, and a partial event left at the end
-    of the stream is discarded, as the specification says.
+    of the stream is discarded, as the specification says. An unfinished line is kept as a list
+    of pieces and joined once its end arrives, so a long line costs linear time; an event or line
+    past ``max_event_bytes`` raises ``EventTooLarge``.
     """
 
-    __slots__ = ("_data", "_event", "_last_id", "_pending", "_retry", "_skip_lf", "_started")
+    __slots__ = (
+        "_data",
+        "_data_len",
+        "_event",
+        "_last_id",
+        "_limit",
+        "_pending",
+        "_pending_len",
+        "_retry",
+        "_skip_lf",
+        "_started",
+    )
 
-    def __init__(self) -> None:
-        self._pending = b""  # an incomplete line carried over to the next read
+    def __init__(self, max_event_bytes: int = 16 * 1024 * 1024) -> None:
+        self._limit = max_event_bytes
+        self._pending: list[bytes] = []  # pieces of an incomplete line carried over to the next read
+        self._pending_len = 0
         self._skip_lf = False  # the last read ended with CR: an LF opening the next one is its pair
         self._started = False  # the BOM check is done
         self._data: list[bytes] = []
+        self._data_len = 0
         self._event = ""
         self._last_id: str | None = None
         self._retry: int | None = None
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
-        if self._skip_lf and chunk:
-            self._skip_lf = False
-            if chunk[0] == 0x0A:
-                chunk = chunk[1:]
-        if self._pending:
-            chunk = self._pending + chunk
-            self._pending = b""
-        if not self._started:
-            if len(chunk) < len(_BOM) and _BOM.startswith(chunk):
-                self._pending = chunk  # could still become a BOM
-                return []
-            self._started = True
-            if chunk.startswith(_BOM):
-                chunk = chunk[len(_BOM) :]
-        if not chunk:
+        text = self._whole_lines(chunk)
+        if not text:
             return []
-        lines = chunk.splitlines(keepends=True)
+        lines = text.splitlines(keepends=True)
         if not lines[-1].endswith(_LINE_ENDS):
-            self._pending = lines.pop()
-        elif chunk[-1] == 0x0D:
+            self._hold(lines.pop())
+        elif text[-1] == 0x0D:
             self._skip_lf = True
         events: list[SSEEvent] = []
         for line in lines:
@@ -72,6 +83,37 @@ class SSEParser:
             if event is not None:
                 events.append(event)
         return events
+
+    def _whole_lines(self, chunk: bytes) -> bytes:
+        """The held-over piece and this read as one, from the first byte to parse; empty while a
+        line is still unfinished (the read is then held, not copied)."""
+        if self._skip_lf and chunk:
+            self._skip_lf = False
+            if chunk[0] == 0x0A:
+                chunk = chunk[1:]
+        if not chunk:
+            return b""
+        if self._pending:
+            if chunk.find(b"\n") < 0 and chunk.find(b"\r") < 0:
+                self._hold(chunk)
+                return b""
+            self._pending.append(chunk)
+            chunk = b"".join(self._pending)
+            self._pending, self._pending_len = [], 0
+        if not self._started:
+            if len(chunk) < len(_BOM) and _BOM.startswith(chunk):
+                self._hold(chunk)  # could still become a BOM
+                return b""
+            self._started = True
+            if chunk.startswith(_BOM):
+                chunk = chunk[len(_BOM) :]
+        return chunk
+
+    def _hold(self, piece: bytes) -> None:
+        self._pending.append(piece)
+        self._pending_len += len(piece)
+        if self._pending_len > self._limit:
+            raise EventTooLarge(self._limit)
 
     def _line(self, line: bytes) -> SSEEvent | None:
         if not line:
@@ -83,6 +125,9 @@ class SSEParser:
             value = value[1:]
         if name == b"data":
             self._data.append(value)
+            self._data_len += len(value) + 1
+            if self._data_len > self._limit:
+                raise EventTooLarge(self._limit)
         elif name == b"event":
             self._event = value.decode("utf-8", "replace")
         elif name == b"id":
@@ -94,7 +139,7 @@ class SSEParser:
 
     def _dispatch(self) -> SSEEvent | None:
         data, event = self._data, self._event
-        self._data, self._event = [], ""
+        self._data, self._event, self._data_len = [], "", 0
         if not data:
             return None
         payload = data[0] if len(data) == 1 else b"\n".join(data)

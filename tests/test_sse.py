@@ -1,10 +1,10 @@
-"""The SSE parser against WHATWG §9.2 and the streams seen in the wild (PROTOCOLS.md §5)."""
+"""The SSE parser against WHATWG HTML §9.2 (server-sent events) and the streams seen in the wild."""
 
 from __future__ import annotations
 
 import pytest
 
-from providers.sse import SSEEvent, SSEParser
+from providers.sse import EventTooLarge, SSEEvent, SSEParser
 
 
 def parse(*reads: bytes) -> list[SSEEvent]:
@@ -126,3 +126,33 @@ def test_id_with_nul_is_ignored() -> None:
 def test_non_numeric_retry_is_ignored() -> None:
     (event,) = parse(b"retry: soon\ndata: x\n\n")
     assert event.retry is None
+
+
+@pytest.mark.timeout(20)
+def test_a_long_unfinished_line_is_buffered_in_linear_time() -> None:
+    """Regression: each read re-copied the whole unfinished line (quadratic: a 50 MB line took
+    seconds of CPU). 64 MB in 4 KB reads is 16,384 reads: quadratic copying would be ~550 GB."""
+    parser = SSEParser(max_event_bytes=80 * 1024 * 1024)
+    piece = b"x" * 4096
+    assert parser.feed(b"data: ") == []
+    for _ in range(16_384):
+        assert parser.feed(piece) == []
+    (event,) = parser.feed(b"\n\n")
+    assert len(event.data) == 16_384 * 4096
+
+
+def test_a_line_past_the_event_limit_fails() -> None:
+    parser = SSEParser(max_event_bytes=1000)
+    parser.feed(b"data: " + b"x" * 900)
+    with pytest.raises(EventTooLarge):
+        parser.feed(b"y" * 200)
+
+
+def test_an_event_of_many_lines_past_the_limit_fails() -> None:
+    parser = SSEParser(max_event_bytes=1000)
+    with pytest.raises(EventTooLarge):
+        parser.feed(b"".join(b"data: " + b"x" * 99 + b"\n" for _ in range(11)))
+    # and an event under the limit still passes, line by line or whole
+    parser = SSEParser(max_event_bytes=1000)
+    (event,) = parser.feed(b"".join(b"data: " + b"x" * 99 + b"\n" for _ in range(9)) + b"\n")
+    assert len(event.data) == 9 * 99 + 8
