@@ -80,7 +80,8 @@ _encode = msgspec.json.Encoder().encode
 
 
 def usage_from(usage: wire.Usage) -> Usage:
-    """prompt = input + cache creation + cache read; cached = cache read (PROTOCOLS.md §3)."""
+    """prompt = input + cache creation + cache read; cached = cache read (Anthropic counts the
+    three apart; OpenAI's prompt_tokens include cached tokens)."""
     cache_read = usage.cache_read_input_tokens or 0
     prompt = (usage.input_tokens or 0) + (usage.cache_creation_input_tokens or 0) + cache_read
     completion = usage.output_tokens or 0
@@ -285,7 +286,7 @@ class AnthropicProvider:
             base["x-api-key"] = api_key
         self._headers = httpx.Headers(base)
         self._stream_headers = httpx.Headers({**base, "accept": "text/event-stream"})
-        self.redact = SecretRedactor(*(s for s in (api_key, base_url) if s))
+        self.redact = SecretRedactor.for_upstream(api_key, base_url)
 
     def build_request(self, call: Inbound, model: str) -> httpx.Request:
         body = to_anthropic(call.chat, model, self._default_max_tokens)
@@ -302,6 +303,8 @@ class AnthropicProvider:
             msg = msgspec.json.decode(body, type=wire.MessageInfo)
         except msgspec.DecodeError:
             raise UpstreamProtocolError(f"provider '{self.name}' answered with a malformed message") from None
+        if msg.type != "message" or not msg.id:
+            raise UpstreamProtocolError(f"provider '{self.name}' answered with something that is not a message")
         return _encode(from_anthropic(msg, int(time.time())))
 
     def stream_translator(self, call: Inbound) -> AnthropicStream:
@@ -310,8 +313,8 @@ class AnthropicProvider:
     def parse_error(self, status: int, body: bytes, headers: httpx.Headers) -> UpstreamError:
         try:
             message, _, _ = error_fields(msgspec.json.decode(body))
-        except msgspec.DecodeError:
-            message = body[:200].decode("utf-8", "replace").strip()
+        except (msgspec.DecodeError, RecursionError):
+            message = self.redact.text(body)
         return error_for_status(
             status,
             self.redact(message) or f"HTTP {status}",
@@ -322,5 +325,5 @@ class AnthropicProvider:
     def stream_error(self, error: wire.ErrorInfo) -> UpstreamError:
         """An ``event: error`` inside a 200 stream, e.g. ``overloaded_error``: worth another try."""
         return UpstreamServerError(
-            f"provider '{self.name}' reported {error.type or 'an error'}: {self.redact(error.message)}"
+            f"provider '{self.name}' reported {self.redact(error.type) or 'an error'}: {self.redact(error.message)}"
         )

@@ -100,6 +100,7 @@ class ContentBlock(msgspec.Struct, kw_only=True):
 
 
 class MessageInfo(msgspec.Struct, kw_only=True):
+    type: str = ""  # "message" in every answer; its absence marks something else
     id: str = ""
     model: str = ""
     content: list[ContentBlock] = []

@@ -91,18 +91,37 @@ def post(url: httpx.URL, headers: httpx.Headers, body: bytes) -> httpx.Request:
 
 
 class SecretRedactor:
-    """Removes a provider's key and base URL from text that may reach a client or a log."""
+    """Removes a provider's key and its address from text that may reach a client or a log."""
 
     # Key-shaped tokens of the major providers, in case an upstream echoes a fragment of one.
     _KEYLIKE: Final = re.compile(r"\b(?:sk|rk|pk)-[A-Za-z0-9_\-*.]{6,}|\bAIza[0-9A-Za-z_\-]{10,}")
 
     def __init__(self, *secrets: str) -> None:
-        self._secrets = tuple(s for s in secrets if len(s) >= 4)
+        # Longest first, so that a base URL goes whole before its host name is looked for.
+        self._secrets = tuple(sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True))
+
+    @classmethod
+    def for_upstream(cls, api_key: str | None, base_url: str) -> SecretRedactor:
+        """The configured key, exactly, whatever its shape; the base URL, its ``host:port`` and
+        its host name, which say where Switchboard's upstreams live."""
+        url = httpx.URL(base_url)
+        parts = [base_url, base_url.rstrip("/"), url.host]
+        if url.port is not None:
+            parts.append(f"{url.host}:{url.port}")
+        return cls(*parts, *([api_key] if api_key else []))
 
     def __call__(self, text: str) -> str:
         for secret in self._secrets:
             text = text.replace(secret, "[redacted]")
         return self._KEYLIKE.sub("[redacted]", text)
+
+    def text(self, body: bytes, limit: int = 200) -> str:
+        """The start of a body that is not JSON, as text: redacted first, then cut, so that a key
+        straddling the cut cannot leave its prefix behind."""
+        return self(body.decode("utf-8", "replace")).strip()[:limit]
+
+    def optional(self, value: str | None) -> str | None:
+        return None if value is None else self(value)
 
 
 def error_fields(payload: object) -> tuple[str, str | None, str | None]:

@@ -258,7 +258,7 @@ class GeminiProvider:
         self._headers = httpx.Headers(base)
         self._stream_headers = httpx.Headers({**base, "accept": "text/event-stream"})
         self._ids = ids
-        self.redact = SecretRedactor(*(s for s in (api_key, base_url) if s))
+        self.redact = SecretRedactor.for_upstream(api_key, base_url)
 
     def build_request(self, call: Inbound, model: str) -> httpx.Request:
         stream = call.chat.is_stream
@@ -280,6 +280,10 @@ class GeminiProvider:
             resp = _decode_response(body)
         except msgspec.DecodeError:
             raise UpstreamProtocolError(f"provider '{self.name}' answered with a malformed response") from None
+        if resp.error is not UNSET:
+            raise self.stream_error(bytes(resp.error))
+        if not resp.candidates and (resp.prompt_feedback is None or resp.prompt_feedback.block_reason is None):
+            raise UpstreamProtocolError(f"provider '{self.name}' answered without candidates or a block reason")
         return _encode(from_gemini(resp, "", int(time.time()), self._ids))
 
     def stream_translator(self, call: Inbound) -> GeminiStream:
@@ -288,8 +292,8 @@ class GeminiProvider:
     def parse_error(self, status: int, body: bytes, headers: httpx.Headers) -> UpstreamError:
         try:
             message, _, _ = error_fields(msgspec.json.decode(body))
-        except msgspec.DecodeError:
-            message = body[:200].decode("utf-8", "replace").strip()
+        except (msgspec.DecodeError, RecursionError):
+            message = self.redact.text(body)
         message = self.redact(message) or f"HTTP {status}"
         if b"API_KEY_INVALID" in body:  # Gemini answers a bad key with a 400
             return UpstreamAuthFailed(

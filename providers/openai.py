@@ -16,7 +16,7 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from providers.base import Inbound, SecretRedactor, error_fields, error_for_status, post, retry_after_seconds
-from providers.errors import UpstreamError, UpstreamProtocolError, UpstreamServerError
+from providers.errors import UntranslatableRequest, UpstreamError, UpstreamProtocolError, UpstreamServerError
 from providers.sse import SSEEvent
 
 _DONE: Final = b"[DONE]"
@@ -102,7 +102,7 @@ class OpenAIProvider:
         # Built once: httpx copies a Headers object cheaply, but normalizes a dict on every request.
         self._headers = httpx.Headers(base_headers)
         self._stream_headers = httpx.Headers({**base_headers, "accept": "text/event-stream"})
-        self.redact = SecretRedactor(*(s for s in (api_key, base_url) if s))
+        self.redact = SecretRedactor.for_upstream(api_key, base_url)
 
     def auth_headers(self, api_key: str) -> dict[str, str]:
         return {"authorization": f"Bearer {api_key}"}
@@ -152,11 +152,12 @@ class OpenAIProvider:
         return UpstreamServerError(f"provider '{self.name}' reported an error: {message or 'unknown error'}")
 
     def _error_fields(self, body: bytes) -> tuple[str, str | None, str | None]:
+        """Every field of an upstream error, redacted: any of them may echo the key."""
         try:
             message, code, param = error_fields(_decode_any(body))
-        except msgspec.DecodeError:
-            message, code, param = body[:200].decode("utf-8", "replace").strip(), None, None
-        return self.redact(message), code, param
+        except (msgspec.DecodeError, RecursionError):
+            return self.redact.text(body), None, None
+        return self.redact(message), self.redact.optional(code), self.redact.optional(param)
 
 
 class AzureProvider(OpenAIProvider):
@@ -180,6 +181,8 @@ class AzureProvider(OpenAIProvider):
     def url_for(self, model: str) -> httpx.URL:
         url = self._urls.get(model)
         if url is None:
+            if model in (".", ".."):  # a dot segment would resolve to another path on the host
+                raise UntranslatableRequest(f"'{model}' is not a deployment name", param="model", code="invalid_value")
             url = httpx.URL(
                 f"{self._endpoint}/openai/deployments/{quote(model, safe='')}/chat/completions",
                 params={"api-version": self._api_version},
