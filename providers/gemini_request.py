@@ -13,7 +13,7 @@ from msgspec import UNSET
 from providers import gemini_wire as wire
 from providers.errors import UntranslatableRequest
 from providers.schema import ChatRequest, ContentPart, Message, NamedToolChoice
-from providers.translate import arguments_object, data_url, text_of
+from providers.translate import arguments_object, data_url, text_of, too_deep
 
 _encode = msgspec.json.Encoder().encode
 
@@ -40,13 +40,15 @@ def _user_parts(content: str | list[ContentPart] | None, param: str) -> list[wir
     return parts
 
 
-def _result(content: str, name: str) -> wire.FunctionResponse:
+def _result(content: str, name: str, param: str) -> wire.FunctionResponse:
     try:
         value = msgspec.json.decode(content)
+        response = value if isinstance(value, dict) else {"content": content}
+        return wire.FunctionResponse(name=name, response=msgspec.Raw(_encode(response)))
     except msgspec.DecodeError:
-        value = None
-    response = value if isinstance(value, dict) else {"content": content}
-    return wire.FunctionResponse(name=name, response=msgspec.Raw(_encode(response)))
+        return wire.FunctionResponse(name=name, response=msgspec.Raw(_encode({"content": content})))
+    except RecursionError:
+        raise too_deep(param) from None
 
 
 def _parts(message: Message, i: int, names: dict[str, str]) -> list[wire.Part]:
@@ -66,7 +68,7 @@ def _parts(message: Message, i: int, names: dict[str, str]) -> list[wire.Part]:
                 "a tool message must answer a tool call of an earlier assistant message",
                 param=f"messages[{i}].tool_call_id",
             )
-        return [wire.Part(function_response=_result(text_of(message.content), name))]
+        return [wire.Part(function_response=_result(text_of(message.content), name, f"messages[{i}].content"))]
     return _user_parts(message.content, f"messages[{i}].content")
 
 

@@ -36,8 +36,15 @@ def arguments_object(raw: str, param: str) -> msgspec.Raw:
     """A tool call's ``arguments`` string as the JSON object both Anthropic and Gemini require."""
     try:
         value = msgspec.json.decode(raw or "{}")
+        if not isinstance(value, dict):
+            raise UntranslatableRequest("tool call arguments must be a JSON object", param=param)
+        return msgspec.Raw(_encode(value))
     except msgspec.DecodeError:
         raise UntranslatableRequest("tool call arguments must be a JSON object", param=param) from None
-    if not isinstance(value, dict):
-        raise UntranslatableRequest("tool call arguments must be a JSON object", param=param)
-    return msgspec.Raw(_encode(value))
+    except RecursionError:
+        raise too_deep(param) from None
+
+
+def too_deep(param: str) -> UntranslatableRequest:
+    """JSON the decoder cannot follow (about a thousand levels): the client's error, not ours."""
+    return UntranslatableRequest(f"Invalid value: '{param}' is nested too deeply.", param=param, code="invalid_value")

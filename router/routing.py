@@ -95,6 +95,7 @@ class Router:
         if route is not None:
             return route
         provider, slash, upstream_model = model.partition("/")
-        if slash and upstream_model and provider in self._providers:
+        # "." and ".." would be dot segments in providers that put the model in the URL path.
+        if slash and upstream_model and upstream_model not in (".", "..") and provider in self._providers:
             return Route(model, (_direct(model, Target(provider, upstream_model)),))
         raise ModelNotFound(f"The model '{model}' does not exist or is not configured on this gateway.", param="model")

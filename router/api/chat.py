@@ -7,12 +7,11 @@ import re
 from collections.abc import Sequence
 from typing import Final
 
-import msgspec
 from litestar import asgi
 from litestar.types import ASGIApp, HTTPScope, Receive, Send
 
 from providers.base import Inbound
-from providers.schema import ChatRequest
+from router.api.decode import decode_call
 from router.api.responses import CLIENT_GONE, JSONBody
 from router.disconnect import ClientWatch
 from router.errors import InvalidRequest, MethodNotAllowed, PayloadTooLarge
@@ -20,20 +19,6 @@ from router.gateway import Gateway
 from router.routing import Target
 from router.streaming import SSEResponse
 
-_decode_fields = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
-_decode_chat = msgspec.json.Decoder(ChatRequest).decode
-_AT: Final = re.compile(r"^(?P<what>.*?)(?: - at `\$\.?(?P<path>[^`]*)`)?$", re.DOTALL)
-_MISSING: Final = re.compile(r"Object missing required field `([^`]+)`")
-_TYPE: Final = re.compile(r"Expected `([^`]+)`, got `([^`]+)`")
-_TYPE_NAMES: Final = {
-    "float": "a number",
-    "int": "an integer",
-    "str": "a string",
-    "bool": "a boolean",
-    "array": "an array",
-    "object": "an object",
-    "null": "null",
-}
 TARGET_HEADER: Final = b"x-switchboard-target"
 ATTEMPTS_HEADER: Final = b"x-switchboard-attempts"
 DROPPED_HEADER: Final = b"x-switchboard-dropped-params"
@@ -45,46 +30,6 @@ SSE_HEADERS: Final = [
 ]
 
 
-def explain(exc: msgspec.ValidationError) -> InvalidRequest:
-    """A msgspec validation error in OpenAI's words, naming the parameter."""
-    match = _AT.match(str(exc))
-    what, path = (match.group("what"), match.group("path") or "") if match else (str(exc), "")
-    if missing := _MISSING.fullmatch(what):
-        param = f"{path}.{missing.group(1)}" if path else missing.group(1)
-        return InvalidRequest(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
-    if wrong := _TYPE.fullmatch(what):
-        expected = " or ".join(_TYPE_NAMES.get(t, t) for t in wrong.group(1).split(" | "))
-        got = _TYPE_NAMES.get(wrong.group(2), wrong.group(2))
-        return InvalidRequest(
-            f"Invalid type for '{path}': expected {expected}, but got {got}.",
-            param=path or None,
-            code="invalid_type",
-        )
-    if not path:
-        return InvalidRequest(f"Invalid request body: {what}.", code="invalid_value")
-    return InvalidRequest(f"Invalid value for '{path}': {what}.", param=path, code="invalid_value")
-
-
-def decode_call(body: bytes) -> Inbound:
-    try:
-        fields = _decode_fields(body)
-    except msgspec.ValidationError:
-        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json") from None
-    except (msgspec.DecodeError, UnicodeDecodeError):  # msgspec raises the latter for bad UTF-8 in keys
-        raise InvalidRequest(
-            "We could not parse the JSON body of your request. Send a valid JSON object in UTF-8 "
-            "with 'Content-Type: application/json'.",
-            code="invalid_json",
-        ) from None
-    try:
-        chat = _decode_chat(body)
-    except msgspec.ValidationError as exc:
-        raise explain(exc) from None
-    except (msgspec.DecodeError, UnicodeDecodeError):
-        raise InvalidRequest("The request body is not valid UTF-8 JSON.", code="invalid_json") from None
-    return Inbound(chat, fields)
-
-
 @asgi("/v1/chat/completions", http_methods=["POST"], copy_scope=False)
 async def chat_completions(scope: HTTPScope, receive: Receive, send: Send) -> None:
     """A raw ASGI handler: the hot path skips Litestar's request and response modelling. Errors
@@ -93,7 +38,7 @@ async def chat_completions(scope: HTTPScope, receive: Receive, send: Send) -> No
         raise MethodNotAllowed(f"Method {scope['method']} is not allowed for /v1/chat/completions.")
     app = scope["app"]
     call = decode_call(await read_body(scope, receive, app.state.max_body_bytes))
-    response = await _answer(app.state.gateway, call, receive)
+    response = await _answer(app.state.gateway, call, receive, app.state.write_timeout_s)
     await response(scope, receive, send)
 
 
@@ -118,7 +63,7 @@ async def read_body(scope: HTTPScope, receive: Receive, limit: int) -> bytes:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def _answer(gateway: Gateway, call: Inbound, receive: Receive) -> ASGIApp:
+async def _answer(gateway: Gateway, call: Inbound, receive: Receive, write_timeout_s: float) -> ASGIApp:
     gateway.bulkhead.enter()
     watch = ClientWatch(receive)
     handed_over = False
@@ -127,10 +72,10 @@ async def _answer(gateway: Gateway, call: Inbound, receive: Receive) -> ASGIApp:
             opened = await gateway.open_stream(call)
             handed_over = True  # the response ends the lease, the watch and the bulkhead slot
             headers = _headers(SSE_HEADERS, opened.target, opened.calls, opened.dropped)
-            return SSEResponse(opened, headers, watch, gateway)
+            return SSEResponse(opened, headers, watch, gateway, write_timeout_s)
         answer = await gateway.complete(call)
         await watch.stop()
-        return JSONBody(answer.body, _headers([], answer.target, answer.calls, answer.dropped))
+        return JSONBody(answer.body, _headers([], answer.target, answer.calls, answer.dropped), write_timeout_s)
     except asyncio.CancelledError:
         if watch.absorb():
             return CLIENT_GONE
