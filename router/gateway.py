@@ -16,12 +16,18 @@ import random
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import TypeVar
+from typing import Final, TypeVar
 
 import httpx
 
 from providers.base import Inbound, Provider
-from providers.errors import SwitchboardError, UpstreamError, UpstreamRejected, UpstreamTimeout
+from providers.errors import (
+    SwitchboardError,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamRejected,
+    UpstreamTimeout,
+)
 from router.balancing import order
 from router.config import TimeoutsConfig
 from router.errors import AllTargetsFailed, InvalidRequest, NoTargetAvailable
@@ -151,8 +157,13 @@ class Gateway:
         retry: RetryPolicy,
         rng: random.Random,
         bulkhead: Bulkhead,
+        *,
+        max_answer_bytes: int = 32 * 1024 * 1024,
+        max_event_bytes: int = 4 * 1024 * 1024,
     ) -> None:
         self.router = router
+        self.max_answer_bytes = max_answer_bytes
+        self.max_event_bytes = max_event_bytes
         self.bulkhead = bulkhead
         self.upstreams = upstreams
         self.timeouts = timeouts
@@ -264,13 +275,14 @@ class Gateway:
         try:
             async with asyncio.timeout(budget):
                 response = await attempt.transport.handle_async_request(request)
-                body = await read_body(response)
+                status = response.status_code
+                if status >= 300 or status < 200:
+                    raise await _refusal(adapter, response, provider)
+                body = await read_body(response, self.max_answer_bytes, provider)
         except TimeoutError:
             raise UpstreamTimeout(f"provider '{provider}' did not answer within {budget:g}s") from None
         except httpx.HTTPError as exc:
             raise _logged(upstream_failure(exc, provider), exc) from None
-        if response.status_code >= 400:
-            raise _upstream_said(adapter.parse_error(response.status_code, body, response.headers), provider)
         answer = adapter.parse_response(body)
         attempt.state.observe_latency(loop.time() - started)
         lease.succeeded()
@@ -287,10 +299,10 @@ class Gateway:
         try:
             async with asyncio.timeout(budget):
                 response = await attempt.transport.handle_async_request(request)
-                if response.status_code >= 400:
-                    body = await read_body(response)
-                    raise _upstream_said(adapter.parse_error(response.status_code, body, response.headers), provider)
-                upstream = UpstreamStream(response, adapter.stream_translator(call), provider)
+                status = response.status_code
+                if status >= 300 or status < 200:
+                    raise await _refusal(adapter, response, provider)
+                upstream = UpstreamStream(response, adapter.stream_translator(call), provider, self.max_event_bytes)
                 first = await upstream.pull()
         except TimeoutError:
             await _close(upstream)
@@ -322,15 +334,58 @@ def _unsupported(call: Inbound, attempt: Attempt) -> Sequence[str]:
     return dropped
 
 
-async def read_body(response: httpx.Response) -> bytes:
-    """The whole body, closed after. Reads the transport's stream directly: the transport
-    already undid any content encoding, so httpx's decoders would only cost time."""
+ERROR_BODY_BYTES: Final = 64 * 1024  # of an error answer, only this much is read: the message is at the start
+
+
+async def read_body(response: httpx.Response, limit: int, provider: str) -> bytes:
+    """The whole body, closed after; an answer past ``limit`` bytes (after decompression) fails
+    the attempt. Reads the transport's stream directly: the transport already undid any content
+    encoding, so httpx's decoders would only cost time."""
     stream = response.stream
     assert isinstance(stream, httpx.AsyncByteStream)
+    chunks: list[bytes] = []
+    size = 0
     try:
-        return b"".join([chunk async for chunk in stream])
+        async for chunk in stream:
+            size += len(chunk)
+            if size > limit:
+                raise UpstreamProtocolError(f"provider '{provider}' answered with more than {limit} bytes")
+            chunks.append(chunk)
     finally:
         await response.aclose()
+    return b"".join(chunks)
+
+
+async def _head(response: httpx.Response, limit: int) -> bytes:
+    """Up to ``limit`` bytes of a body we only need the start of; the rest is not read."""
+    stream = response.stream
+    assert isinstance(stream, httpx.AsyncByteStream)
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in stream:
+            chunks.append(chunk)
+            size += len(chunk)
+            if size >= limit:
+                break
+    finally:
+        await response.aclose()
+    return b"".join(chunks)[:limit]
+
+
+async def _refusal(adapter: Provider, response: httpx.Response, provider: str) -> UpstreamError:
+    """The failure a non-2xx answer means. A redirect (or any other non-error status outside
+    2xx) is not an answer: it fails the attempt like a malformed one."""
+    status = response.status_code
+    body = await _head(response, ERROR_BODY_BYTES)
+    if status < 400:
+        return _upstream_said(
+            UpstreamProtocolError(
+                f"provider '{provider}' answered with HTTP {status}, not an answer", upstream_status=status
+            ),
+            provider,
+        )
+    return _upstream_said(adapter.parse_error(status, body, response.headers), provider)
 
 
 async def _close(upstream: UpstreamStream | None) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import zlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Final
 
@@ -49,17 +50,57 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-class _ResponseStream(httpx.AsyncByteStream):
-    __slots__ = ("_request", "_response")
+# What Switchboard asks for and can undo; gzip bombs are undone a slice at a time (see below).
+ACCEPT_ENCODING: Final = "gzip, deflate"
+_SLICE: Final = 64 * 1024  # the most one decompression step may produce
 
-    def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request) -> None:
+
+class _Inflate:
+    """Undoes gzip or deflate a bounded slice at a time: a 200 KB gzip body that inflates to
+    200 MB never exists in memory at once, so the reader can stop at its size cap."""
+
+    __slots__ = ("_zlib",)
+
+    def __init__(self, encoding: str) -> None:
+        # gzip: 16 + MAX_WBITS; deflate: zlib-wrapped (32 + MAX_WBITS detects it) or raw.
+        self._zlib = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding in ("gzip", "x-gzip") else 32 + zlib.MAX_WBITS)
+
+    def slices(self, data: bytes) -> Iterator[bytes]:
+        out = self._zlib.decompress(data, _SLICE)
+        while out:
+            yield out
+            tail = self._zlib.unconsumed_tail
+            if not tail:
+                return
+            out = self._zlib.decompress(tail, _SLICE)
+
+    def rest(self) -> bytes:
+        return self._zlib.flush()
+
+
+class _ResponseStream(httpx.AsyncByteStream):
+    __slots__ = ("_encoding", "_request", "_response")
+
+    def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request, encoding: str) -> None:
         self._response = response
         self._request = request
+        self._encoding = encoding
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         with httpx_errors(self._request):
-            async for chunk in self._response.content.iter_any():
-                yield chunk
+            if not self._encoding:
+                async for chunk in self._response.content.iter_any():
+                    yield chunk
+                return
+            inflate = _Inflate(self._encoding)
+            try:
+                async for chunk in self._response.content.iter_any():
+                    for piece in inflate.slices(chunk):
+                        yield piece
+                if rest := inflate.rest():
+                    yield rest
+            except zlib.error as exc:
+                raise httpx.DecodingError(f"invalid {self._encoding} body", request=self._request) from exc
 
     async def aclose(self) -> None:
         # A fully read body returns its connection to the pool; a partly read one (the client
@@ -83,24 +124,33 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=self._timeout,
-            auto_decompress=True,
+            auto_decompress=False,  # undone in bounded slices by _ResponseStream
         )
         return self._session
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         session = self._session or self._open()
+        headers = request.headers.multi_items()
+        if "accept-encoding" not in request.headers:
+            headers.append(("accept-encoding", ACCEPT_ENCODING))
         with httpx_errors(request):
             response = await session.request(
                 request.method,
                 str(request.url),
-                headers=request.headers.multi_items(),
+                headers=headers,
                 data=request.content or None,
                 allow_redirects=False,
             )
+        encoding = response.headers.get("content-encoding", "").strip().lower()
+        if encoding in ("identity", ""):
+            encoding = ""
+        elif encoding not in ("gzip", "x-gzip", "deflate"):
+            response.close()
+            raise httpx.DecodingError(f"unsupported content-encoding {encoding!r}", request=request)
         return httpx.Response(
             status_code=response.status,
             headers=[(k, v) for k, v in response.raw_headers if k.lower() not in _DROPPED_HEADERS],
-            stream=_ResponseStream(response, request),
+            stream=_ResponseStream(response, request, encoding),
             request=request,
         )
 

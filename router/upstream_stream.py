@@ -10,7 +10,7 @@ import httpx
 
 from providers.base import StreamTranslator
 from providers.errors import SwitchboardError, UpstreamProtocolError
-from providers.sse import SSEEvent, SSEParser
+from providers.sse import EventTooLarge, SSEEvent, SSEParser
 from router.transport import upstream_failure
 
 DRAIN_S: Final = 1.0  # after [DONE], how long to wait for the upstream's end so its connection can be reused
@@ -21,12 +21,14 @@ class UpstreamStream:
 
     __slots__ = ("_failure", "_parser", "_reads", "_response", "_translator", "provider")
 
-    def __init__(self, response: httpx.Response, translator: StreamTranslator, provider: str) -> None:
+    def __init__(
+        self, response: httpx.Response, translator: StreamTranslator, provider: str, max_event_bytes: int
+    ) -> None:
         stream = response.stream
         assert isinstance(stream, httpx.AsyncByteStream)
         self._response = response
         self._reads = stream.__aiter__()
-        self._parser = SSEParser()
+        self._parser = SSEParser(max_event_bytes)
         self._translator = translator
         self._failure: SwitchboardError | None = None
         self.provider = provider
@@ -51,7 +53,12 @@ class UpstreamStream:
                 raise UpstreamProtocolError(
                     f"provider '{self.provider}' ended the stream before the answer was complete"
                 )
-            events = self._parser.feed(raw)
+            try:
+                events = self._parser.feed(raw)
+            except EventTooLarge as exc:
+                raise UpstreamProtocolError(
+                    f"provider '{self.provider}' sent a stream event larger than {exc.limit} bytes"
+                ) from None
             if len(events) == 1:
                 out = translator.translate(events[0])
             elif events:
