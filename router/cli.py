@@ -67,6 +67,8 @@ def _check(path: str) -> int:
 def _serve(args: argparse.Namespace, path: str) -> int:
     import uvicorn
 
+    from router.api.protocol import http_protocol
+
     settings = load_settings(path)  # fail here, once, rather than in every worker
     server = settings.config.server
     os.environ["SWITCHBOARD_CONFIG"] = os.path.abspath(path)
@@ -80,7 +82,7 @@ def _serve(args: argparse.Namespace, path: str) -> int:
         port=port,
         workers=args.workers or server.workers,
         loop="uvloop",
-        http="httptools",
+        http=http_protocol(settings.config.server),  # httptools with header limits and client timeouts
         log_level=args.log_level,
         access_log=args.access_log,
         lifespan="on",

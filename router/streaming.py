@@ -16,6 +16,7 @@ from typing import Final
 from litestar.types import Receive, Scope, Send
 
 from providers.errors import SwitchboardError, UpstreamTimeout
+from router.api.responses import abort_client
 from router.disconnect import ClientWatch
 from router.errors import encode_error, internal_error
 from router.gateway import Gateway, OpenStream
@@ -44,11 +45,17 @@ class SSEResponse:
     the breaker), or abandoned by the client (which does not).
     """
 
-    __slots__ = ("_first", "_gateway", "_headers", "_opened", "_watch")
+    __slots__ = ("_first", "_gateway", "_headers", "_opened", "_watch", "_write_s")
 
     def __init__(
-        self, opened: OpenStream, headers: list[tuple[bytes, bytes]], watch: ClientWatch, gateway: Gateway
+        self,
+        opened: OpenStream,
+        headers: list[tuple[bytes, bytes]],
+        watch: ClientWatch,
+        gateway: Gateway,
+        write_timeout_s: float,
     ) -> None:
+        self._write_s = write_timeout_s
         self._opened = opened
         self._first = opened.first
         self._headers = headers
@@ -60,6 +67,11 @@ class SSEResponse:
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self._headers})
             failure = await self._relay(send)
+            if isinstance(failure, ClientStalled):
+                lease.abandoned()  # nothing learned about the target
+                await watch.stop()
+                abort_client(scope)
+                return
             if failure is None:
                 lease.succeeded()
             else:
@@ -77,27 +89,45 @@ class SSEResponse:
 
     async def _relay(self, send: Send) -> SwitchboardError | None:
         """Relay until the end; the upstream's failure, if it failed mid-way (already sent as an
-        error event)."""
+        error event), or ``ClientStalled`` if the client stopped reading.
+
+        One timer covers both waits: the upstream's next chunk (``idle_s``) and the client taking
+        a write (``write_timeout_s``: uvicorn's send waits while the socket buffer is full, so an
+        unread stream holds one write's worth and pulls nothing more), both within the request's
+        deadline (``total_s``)."""
         opened = self._opened
-        upstream, idle_s, deadline = opened.upstream, self._gateway.timeouts.idle_s, opened.deadline
+        upstream, deadline = opened.upstream, opened.deadline
+        idle_s, write_s = self._gateway.timeouts.idle_s, self._write_s
         loop = asyncio.get_running_loop()
-        if self._first:
-            body = frame(self._first)
-            self._first = ()  # an open stream holds no more than it is writing
-            await send({"type": "http.response.body", "body": body, "more_body": True})
-            del body
+        writing = True
         failure: SwitchboardError
         try:
-            async with asyncio.timeout(None) as timer:
+            async with asyncio.timeout(min(loop.time() + write_s, deadline)) as timer:
+                if self._first:
+                    body = frame(self._first)
+                    self._first = ()  # an open stream holds no more than it is writing
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+                    del body
                 while True:
-                    # Only the wait for the upstream is timed, never the write to the client.
+                    writing = False
                     timer.reschedule(min(loop.time() + idle_s, deadline))
                     payloads = await upstream.pull()
-                    timer.reschedule(None)
                     if payloads is None:
                         break
+                    writing = True
+                    timer.reschedule(min(loop.time() + write_s, deadline))
                     await send({"type": "http.response.body", "body": frame(payloads), "more_body": True})
+                writing = True
+                timer.reschedule(min(loop.time() + write_s, deadline))
+                await send({"type": "http.response.body", "body": DONE_FRAME, "more_body": True})
         except TimeoutError:
+            if writing:
+                log.warning(
+                    "client-stalled target=%s: the client read nothing for %gs or the deadline passed; closed",
+                    opened.target.label,
+                    write_s,
+                )
+                return ClientStalled("the client stopped reading")
             reason = "the request deadline passed" if loop.time() >= deadline else f"it sent nothing for {idle_s:g}s"
             failure = UpstreamTimeout(f"provider '{upstream.provider}' stream stopped: {reason}")
         except SwitchboardError as exc:
@@ -106,9 +136,17 @@ class SSEResponse:
             log.exception("stream from %s failed mid-way", upstream.provider)
             failure = internal_error()
         else:
-            await send({"type": "http.response.body", "body": DONE_FRAME, "more_body": True})
             await upstream.drain()
             return None
         log.warning("stream-failed target=%s reason=%r", opened.target.label, failure.message)
-        await send({"type": "http.response.body", "body": error_frame(failure), "more_body": True})
+        try:
+            async with asyncio.timeout(max(0.0, min(write_s, deadline - loop.time()))):
+                await send({"type": "http.response.body", "body": error_frame(failure), "more_body": True})
+        except TimeoutError:
+            return ClientStalled("the client stopped reading")
         return failure
+
+
+class ClientStalled(SwitchboardError):
+    """The client took no bytes for ``server.write_timeout_s`` (or past the deadline): both sides
+    are closed. The target is not to blame."""

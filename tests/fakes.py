@@ -46,6 +46,7 @@ class FakeUpstream:
     hung: threading.Event = field(default_factory=threading.Event)
     calls: Counter[str] = field(default_factory=Counter)
     endless_sent: int = 0
+    flood_bytes: int = 0  # what the `flood` model managed to write before it was stopped
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = msgspec.json.decode(await request.read())
@@ -74,6 +75,8 @@ class FakeUpstream:
             return await self._slow(request)
         if model == "endless":
             return await self._endless(request)
+        if model == "flood":
+            return await self._flood(request)
         if not stream:
             return _json(fixture_bytes("openai", "completion.json"))
         raw = fixture_bytes("openai", "stream_text.sse")
@@ -121,6 +124,23 @@ class FakeUpstream:
                 await response.write(first)
                 self.endless_sent += 1
                 await asyncio.sleep(0.05)
+        except (ConnectionResetError, ConnectionError, asyncio.CancelledError):
+            self.disconnected_at = time.monotonic()
+            self.disconnected.set()
+            raise
+        return response
+
+
+    async def _flood(self, request: web.Request) -> web.StreamResponse:
+        """Streams 8 KB chunks as fast as the connection takes them, for 30 s at most."""
+        chunk = b'data: {"id":"f","object":"chat.completion.chunk","created":1,"model":"flood","choices":[{"index":0,'
+        chunk += b'"delta":{"content":"' + b"x" * 8000 + b'"},"finish_reason":null}]}\n\n'
+        response = await _sse(request)
+        deadline = time.monotonic() + 30
+        try:
+            while time.monotonic() < deadline:
+                await response.write(chunk)
+                self.flood_bytes += len(chunk)
         except (ConnectionResetError, ConnectionError, asyncio.CancelledError):
             self.disconnected_at = time.monotonic()
             self.disconnected.set()

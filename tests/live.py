@@ -15,6 +15,9 @@ import httpx
 import uvicorn
 from litestar import Litestar
 
+from router.api.protocol import http_protocol
+from router.config import ServerConfig
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -24,10 +27,19 @@ def free_port() -> int:
 
 
 class LiveServer:
-    def __init__(self, app: Litestar) -> None:
+    """The app behind the same HTTP protocol ``switchboard serve`` uses, with ``limits``."""
+
+    def __init__(self, app: Litestar, limits: ServerConfig | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="on",
+            http=http_protocol(limits or ServerConfig()),
+        )
         self.server = uvicorn.Server(config)
         self._task: asyncio.Task[None] | None = None
 
