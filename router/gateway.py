@@ -276,7 +276,7 @@ class Gateway:
             async with asyncio.timeout(budget):
                 response = await attempt.transport.handle_async_request(request)
                 status = response.status_code
-                if status >= 300 or status < 200:
+                if status != 200:  # 3xx, 204, 1xx: not an answer, whatever the body
                     raise await _refusal(adapter, response, provider)
                 body = await read_body(response, self.max_answer_bytes, provider)
         except TimeoutError:
@@ -300,7 +300,7 @@ class Gateway:
             async with asyncio.timeout(budget):
                 response = await attempt.transport.handle_async_request(request)
                 status = response.status_code
-                if status >= 300 or status < 200:
+                if status != 200:  # 3xx, 204, 1xx: not an answer, whatever the body
                     raise await _refusal(adapter, response, provider)
                 upstream = UpstreamStream(response, adapter.stream_translator(call), provider, self.max_event_bytes)
                 first = await upstream.pull()
@@ -374,8 +374,8 @@ async def _head(response: httpx.Response, limit: int) -> bytes:
 
 
 async def _refusal(adapter: Provider, response: httpx.Response, provider: str) -> UpstreamError:
-    """The failure a non-2xx answer means. A redirect (or any other non-error status outside
-    2xx) is not an answer: it fails the attempt like a malformed one."""
+    """The failure a non-200 answer means. A redirect, a 204 or any other status below 400 is not
+    an answer: it fails the attempt like a malformed one."""
     status = response.status_code
     body = await _head(response, ERROR_BODY_BYTES)
     if status < 400:
