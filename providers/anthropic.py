@@ -298,7 +298,7 @@ class AnthropicProvider:
             dropped.append("n")
         return dropped
 
-    def parse_response(self, body: bytes) -> bytes:
+    def parse_response(self, body: bytes, model: str) -> bytes:
         try:
             msg = msgspec.json.decode(body, type=wire.MessageInfo)
         except msgspec.DecodeError:

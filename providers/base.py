@@ -72,8 +72,9 @@ class Provider(Protocol):
         """The request's parameters this provider cannot honour (they are dropped, or refused)."""
         ...
 
-    def parse_response(self, body: bytes) -> bytes:
-        """A successful non-streamed answer as OpenAI ``chat.completion`` JSON."""
+    def parse_response(self, body: bytes, model: str) -> bytes:
+        """A successful non-streamed answer as OpenAI ``chat.completion`` JSON; ``model`` is the
+        upstream model asked for, for answers that do not name theirs."""
         ...
 
     def stream_translator(self, call: Inbound) -> StreamTranslator: ...

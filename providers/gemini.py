@@ -275,7 +275,7 @@ class GeminiProvider:
             or (k == "parallel_tool_calls" and bytes(v) == b"false")
         ]
 
-    def parse_response(self, body: bytes) -> bytes:
+    def parse_response(self, body: bytes, model: str) -> bytes:
         try:
             resp = _decode_response(body)
         except msgspec.DecodeError:
@@ -284,7 +284,7 @@ class GeminiProvider:
             raise self.stream_error(bytes(resp.error))
         if not resp.candidates and (resp.prompt_feedback is None or resp.prompt_feedback.block_reason is None):
             raise UpstreamProtocolError(f"provider '{self.name}' answered without candidates or a block reason")
-        return _encode(from_gemini(resp, "", int(time.time()), self._ids))
+        return _encode(from_gemini(resp, model, int(time.time()), self._ids))
 
     def stream_translator(self, call: Inbound) -> GeminiStream:
         return GeminiStream(self, call.chat.model, call.chat.include_usage, int(time.time()), self._ids)

@@ -81,7 +81,9 @@ class OpenAIStream:
             for choice in view.choices:
                 if choice.finish_reason is not None:
                     self._saw_finish = True
-        return (data,)
+        # One event's data may span several `data:` lines (joined with LF); relayed as one line.
+        # Decoded above, so an LF can only be whitespace between JSON tokens.
+        return (data.replace(b"\n", b" ") if b"\n" in data else data,)
 
 
 class OpenAIProvider:
@@ -121,7 +123,7 @@ class OpenAIProvider:
     def unsupported(self, call: Inbound) -> list[str]:
         return []  # whatever the client sends reaches the upstream
 
-    def parse_response(self, body: bytes) -> bytes:
+    def parse_response(self, body: bytes, model: str) -> bytes:
         try:
             view = _decode_view(body)
         except msgspec.DecodeError:

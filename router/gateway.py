@@ -283,7 +283,7 @@ class Gateway:
             raise UpstreamTimeout(f"provider '{provider}' did not answer within {budget:g}s") from None
         except httpx.HTTPError as exc:
             raise _logged(upstream_failure(exc, provider), exc) from None
-        answer = adapter.parse_response(body)
+        answer = adapter.parse_response(body, attempt.target.model)
         attempt.state.observe_latency(loop.time() - started)
         lease.succeeded()
         return answer

@@ -130,7 +130,6 @@ class FakeUpstream:
             raise
         return response
 
-
     async def _flood(self, request: web.Request) -> web.StreamResponse:
         """Streams 8 KB chunks as fast as the connection takes them, for 30 s at most."""
         chunk = b'data: {"id":"f","object":"chat.completion.chunk","created":1,"model":"flood","choices":[{"index":0,'

@@ -226,7 +226,7 @@ def decode_completion(body: bytes) -> ChatCompletion:
 
 
 def test_text_answer_with_cache_usage() -> None:
-    completion = decode_completion(provider().parse_response(fixture_bytes("anthropic", "message_text.json")))
+    completion = decode_completion(provider().parse_response(fixture_bytes("anthropic", "message_text.json"), "m"))
     assert completion.id == "msg_01XFDUDYJgAACzvnptvVoYEL"
     assert completion.model == "claude-sonnet-4-5-20250929"
     choice = completion.choices[0]
@@ -239,7 +239,7 @@ def test_text_answer_with_cache_usage() -> None:
 
 
 def test_tool_use_answer() -> None:
-    completion = decode_completion(provider().parse_response(fixture_bytes("anthropic", "message_tool_use.json")))
+    completion = decode_completion(provider().parse_response(fixture_bytes("anthropic", "message_tool_use.json"), "m"))
     message = completion.choices[0].message
     assert completion.choices[0].finish_reason == "tool_calls"
     assert message.content == "Let me check both."
@@ -281,7 +281,7 @@ def test_forced_json_tool_answer_becomes_content() -> None:
 
 def test_malformed_answer_is_a_protocol_error() -> None:
     with pytest.raises(UpstreamProtocolError):
-        provider().parse_response(b"<html>")
+        provider().parse_response(b"<html>", "m")
 
 
 # ---- streams ------------------------------------------------------------------------------------

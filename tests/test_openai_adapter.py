@@ -72,13 +72,13 @@ def test_keyless_provider_sends_no_authorization() -> None:
 
 def test_completion_passes_through_unchanged() -> None:
     body = fixture_bytes("openai", "completion.json")
-    assert provider().parse_response(body) is body
+    assert provider().parse_response(body, "m") is body
 
 
 @pytest.mark.parametrize("body", [b"<html>502</html>", b'{"id":"x"}', b'{"object":"error","message":"boom"}'])
 def test_malformed_or_erroneous_completion_is_an_upstream_failure(body: bytes) -> None:
     with pytest.raises((UpstreamProtocolError, UpstreamServerError)):
-        provider().parse_response(body)
+        provider().parse_response(body, "m")
 
 
 def translate_all(raw: bytes) -> tuple[list[bytes], bool, bool]:

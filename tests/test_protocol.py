@@ -21,7 +21,10 @@ CHAT = b'{"model":"demo","messages":[{"role":"user","content":"hi"}]}'
 @contextlib.asynccontextmanager
 async def serving(limits: ServerConfig = LIMITS) -> AsyncIterator[LiveServer]:
     settings = settings_from_dict(
-        {"providers": {"demo": {"type": "mock"}}, "models": {"demo": {"targets": [{"provider": "demo", "model": "echo"}]}}}
+        {
+            "providers": {"demo": {"type": "mock"}},
+            "models": {"demo": {"targets": [{"provider": "demo", "model": "echo"}]}},
+        }
     )
     async with LiveServer(create_app(settings), limits) as server:
         yield server
