@@ -81,9 +81,7 @@ class OpenAIStream:
             for choice in view.choices:
                 if choice.finish_reason is not None:
                     self._saw_finish = True
-        # One event's data may span several `data:` lines (joined with LF); relayed as one line.
-        # Decoded above, so an LF can only be whitespace between JSON tokens.
-        return (data.replace(b"\n", b" ") if b"\n" in data else data,)
+        return (data,)  # one line even if it came as several: the stream's parser joins them with a space
 
 
 class OpenAIProvider:

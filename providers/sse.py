@@ -44,6 +44,8 @@ class SSEParser:
     """
 
     __slots__ = (
+        "_counted",
+        "_counted_in",
         "_data",
         "_data_len",
         "_event",
@@ -52,12 +54,19 @@ class SSEParser:
         "_pending",
         "_pending_len",
         "_retry",
+        "_separator",
         "_skip_lf",
         "_started",
     )
 
-    def __init__(self, max_event_bytes: int = 16 * 1024 * 1024) -> None:
+    def __init__(self, max_event_bytes: int = 16 * 1024 * 1024, separator: bytes = b"\n") -> None:
+        """``separator`` joins the data lines of one event: LF, as the specification says, or a
+        space for JSON payloads, which then stay one line when relayed (LF and space are the
+        same whitespace to JSON, and neither can sit inside a JSON string)."""
         self._limit = max_event_bytes
+        self._separator = separator
+        self._counted_in: list[bytes] | None = None  # the event data list _data_len counts
+        self._counted = 0  # how many of its lines
         self._pending: list[bytes] = []  # pieces of an incomplete line carried over to the next read
         self._pending_len = 0
         self._skip_lf = False  # the last read ended with CR: an LF opening the next one is its pair
@@ -82,7 +91,22 @@ class SSEParser:
             event = self._line(line.rstrip(b"\r\n"))
             if event is not None:
                 events.append(event)
+        if self._data:
+            self._check_open_event()
+        if len(text) > self._limit and any(len(e.data) > self._limit for e in events):
+            raise EventTooLarge(self._limit)  # only a read past the limit can hold such an event whole
         return events
+
+    def _check_open_event(self) -> None:
+        """An event still open after a read may go on growing over later reads: count its data
+        (each line once) against the limit. Within one read it is bounded by the read itself."""
+        data = self._data
+        if self._counted_in is not data:
+            self._counted_in, self._counted, self._data_len = data, 0, 0
+        self._data_len += sum(len(line) + 1 for line in data[self._counted :])
+        self._counted = len(data)
+        if self._data_len > self._limit:
+            raise EventTooLarge(self._limit)
 
     def _whole_lines(self, chunk: bytes) -> bytes:
         """The held-over piece and this read as one, from the first byte to parse; empty while a
@@ -125,9 +149,6 @@ class SSEParser:
             value = value[1:]
         if name == b"data":
             self._data.append(value)
-            self._data_len += len(value) + 1
-            if self._data_len > self._limit:
-                raise EventTooLarge(self._limit)
         elif name == b"event":
             self._event = value.decode("utf-8", "replace")
         elif name == b"id":
@@ -139,10 +160,12 @@ class SSEParser:
 
     def _dispatch(self) -> SSEEvent | None:
         data, event = self._data, self._event
-        self._data, self._event, self._data_len = [], "", 0
+        self._data, self._event = [], ""
         if not data:
             return None
-        payload = data[0] if len(data) == 1 else b"\n".join(data)
+        if data is self._counted_in and self._data_len + sum(len(line) for line in data[self._counted :]) > self._limit:
+            raise EventTooLarge(self._limit)  # an event that spanned reads, whole at last
+        payload = data[0] if len(data) == 1 else self._separator.join(data)
         if not payload:
             return None
         return SSEEvent(payload, event or "message", self._last_id, self._retry)

@@ -122,15 +122,15 @@ def create_app(
             HTTPException: _on_http_exception,
             Exception: _on_unexpected,
         },
-        state=State(_initial_state(models, config.server.max_body_bytes, config.server.write_timeout_s)),
+        state=State(_initial_state(models, config.server.max_body_bytes)),
         request_max_body_size=config.server.max_body_bytes,
         openapi_config=None,
         debug=False,
     )
 
 
-def _initial_state(models: ModelList, max_body_bytes: int, write_timeout_s: float) -> dict[str, object]:
-    return {"models_json": _encode(models), "max_body_bytes": max_body_bytes, "write_timeout_s": write_timeout_s}
+def _initial_state(models: ModelList, max_body_bytes: int) -> dict[str, object]:
+    return {"models_json": _encode(models), "max_body_bytes": max_body_bytes}
 
 
 def app_from_env() -> Litestar:

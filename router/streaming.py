@@ -45,17 +45,11 @@ class SSEResponse:
     the breaker), or abandoned by the client (which does not).
     """
 
-    __slots__ = ("_first", "_gateway", "_headers", "_opened", "_watch", "_write_s")
+    __slots__ = ("_first", "_gateway", "_headers", "_opened", "_watch")
 
     def __init__(
-        self,
-        opened: OpenStream,
-        headers: list[tuple[bytes, bytes]],
-        watch: ClientWatch,
-        gateway: Gateway,
-        write_timeout_s: float,
+        self, opened: OpenStream, headers: list[tuple[bytes, bytes]], watch: ClientWatch, gateway: Gateway
     ) -> None:
-        self._write_s = write_timeout_s
         self._opened = opened
         self._first = opened.first
         self._headers = headers
@@ -89,20 +83,20 @@ class SSEResponse:
 
     async def _relay(self, send: Send) -> SwitchboardError | None:
         """Relay until the end; the upstream's failure, if it failed mid-way (already sent as an
-        error event), or ``ClientStalled`` if the client stopped reading.
+        error event), or ``ClientStalled`` if a write to the client did not finish in time.
 
-        One timer covers both waits: the upstream's next chunk (``idle_s``) and the client taking
-        a write (``write_timeout_s``: uvicorn's send waits while the socket buffer is full, so an
-        unread stream holds one write's worth and pulls nothing more), both within the request's
-        deadline (``total_s``)."""
+        One timer, rescheduled once per upstream read, bounds the wait for the upstream's next
+        chunk (``idle_s``) and the write that follows it, all within the request's deadline
+        (``total_s``). uvicorn's send waits while the client's socket buffer is full, so an unread
+        stream pulls nothing more; the server protocol cuts off a client that takes no bytes for
+        ``server.write_timeout_s`` (``router.api.protocol``)."""
         opened = self._opened
-        upstream, deadline = opened.upstream, opened.deadline
-        idle_s, write_s = self._gateway.timeouts.idle_s, self._write_s
+        upstream, idle_s, deadline = opened.upstream, self._gateway.timeouts.idle_s, opened.deadline
         loop = asyncio.get_running_loop()
         writing = True
         failure: SwitchboardError
         try:
-            async with asyncio.timeout(min(loop.time() + write_s, deadline)) as timer:
+            async with asyncio.timeout(min(loop.time() + idle_s, deadline)) as timer:
                 if self._first:
                     body = frame(self._first)
                     self._first = ()  # an open stream holds no more than it is writing
@@ -112,22 +106,14 @@ class SSEResponse:
                     writing = False
                     timer.reschedule(min(loop.time() + idle_s, deadline))
                     payloads = await upstream.pull()
+                    writing = True
                     if payloads is None:
                         break
-                    writing = True
-                    timer.reschedule(min(loop.time() + write_s, deadline))
                     await send({"type": "http.response.body", "body": frame(payloads), "more_body": True})
-                writing = True
-                timer.reschedule(min(loop.time() + write_s, deadline))
                 await send({"type": "http.response.body", "body": DONE_FRAME, "more_body": True})
         except TimeoutError:
             if writing:
-                log.warning(
-                    "client-stalled target=%s: the client read nothing for %gs or the deadline passed; closed",
-                    opened.target.label,
-                    write_s,
-                )
-                return ClientStalled("the client stopped reading")
+                return self._stalled()
             reason = "the request deadline passed" if loop.time() >= deadline else f"it sent nothing for {idle_s:g}s"
             failure = UpstreamTimeout(f"provider '{upstream.provider}' stream stopped: {reason}")
         except SwitchboardError as exc:
@@ -140,11 +126,18 @@ class SSEResponse:
             return None
         log.warning("stream-failed target=%s reason=%r", opened.target.label, failure.message)
         try:
-            async with asyncio.timeout(max(0.0, min(write_s, deadline - loop.time()))):
+            async with asyncio.timeout(max(0.0, min(idle_s, deadline - loop.time()))):
                 await send({"type": "http.response.body", "body": error_frame(failure), "more_body": True})
         except TimeoutError:
-            return ClientStalled("the client stopped reading")
+            return self._stalled()
         return failure
+
+    def _stalled(self) -> ClientStalled:
+        log.warning(
+            "client-stalled target=%s: a write to the client outlasted the request's deadline; closed",
+            self._opened.target.label,
+        )
+        return ClientStalled("the client stopped reading")
 
 
 class ClientStalled(SwitchboardError):

@@ -28,7 +28,7 @@ class UpstreamStream:
         assert isinstance(stream, httpx.AsyncByteStream)
         self._response = response
         self._reads = stream.__aiter__()
-        self._parser = SSEParser(max_event_bytes)
+        self._parser = SSEParser(max_event_bytes, separator=b" ")  # every payload is JSON
         self._translator = translator
         self._failure: SwitchboardError | None = None
         self.provider = provider

@@ -4,14 +4,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import socket
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
+from router.app import create_app
+from router.config import ServerConfig, settings_from_dict
 from tests.fakes import running_upstream
-from tests.live import running_proxy
+from tests.live import LiveServer, running_proxy
 
 CONFIG = """
 server: {{write_timeout_s: {write_s}}}
@@ -80,3 +85,39 @@ def test_a_client_that_stops_reading_is_cut_off_and_the_upstream_closed(
             assert "client-stalled" in log
             assert "Traceback" not in log
             assert "ASGI callable returned without completing response" not in log
+
+
+async def test_a_client_that_does_not_take_a_whole_answer_is_cut_off() -> None:
+    """Non-streamed: an 8 MB answer to a client that reads nothing. The protocol's write timer
+    (armed only while the socket buffer is full) closes the connection after write_timeout_s."""
+    big = (
+        b'{"id":"x","object":"chat.completion","created":1,"model":"m","choices":[],"pad":"' + b"x" * (8 << 20) + b'"}'
+    )
+    settings = settings_from_dict(
+        {
+            "providers": {"up": {"type": "openai", "base_url": "http://up.test/v1"}},
+            "models": {"m": {"targets": [{"provider": "up", "model": "x"}]}},
+        },
+        {},
+    )
+    transport = httpx.MockTransport(
+        lambda _: httpx.Response(200, content=big, headers={"content-type": "application/json"})
+    )
+    async with LiveServer(create_app(settings, transport=transport), ServerConfig(write_timeout_s=0.5)) as server:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: a small window
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
+        reader, writer = await asyncio.open_connection(sock=sock, limit=1024)
+        body = b'{"model":"m","messages":[{"role":"user","content":"hi"}]}'
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        await asyncio.sleep(2.5)  # read nothing: the server's write buffer fills and stays full
+        received = 0
+        async with asyncio.timeout(10):
+            with contextlib.suppress(ConnectionError):
+                while chunk := await reader.read(1 << 20):
+                    received += len(chunk)
+        writer.close()
+    assert received < len(big)  # the connection ended before the whole answer went out

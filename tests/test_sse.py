@@ -156,3 +156,13 @@ def test_an_event_of_many_lines_past_the_limit_fails() -> None:
     parser = SSEParser(max_event_bytes=1000)
     (event,) = parser.feed(b"".join(b"data: " + b"x" * 99 + b"\n" for _ in range(9)) + b"\n")
     assert len(event.data) == 9 * 99 + 8
+
+
+def test_a_whole_event_past_the_limit_fails_in_one_read_or_across_reads() -> None:
+    big = b"data: " + b"x" * 2000 + b"\n\n"
+    with pytest.raises(EventTooLarge):
+        SSEParser(max_event_bytes=1000).feed(big)
+    parser = SSEParser(max_event_bytes=1000)
+    parser.feed(b"data: " + b"x" * 600 + b"\n")  # the event stays open after this read
+    with pytest.raises(EventTooLarge):
+        parser.feed(b"data: " + b"y" * 600 + b"\n\n")

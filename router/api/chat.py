@@ -38,7 +38,7 @@ async def chat_completions(scope: HTTPScope, receive: Receive, send: Send) -> No
         raise MethodNotAllowed(f"Method {scope['method']} is not allowed for /v1/chat/completions.")
     app = scope["app"]
     call = decode_call(await read_body(scope, receive, app.state.max_body_bytes))
-    response = await _answer(app.state.gateway, call, receive, app.state.write_timeout_s)
+    response = await _answer(app.state.gateway, call, receive)
     await response(scope, receive, send)
 
 
@@ -63,7 +63,7 @@ async def read_body(scope: HTTPScope, receive: Receive, limit: int) -> bytes:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def _answer(gateway: Gateway, call: Inbound, receive: Receive, write_timeout_s: float) -> ASGIApp:
+async def _answer(gateway: Gateway, call: Inbound, receive: Receive) -> ASGIApp:
     gateway.bulkhead.enter()
     watch = ClientWatch(receive)
     handed_over = False
@@ -72,10 +72,10 @@ async def _answer(gateway: Gateway, call: Inbound, receive: Receive, write_timeo
             opened = await gateway.open_stream(call)
             handed_over = True  # the response ends the lease, the watch and the bulkhead slot
             headers = _headers(SSE_HEADERS, opened.target, opened.calls, opened.dropped)
-            return SSEResponse(opened, headers, watch, gateway, write_timeout_s)
+            return SSEResponse(opened, headers, watch, gateway)
         answer = await gateway.complete(call)
         await watch.stop()
-        return JSONBody(answer.body, _headers([], answer.target, answer.calls, answer.dropped), write_timeout_s)
+        return JSONBody(answer.body, _headers([], answer.target, answer.calls, answer.dropped))
     except asyncio.CancelledError:
         if watch.absorb():
             return CLIENT_GONE

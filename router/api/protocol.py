@@ -9,9 +9,10 @@ receiving them, so one client could hold hundreds of megabytes or a connection f
   (or of connecting), and the body within ``body_timeout_s`` of the headers: else 408;
 - a request the parser rejects (malformed request line, CR or LF inside a header) gets a 400;
 
-every one of them as ``{"error": {...}}`` and the connection closed. Each request's scope also
-carries ``extensions["switchboard.abort"]``, which the app calls to drop a client that stopped
-reading (see ``router.api.streams``).
+every one of them as ``{"error": {...}}`` and the connection closed; and a client that takes no
+bytes of an answer for ``write_timeout_s`` is disconnected (the app then sees it gone and closes
+its upstream). Each request's scope also carries ``extensions["switchboard.abort"]``, which the
+app calls to drop a client whose stream outlasted the request's deadline.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class GuardedHttpTools(HttpToolsProtocol):
         self._fields = 0
         self._parsed = 0  # bytes of request line and headers the parser has handed over
         self._timer: asyncio.TimerHandle | None = None
+        self._write_timer: asyncio.TimerHandle | None = None
         self._refused = False
 
     # ---- connection --------------------------------------------------------------------------
@@ -72,7 +74,34 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._writable()
         super().connection_lost(exc)
+
+    # The transport calls these when its write buffer passes the high-water mark and when it
+    # drains again: a client that takes no bytes for write_timeout_s in between is cut off. Armed
+    # only while the buffer is full, so a client that reads costs nothing here.
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._write_timer is None:
+            self._write_timer = self.loop.call_later(self._limits.write_timeout_s, self._stalled)
+
+    def resume_writing(self) -> None:
+        self._writable()
+        super().resume_writing()
+
+    def _writable(self) -> None:
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+
+    def _stalled(self) -> None:
+        self._write_timer = None
+        log.warning(
+            "client-stalled client=%s: took no bytes for %gs; connection closed",
+            self.client,
+            self._limits.write_timeout_s,
+        )
+        self._abort(self.cycle)
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -183,8 +212,9 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     def _abort(self, cycle: Any) -> None:
         """Drop the connection now (a client that stopped reading): no more writes, no log noise."""
-        cycle.disconnected = True
-        cycle.message_event.set()
+        if cycle is not None:
+            cycle.disconnected = True
+            cycle.message_event.set()
         if not self.transport.is_closing():
             self.transport.abort()
 

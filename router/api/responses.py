@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
-
 from litestar.types import Receive, Scope, Send
 
 from router.api.protocol import ABORT
 
-log = logging.getLogger(__name__)
-
 
 class JSONBody:
-    """Sent within ``write_timeout_s``: a client that will not take the answer is cut off."""
+    """A whole answer. A client that will not take it is cut off by the server protocol after
+    ``server.write_timeout_s`` (``router.api.protocol``): nothing to time here."""
 
-    __slots__ = ("_body", "_headers", "_status", "_write_s")
+    __slots__ = ("_body", "_headers", "_status")
 
-    def __init__(
-        self, body: bytes, headers: list[tuple[bytes, bytes]], write_timeout_s: float = 30.0, status: int = 200
-    ) -> None:
-        self._write_s = write_timeout_s
+    def __init__(self, body: bytes, headers: list[tuple[bytes, bytes]], status: int = 200) -> None:
         self._body = body
         self._status = status
         self._headers = [
@@ -30,13 +23,8 @@ class JSONBody:
         ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            async with asyncio.timeout(self._write_s):
-                await send({"type": "http.response.start", "status": self._status, "headers": self._headers})
-                await send({"type": "http.response.body", "body": self._body, "more_body": False})
-        except TimeoutError:
-            log.warning("client-stalled: the client took no answer for %gs; closed", self._write_s)
-            abort_client(scope)
+        await send({"type": "http.response.start", "status": self._status, "headers": self._headers})
+        await send({"type": "http.response.body", "body": self._body, "more_body": False})
 
 
 def abort_client(scope: Scope) -> None:
