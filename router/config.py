@@ -101,6 +101,7 @@ class ResilienceConfig(Strict, frozen=True, kw_only=True):
     max_concurrent: PositiveInt | None = None  # requests in flight in this process; above it, 429
     max_answer_bytes: PositiveInt = 32 * 1024 * 1024  # a non-streamed answer, after decompression
     max_event_bytes: PositiveInt = 4 * 1024 * 1024  # one event of an upstream stream
+    max_ad_hoc_targets: PositiveInt = 1024  # `provider/model` targets not in the config, kept LRU
 
 
 class HTTPProviderConfig(Strict, tag_field="type", frozen=True, kw_only=True):

@@ -390,7 +390,7 @@ def registry_from_config(config: Config, clock: Clock = utc_now) -> TargetRegist
         target = declared.get((provider, model))
         return target.max_concurrent if target is not None else None
 
-    registry = TargetRegistry(breaker, limit, clock)
+    registry = TargetRegistry(breaker, limit, clock, config.resilience.max_ad_hoc_targets)
     for model in config.models.values():
         for t in model.targets:
             registry.declare(t.provider, t.model)

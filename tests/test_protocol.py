@@ -166,3 +166,31 @@ async def test_requests_the_parser_rejects_get_openai_shaped_400s(raw: bytes) ->
     assert status == 400
     assert headers["content-type"] == "application/json"
     assert error["code"] == "invalid_http_request"
+
+
+async def test_the_deadlines_follow_each_request_on_a_kept_alive_connection() -> None:
+    """Requests that each arrive in time are served however long the connection lives; a later
+    request on it that trickles in still gets its 408."""
+    async with serving() as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        for _ in range(3):  # 3 x 0.3 s: past the 0.5 s header timeout counted from the connection's start
+            writer.write(request())
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200"), head
+            length = int(
+                next(v for k, v in (h.split(b": ", 1) for h in head.split(b"\r\n")[1:-2]) if k == b"content-length")
+            )
+            await reader.readexactly(length)
+            await asyncio.sleep(0.3)
+        answer = asyncio.create_task(reader.read(65_536))
+        with contextlib.suppress(ConnectionError):  # the server hangs up mid-trickle
+            for byte in request()[:20]:
+                if answer.done():
+                    break
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(0.05)
+        async with asyncio.timeout(3):
+            rest = await answer
+        writer.close()
+    assert rest.startswith(b"HTTP/1.1 408"), rest[:100]

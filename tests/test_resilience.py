@@ -412,3 +412,18 @@ def test_every_breaker_transition_is_one_log_line(caplog: pytest.LogCaptureFixtu
         "breaker target=p/m open -> half-open",
         "breaker target=p/m half-open -> closed",
     ]
+
+
+def test_the_ad_hoc_cap_comes_from_the_config() -> None:
+    config = settings_from_dict(
+        {
+            "providers": {"p": {"type": "mock"}},
+            "models": {"m": {"targets": [{"provider": "p", "model": "x"}]}},
+            "resilience": {"max_ad_hoc_targets": 3},
+        },
+        {},
+    ).config
+    registry = registry_from_config(config, Clock())
+    for i in range(10):
+        registry.get("p", f"invented-{i}")
+    assert len(registry) == 1 + 3

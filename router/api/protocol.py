@@ -62,6 +62,11 @@ class GuardedHttpTools(HttpToolsProtocol):
         self._head_bytes = 0
         self._fields = 0
         self._parsed = 0  # bytes of request line and headers the parser has handed over
+        # The header or body deadline (loop time; 0: none) and the one timer that watches it. Moving
+        # the deadline is a store, not a new timer: the timer, when it fires early, re-arms itself
+        # for the deadline then in force, so a request costs no timer of its own.
+        self._deadline = 0.0
+        self._phase = ""
         self._timer: asyncio.TimerHandle | None = None
         self._write_timer: asyncio.TimerHandle | None = None
         self._refused = False
@@ -74,6 +79,9 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._writable()
         super().connection_lost(exc)
 
@@ -107,7 +115,7 @@ class GuardedHttpTools(HttpToolsProtocol):
         if self._refused:
             return
         if self._in_head:
-            if self._timer is None:
+            if not self._deadline:
                 self._arm(self._limits.header_timeout_s, "headers")
             self._head_bytes += len(data)
         super().data_received(data)
@@ -171,18 +179,32 @@ class GuardedHttpTools(HttpToolsProtocol):
         return f"The request has more header fields than this gateway accepts ({self._limits.max_headers})."
 
     def _arm(self, seconds: float, phase: str) -> None:
-        self._disarm()
-        self._timer = self.loop.call_later(seconds, self._expired, phase, seconds)
+        self._deadline = deadline = self.loop.time() + seconds
+        self._phase = phase
+        timer = self._timer
+        if timer is None:
+            self._timer = self.loop.call_at(deadline, self._check)
+        elif timer.when() > deadline:  # an earlier deadline than the timer's: bring it forward
+            timer.cancel()
+            self._timer = self.loop.call_at(deadline, self._check)
 
     def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._deadline = 0.0
 
-    def _expired(self, phase: str, seconds: float) -> None:
+    def _check(self) -> None:
         self._timer = None
-        if self.transport.is_closing():
+        deadline = self._deadline
+        if not deadline or self.transport.is_closing():
             return
+        if self.loop.time() < deadline:
+            self._timer = self.loop.call_at(deadline, self._check)
+            return
+        self._expired()
+
+    def _expired(self) -> None:
+        phase = self._phase
+        seconds = self._limits.header_timeout_s if phase == "headers" else self._limits.body_timeout_s
+        self._deadline = 0.0
         cycle = self.cycle
         if phase == "body" and cycle is not None and cycle.response_started:
             self._abort(cycle)  # the app answered already; the rest of the body will not come
