@@ -99,13 +99,13 @@ def from_anthropic(msg: wire.MessageInfo, created: int) -> ChatCompletion:
     thinking: list[str] = []
     calls: list[ToolCallOut] = []
     json_answer = False
-    for block in msg.content:
+    for block in msg.content or ():
         if block.type == "text":
             text.append(block.text)
         elif block.type == "thinking":
             thinking.append(block.thinking)
         elif block.type == "tool_use":
-            arguments = bytes(block.input).decode() if block.input is not UNSET else "{}"
+            arguments = bytes(block.input).decode("utf-8", "replace") if block.input is not UNSET else "{}"
             if block.name == JSON_TOOL:
                 text.append(arguments)
                 json_answer = True
@@ -173,7 +173,7 @@ class AnthropicStream:
             return _NOTHING  # unknown event types must be ignored
         try:
             data = _decode_event(event.data)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):  # nested past the decoder: malformed too
             raise UpstreamProtocolError(
                 f"provider '{self._provider.name}' sent a malformed '{event.event}' event"
             ) from None
@@ -286,7 +286,7 @@ class AnthropicProvider:
             base["x-api-key"] = api_key
         self._headers = httpx.Headers(base)
         self._stream_headers = httpx.Headers({**base, "accept": "text/event-stream"})
-        self.redact = SecretRedactor.for_upstream(api_key, base_url)
+        self.redact = SecretRedactor.for_upstream(api_key, base_url, headers)
 
     def build_request(self, call: Inbound, model: str) -> httpx.Request:
         body = to_anthropic(call.chat, model, self._default_max_tokens)
@@ -301,9 +301,9 @@ class AnthropicProvider:
     def parse_response(self, body: bytes, model: str) -> bytes:
         try:
             msg = msgspec.json.decode(body, type=wire.MessageInfo)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):  # nested past the decoder: malformed too
             raise UpstreamProtocolError(f"provider '{self.name}' answered with a malformed message") from None
-        if msg.type != "message" or not msg.id:
+        if msg.type != "message" or not msg.id or not msg.has_content:
             raise UpstreamProtocolError(f"provider '{self.name}' answered with something that is not a message")
         return _encode(from_anthropic(msg, int(time.time())))
 

@@ -103,9 +103,13 @@ class MessageInfo(msgspec.Struct, kw_only=True):
     type: str = ""  # "message" in every answer; its absence marks something else
     id: str = ""
     model: str = ""
-    content: list[ContentBlock] = []
+    content: list[ContentBlock] | None = None  # always present in an answer (None: it was not)
     stop_reason: str | None = None
     usage: Usage = Usage()
+
+    @property
+    def has_content(self) -> bool:
+        return self.content is not None
 
 
 class MessageStart(msgspec.Struct, tag="message_start", tag_field="type", kw_only=True):

@@ -66,6 +66,8 @@ class StreamTranslator(Protocol):
 class Provider(Protocol):
     """One upstream wire format, configured for one provider entry (its URL, key, headers)."""
 
+    redact: SecretRedactor  # removes this provider's key and address from text
+
     def build_request(self, call: Inbound, model: str) -> httpx.Request: ...
 
     def unsupported(self, call: Inbound) -> list[str]:
@@ -102,13 +104,18 @@ class SecretRedactor:
         self._secrets = tuple(sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True))
 
     @classmethod
-    def for_upstream(cls, api_key: str | None, base_url: str) -> SecretRedactor:
-        """The configured key, exactly, whatever its shape; the base URL, its ``host:port`` and
-        its host name, which say where Switchboard's upstreams live."""
+    def for_upstream(
+        cls, api_key: str | None, base_url: str, headers: Mapping[str, str] | None = None
+    ) -> SecretRedactor:
+        """The configured key and the values of configured headers (where keys hide too), exactly,
+        whatever their shape; the base URL, its ``host:port`` and its host name, which say where
+        Switchboard's upstreams live."""
         url = httpx.URL(base_url)
         parts = [base_url, base_url.rstrip("/"), url.host]
         if url.port is not None:
             parts.append(f"{url.host}:{url.port}")
+        for value in (headers or {}).values():
+            parts.extend((value, value.partition(" ")[2]))  # "Bearer <token>": the token alone too
         return cls(*parts, *([api_key] if api_key else []))
 
     def __call__(self, text: str) -> str:

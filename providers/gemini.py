@@ -116,7 +116,9 @@ def _message(candidate: wire.Candidate, ids: IdSource) -> ResponseMessage:
             id=p.function_call.id or ids(),
             function=FunctionCallOut(
                 name=p.function_call.name,
-                arguments=bytes(p.function_call.args).decode() if p.function_call.args is not UNSET else "{}",
+                arguments=bytes(p.function_call.args).decode("utf-8", "replace")
+                if p.function_call.args is not UNSET
+                else "{}",
             ),
         )
         for p in candidate.content.parts
@@ -186,7 +188,7 @@ class GeminiStream:
     def translate(self, event: SSEEvent) -> Sequence[bytes]:
         try:
             resp = _decode_response(event.data)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):  # nested past the decoder: malformed too
             raise UpstreamProtocolError(f"provider '{self._provider.name}' sent a malformed stream event") from None
         if resp.error is not UNSET:
             raise self._provider.stream_error(bytes(resp.error))
@@ -219,7 +221,7 @@ class GeminiStream:
             if part.function_call is not UNSET:
                 call = part.function_call
                 position = next(self._calls.setdefault(index, itertools.count()))
-                arguments = bytes(call.args).decode() if call.args is not UNSET else "{}"
+                arguments = bytes(call.args).decode("utf-8", "replace") if call.args is not UNSET else "{}"
                 fragment = ToolCallDelta(
                     index=position,
                     id=call.id or self._ids(),
@@ -258,7 +260,7 @@ class GeminiProvider:
         self._headers = httpx.Headers(base)
         self._stream_headers = httpx.Headers({**base, "accept": "text/event-stream"})
         self._ids = ids
-        self.redact = SecretRedactor.for_upstream(api_key, base_url)
+        self.redact = SecretRedactor.for_upstream(api_key, base_url, headers)
 
     def build_request(self, call: Inbound, model: str) -> httpx.Request:
         stream = call.chat.is_stream
@@ -278,12 +280,16 @@ class GeminiProvider:
     def parse_response(self, body: bytes, model: str) -> bytes:
         try:
             resp = _decode_response(body)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):  # nested past the decoder: malformed too
             raise UpstreamProtocolError(f"provider '{self.name}' answered with a malformed response") from None
         if resp.error is not UNSET:
             raise self.stream_error(bytes(resp.error))
         if not resp.candidates and (resp.prompt_feedback is None or resp.prompt_feedback.block_reason is None):
             raise UpstreamProtocolError(f"provider '{self.name}' answered without candidates or a block reason")
+        if any(not c.content.parts and c.finish_reason is None for c in resp.candidates):
+            raise UpstreamProtocolError(
+                f"provider '{self.name}' answered with a candidate that has neither content nor finishReason"
+            )
         return _encode(from_gemini(resp, model, int(time.time()), self._ids))
 
     def stream_translator(self, call: Inbound) -> GeminiStream:

@@ -71,7 +71,7 @@ class OpenAIStream:
                 return _NOTHING
         try:
             view = _decode_view(data)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):  # nested past the decoder: malformed too
             raise UpstreamProtocolError(
                 f"provider '{self._provider.name}' sent a stream event that is not JSON"
             ) from None
@@ -102,7 +102,7 @@ class OpenAIProvider:
         # Built once: httpx copies a Headers object cheaply, but normalizes a dict on every request.
         self._headers = httpx.Headers(base_headers)
         self._stream_headers = httpx.Headers({**base_headers, "accept": "text/event-stream"})
-        self.redact = SecretRedactor.for_upstream(api_key, base_url)
+        self.redact = SecretRedactor.for_upstream(api_key, base_url, headers)
 
     def auth_headers(self, api_key: str) -> dict[str, str]:
         return {"authorization": f"Bearer {api_key}"}
@@ -124,7 +124,7 @@ class OpenAIProvider:
     def parse_response(self, body: bytes, model: str) -> bytes:
         try:
             view = _decode_view(body)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):  # nested past the decoder: malformed too
             raise UpstreamProtocolError(f"provider '{self.name}' answered with a body that is not JSON") from None
         if view.error is not None or view.object == "error":
             raise self.stream_error(body)

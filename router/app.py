@@ -125,6 +125,7 @@ def create_app(
         state=State(_initial_state(models, config.server.max_body_bytes)),
         request_max_body_size=config.server.max_body_bytes,
         openapi_config=None,
+        logging_config=None,  # logging is the CLI's (and the tests') to set up, not the app's
         debug=False,
     )
 

@@ -20,7 +20,7 @@ from typing import Final, TypeVar
 
 import httpx
 
-from providers.base import Inbound, Provider
+from providers.base import Inbound, Provider, SecretRedactor
 from providers.errors import (
     SwitchboardError,
     UpstreamError,
@@ -282,7 +282,7 @@ class Gateway:
         except TimeoutError:
             raise UpstreamTimeout(f"provider '{provider}' did not answer within {budget:g}s") from None
         except httpx.HTTPError as exc:
-            raise _logged(upstream_failure(exc, provider), exc) from None
+            raise _logged(upstream_failure(exc, provider), exc, adapter.redact) from None
         answer = adapter.parse_response(body, attempt.target.model)
         attempt.state.observe_latency(loop.time() - started)
         lease.succeeded()
@@ -309,7 +309,7 @@ class Gateway:
             raise UpstreamTimeout(f"provider '{provider}' sent no first token within {budget:g}s") from None
         except httpx.HTTPError as exc:
             await _close(upstream)
-            raise _logged(upstream_failure(exc, provider), exc) from None
+            raise _logged(upstream_failure(exc, provider), exc, adapter.redact) from None
         except BaseException:
             await _close(upstream)
             raise
@@ -400,6 +400,8 @@ def _upstream_said(error: UpstreamError, provider: str) -> UpstreamError:
     return error
 
 
-def _logged(error: SwitchboardError, cause: Exception) -> SwitchboardError:
-    log.warning("%s (%s: %s)", error.message, type(cause).__name__, cause)
+def _logged(error: SwitchboardError, cause: Exception, redact: SecretRedactor) -> SwitchboardError:
+    # The transport's own words help an operator (DNS, TLS, refused), but may name the host or
+    # echo a URL: redacted like everything else from upstream.
+    log.warning("%s (%s: %s)", error.message, type(cause).__name__, redact(str(cause)))
     return error

@@ -93,44 +93,62 @@ class SSEResponse:
         opened = self._opened
         upstream, idle_s, deadline = opened.upstream, self._gateway.timeouts.idle_s, opened.deadline
         loop = asyncio.get_running_loop()
-        writing = True
+        pending = frame(self._first) if self._first else None  # the write in progress
+        self._first = ()  # an open stream holds no more than it is writing
+        finished = False
         failure: SwitchboardError
-        try:
-            async with asyncio.timeout(min(loop.time() + idle_s, deadline)) as timer:
-                if self._first:
-                    body = frame(self._first)
-                    self._first = ()  # an open stream holds no more than it is writing
-                    await send({"type": "http.response.body", "body": body, "more_body": True})
-                    del body
-                while True:
-                    writing = False
-                    timer.reschedule(min(loop.time() + idle_s, deadline))
-                    payloads = await upstream.pull()
-                    writing = True
-                    if payloads is None:
-                        break
-                    await send({"type": "http.response.body", "body": frame(payloads), "more_body": True})
-                await send({"type": "http.response.body", "body": DONE_FRAME, "more_body": True})
-        except TimeoutError:
-            if writing:
-                return self._stalled()
-            reason = "the request deadline passed" if loop.time() >= deadline else f"it sent nothing for {idle_s:g}s"
-            failure = UpstreamTimeout(f"provider '{upstream.provider}' stream stopped: {reason}")
-        except SwitchboardError as exc:
-            failure = exc
-        except Exception:
-            log.exception("stream from %s failed mid-way", upstream.provider)
-            failure = internal_error()
-        else:
+        while True:
+            try:
+                async with asyncio.timeout(min(loop.time() + idle_s, deadline)) as timer:
+                    while True:
+                        if pending is not None:
+                            await send({"type": "http.response.body", "body": pending, "more_body": True})
+                            pending = None
+                        if finished:
+                            break
+                        timer.reschedule(min(loop.time() + idle_s, deadline))
+                        payloads = await upstream.pull()
+                        if payloads is None:
+                            pending, finished = DONE_FRAME, True
+                        else:
+                            pending = frame(payloads)
+            except TimeoutError:
+                if pending is None:
+                    reason = (
+                        "the request deadline passed" if loop.time() >= deadline else f"it sent nothing for {idle_s:g}s"
+                    )
+                    failure = UpstreamTimeout(f"provider '{upstream.provider}' stream stopped: {reason}")
+                    break
+                # The idle window ran out while the client's buffer was full. uvicorn's send waits
+                # for it to drain before writing anything, so nothing of this write went out: it
+                # gets the rest of the request's time, then the relay goes on.
+                if not await self._write_until(send, pending, deadline):
+                    return self._stalled()
+                pending = None
+                continue
+            except SwitchboardError as exc:
+                failure = exc
+                break
+            except Exception:
+                log.exception("stream from %s failed mid-way", upstream.provider)
+                failure = internal_error()
+                break
             await upstream.drain()
             return None
         log.warning("stream-failed target=%s reason=%r", opened.target.label, failure.message)
-        try:
-            async with asyncio.timeout(max(0.0, min(idle_s, deadline - loop.time()))):
-                await send({"type": "http.response.body", "body": error_frame(failure), "more_body": True})
-        except TimeoutError:
+        if not await self._write_until(send, error_frame(failure), deadline):
             return self._stalled()
         return failure
+
+    @staticmethod
+    async def _write_until(send: Send, body: bytes, deadline: float) -> bool:
+        """Write ``body`` before the loop time ``deadline``; False if the client did not take it."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+        except TimeoutError:
+            return False
+        return True
 
     def _stalled(self) -> ClientStalled:
         log.warning(

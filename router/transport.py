@@ -59,14 +59,24 @@ class _Inflate:
     """Undoes gzip or deflate a bounded slice at a time: a 200 KB gzip body that inflates to
     200 MB never exists in memory at once, so the reader can stop at its size cap."""
 
-    __slots__ = ("_zlib",)
+    __slots__ = ("_raw_fallback", "_zlib")
 
     def __init__(self, encoding: str) -> None:
-        # gzip: 16 + MAX_WBITS; deflate: zlib-wrapped (32 + MAX_WBITS detects it) or raw.
-        self._zlib = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding in ("gzip", "x-gzip") else 32 + zlib.MAX_WBITS)
+        # gzip: 16 + MAX_WBITS. deflate: zlib-wrapped as the RFC says (32 + MAX_WBITS detects the
+        # header), or raw deflate, which some servers send instead: tried if the first data fails.
+        gzip = encoding in ("gzip", "x-gzip")
+        self._zlib = zlib.decompressobj(16 + zlib.MAX_WBITS if gzip else 32 + zlib.MAX_WBITS)
+        self._raw_fallback = not gzip
 
     def slices(self, data: bytes) -> Iterator[bytes]:
-        out = self._zlib.decompress(data, _SLICE)
+        try:
+            out = self._zlib.decompress(data, _SLICE)
+        except zlib.error:
+            if not self._raw_fallback:
+                raise
+            self._zlib = zlib.decompressobj(-zlib.MAX_WBITS)
+            out = self._zlib.decompress(data, _SLICE)
+        self._raw_fallback = False
         while out:
             yield out
             tail = self._zlib.unconsumed_tail

@@ -37,6 +37,7 @@ class LiveServer:
             host="127.0.0.1",
             port=self.port,
             log_level="warning",
+            log_config=None,  # leave logging to pytest (uvicorn's dictConfig would unhook caplog)
             lifespan="on",
             http=http_protocol(limits or ServerConfig()),
         )

@@ -194,3 +194,20 @@ async def test_the_deadlines_follow_each_request_on_a_kept_alive_connection() ->
             rest = await answer
         writer.close()
     assert rest.startswith(b"HTTP/1.1 408"), rest[:100]
+
+
+async def test_endless_chunked_trailers_are_cut_off() -> None:
+    """Trailers come after the body, where header limits do not look: httptools would buffer an
+    unfinished trailer line without bound (and copy it on every read)."""
+    limits = ServerConfig(max_header_bytes=8192, max_body_bytes=16_384, body_timeout_s=30)
+    async with serving(limits) as server:
+        head = b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+        parts = [head + b"5\r\nhello\r\n0\r\nx-trailer: "] + [b"a" * 16_384] * 64
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        raw = await exchange(server.port, *parts, wait=5)
+        assert loop.time() - started < 3  # not the 30 s body timeout
+        if raw:  # the server may reset while the client still sends; a reply, if read, is a 413
+            status, _, error = parse(raw)
+            assert (status, error["code"]) == (413, "request_too_large")
+        assert (await exchange(server.port, request(b"connection: close"))).startswith(b"HTTP/1.1 200")

@@ -26,6 +26,8 @@ KEYS: Final = {
     "gemini": "AIzaSyMARKERgemini0123456789abcdef",
 }
 HOSTS: Final = {kind: f"hostmarker-{kind}.internal" for kind in KEYS}
+EXTRA_HEADER: Final = "x-org-token"  # a key configured as a provider header: no recognisable shape
+EXTRA_TOKEN: Final = "9f8eMARKERorg1c2d3e4f"
 PORT: Final = 8123
 AUTH_HEADERS: Final = ("authorization", "api-key", "x-api-key", "x-goog-api-key")
 FIRST_EVENT: Final = {
@@ -39,7 +41,8 @@ FIRST_EVENT: Final = {
 def echoed(request: httpx.Request) -> str:
     """Everything secret the upstream was sent: the key it got, and its own address."""
     key = next(request.headers[h] for h in AUTH_HEADERS if h in request.headers).removeprefix("Bearer ")
-    return f"key {key} at {request.url.host}:{request.url.port} ({request.url})"
+    extra = request.headers[EXTRA_HEADER].removeprefix("Bearer ")
+    return f"key {key} at {request.url.host}:{request.url.port} ({request.url}), also {extra}"
 
 
 def error_json(text: str) -> bytes:
@@ -107,7 +110,12 @@ def settings() -> Any:
     providers: dict[str, Any] = {}
     for kind in KEYS:
         base = f"http://{HOSTS[kind]}:{PORT}" + ("/v1" if kind == "openai" else "")
-        providers[kind] = {"type": kind, "base_url": base, "api_key": f"${{KEY_{kind.upper()}}}"}
+        providers[kind] = {
+            "type": kind,
+            "base_url": base,
+            "api_key": f"${{KEY_{kind.upper()}}}",
+            "headers": {EXTRA_HEADER: f"Bearer {EXTRA_TOKEN}"},
+        }
     models = {kind: {"targets": [{"provider": kind, "model": f"{kind}-model"}]} for kind in KEYS}
     env = {f"KEY_{kind.upper()}": key for kind, key in KEYS.items()}
     return settings_from_dict(
@@ -161,3 +169,4 @@ async def test_no_key_or_upstream_address_reaches_a_client_or_a_log(caplog: pyte
         text = record.getMessage() + (str(record.exc_info) if record.exc_info else "")
         assert not leaks(text), text
     assert not leaks(caplog.text)
+    assert any("failover" in r.getMessage() for r in caplog.records), "the logs were not captured"

@@ -8,10 +8,14 @@ import asyncio
 import contextlib
 import socket
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
 
 from router.app import create_app
 from router.config import ServerConfig, settings_from_dict
@@ -87,7 +91,49 @@ def test_a_client_that_stops_reading_is_cut_off_and_the_upstream_closed(
             assert "ASGI callable returned without completing response" not in log
 
 
-async def test_a_client_that_does_not_take_a_whole_answer_is_cut_off() -> None:
+async def connect_small_window(port: int, window: int = 4096) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, window)  # before connecting: a small window
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    return await asyncio.open_connection(sock=sock, limit=window)
+
+
+def big_answer_app(size: int) -> Litestar:
+    big = b'{"id":"x","object":"chat.completion","created":1,"model":"m","choices":[],"pad":"' + b"x" * size + b'"}'
+    settings = settings_from_dict(
+        {
+            "providers": {"up": {"type": "openai", "base_url": "http://up.test/v1"}},
+            "models": {"m": {"targets": [{"provider": "up", "model": "x"}]}},
+        },
+        {},
+    )
+    answer = httpx.Response(200, content=big, headers={"content-type": "application/json"})
+    return create_app(settings, transport=httpx.MockTransport(lambda _: answer))
+
+
+BODY = b'{"model":"m","messages":[{"role":"user","content":"hi"}]}'
+ASK = b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%s" % (len(BODY), BODY)
+
+
+async def test_a_slow_reader_that_keeps_reading_is_not_cut_off() -> None:
+    """The write timer measures a buffer that does not drain, not one that drains slowly: a client
+    taking 64 KB every 50 ms gets the whole 3 MB answer although it takes many write_timeout_s."""
+    async with LiveServer(big_answer_app(3 << 20), ServerConfig(write_timeout_s=0.3)) as server:
+        reader, writer = await connect_small_window(server.port, 64 * 1024)
+        writer.write(ASK)
+        received = 0
+        async with asyncio.timeout(30):
+            while chunk := await reader.read(64 * 1024):
+                received += len(chunk)
+                if received > 3 << 20:
+                    break
+                await asyncio.sleep(0.05)
+        writer.close()
+    assert received > 3 << 20
+
+
+async def test_a_client_that_does_not_take_a_whole_answer_is_cut_off(caplog: pytest.LogCaptureFixture) -> None:
     """Non-streamed: an 8 MB answer to a client that reads nothing. The protocol's write timer
     (armed only while the socket buffer is full) closes the connection after write_timeout_s."""
     big = (
@@ -120,4 +166,89 @@ async def test_a_client_that_does_not_take_a_whole_answer_is_cut_off() -> None:
                 while chunk := await reader.read(1 << 20):
                     received += len(chunk)
         writer.close()
-    assert received < len(big)  # the connection ended before the whole answer went out
+    assert received < 8 << 20  # the connection ended before the whole answer went out
+    assert "client-stalled" in caplog.text
+
+
+class _Trickle(httpx.AsyncByteStream):
+    """An upstream stream: the first chunk, a pause shorter than idle_s, then the rest."""
+
+    def __init__(self, events: list[bytes], pause: float) -> None:
+        self._events = events
+        self._pause = pause
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self._events[0]
+        await asyncio.sleep(self._pause)
+        for event in self._events[1:]:
+            yield event
+
+
+async def test_a_write_that_outlasts_the_idle_window_is_not_a_stall() -> None:
+    """The idle timer runs from the start of the upstream read: a slow read followed by a write
+    that waits for the client's buffer can exceed it while both sides are healthy. The write then
+    gets the rest of the request's time, and the stream goes on to its end."""
+    chunk = (
+        b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m",'
+        b'"choices":[{"index":0,"delta":{"content":"%s"},"finish_reason":null}]}\n\n'
+    )
+    events = [chunk % b"one", chunk % b"two", chunk % b"three", b"data: [DONE]\n\n"]
+    settings = settings_from_dict(
+        {
+            "providers": {"up": {"type": "openai", "base_url": "http://up.test/v1"}},
+            "models": {"m": {"targets": [{"provider": "up", "model": "x"}]}},
+            "resilience": {"timeouts": {"idle_s": 0.3, "total_s": 10}},
+        },
+        {},
+    )
+    upstream = httpx.MockTransport(
+        lambda _: httpx.Response(200, stream=_Trickle(events, 0.2), headers={"content-type": "text/event-stream"})
+    )
+    app = create_app(settings, transport=upstream)
+    body = b'{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}'
+    written: list[bytes] = []
+    done = asyncio.Event()
+    delivered = False
+    blocked = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await done.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal blocked
+        chunk_body = message.get("body", b"")
+        if b'"two"' in chunk_body and not blocked:
+            blocked = True
+            await asyncio.sleep(0.35)  # the client's buffer is full for a while: nothing written yet
+        if message["type"] == "http.response.body":
+            written.append(chunk_body)
+            if not message.get("more_body"):
+                done.set()
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 2),
+        "state": {},
+    }
+    async with AsyncTestClient(app=app):  # runs the app's lifespan
+        async with asyncio.timeout(10):
+            await app(scope, receive, send)  # type: ignore[arg-type]
+    stream = b"".join(written)
+    assert blocked
+    assert b'"three"' in stream
+    assert stream.endswith(b"data: [DONE]\n\n")

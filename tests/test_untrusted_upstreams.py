@@ -77,14 +77,43 @@ async def test_a_redirect_or_other_non_2xx_answer_is_a_failed_attempt(status: in
         assert await failures_of(client, "bad/x") == 1
 
 
+DEEP = b"[" * 3000 + b"]" * 3000
+
+
 @pytest.mark.parametrize("kind", ["anthropic", "gemini", "openai"])
-@pytest.mark.parametrize("body", [b'{"id": "x"}', b"{}", b'{"candidates": []}', b'{"type": "message"}'])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"id": "x"}',
+        b"{}",
+        b'{"candidates": []}',
+        b'{"candidates": [{}]}',
+        b'{"type": "message"}',
+        b'{"type": "message", "id": "msg_1"}',
+        b'{"id":"x","type":"message","content":[],"choices":[],"candidates":[],"extra":' + DEEP + b"}",
+    ],
+    ids=["id-only", "empty", "no-candidates", "empty-candidate", "type-only", "no-content", "nested-too-deep"],
+)
 async def test_a_malformed_answer_from_any_provider_is_a_failed_attempt(kind: str, body: bytes) -> None:
     """Regression: `{"id": "x"}` from an Anthropic or Gemini target became an empty answer with
     finish_reason stop."""
     bad = httpx.Response(200, content=body, headers={"content-type": "application/json"})
     async with AsyncTestClient(app=create_app(two_targets(PROVIDER_TYPES[kind]), transport=routed(bad))) as client:
         response = await client.post("/v1/chat/completions", json={"model": "m", "messages": HELLO})
+        assert response.status_code == 200
+        assert response.headers["x-switchboard-target"] == "good/y"
+        assert await failures_of(client, "bad/x") == 1
+
+
+@pytest.mark.parametrize("kind", ["anthropic", "gemini", "openai"])
+async def test_a_stream_event_nested_too_deeply_is_a_failed_attempt(kind: str) -> None:
+    """The decoder's recursion limit, reached by an upstream: a malformed event, not a 500."""
+    event = b'data: {"type":"message_start","choices":[],"x":' + DEEP + b"}\n\n"
+    if kind == "anthropic":
+        event = b"event: message_start\n" + event
+    bad = httpx.Response(200, content=event, headers={"content-type": "text/event-stream"})
+    async with AsyncTestClient(app=create_app(two_targets(PROVIDER_TYPES[kind]), transport=routed(bad))) as client:
+        response = await client.post("/v1/chat/completions", json={"model": "m", "messages": HELLO, "stream": True})
         assert response.status_code == 200
         assert response.headers["x-switchboard-target"] == "good/y"
         assert await failures_of(client, "bad/x") == 1
@@ -132,11 +161,11 @@ def gzip_bomb(size: int) -> bytes:
 
 
 @contextlib.contextmanager
-def bomb_server(body: bytes, error_status: int = 200) -> Iterator[int]:
+def bomb_server(body: bytes, error_status: int = 200, encoding: str = "gzip") -> Iterator[int]:
     async def answer(request: web.Request) -> web.Response:
         await request.read()
         return web.Response(
-            status=error_status, body=body, headers={"content-encoding": "gzip", "content-type": "application/json"}
+            status=error_status, body=body, headers={"content-encoding": encoding, "content-type": "application/json"}
         )
 
     app = web.Application()
@@ -180,8 +209,12 @@ async def test_a_gzip_bomb_is_cut_at_the_cap_without_inflating_it(status: int) -
     assert peak < 16 << 20, f"peak {peak >> 20} MB while reading a {len(bomb) >> 10} KB bomb"
 
 
-async def test_gzip_answers_within_the_cap_still_arrive_whole() -> None:
-    with bomb_server(zlib.compress(COMPLETION, wbits=16 + zlib.MAX_WBITS)) as port:
+@pytest.mark.parametrize(
+    ("encoding", "wbits"), [("gzip", 16 + zlib.MAX_WBITS), ("deflate", zlib.MAX_WBITS), ("deflate", -zlib.MAX_WBITS)]
+)
+async def test_compressed_answers_within_the_cap_still_arrive_whole(encoding: str, wbits: int) -> None:
+    """gzip, zlib-wrapped deflate (as the RFC says) and raw deflate (as some servers send)."""
+    with bomb_server(zlib.compress(COMPLETION, wbits=wbits), encoding=encoding) as port:
         async with real_client(port) as client:
             response = await client.post("/v1/chat/completions", json={"model": "m", "messages": HELLO})
     assert response.status_code == 200

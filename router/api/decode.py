@@ -7,6 +7,7 @@ and JSON nested deeper than the decoder can follow is refused naming the field, 
 
 from __future__ import annotations
 
+import itertools
 import re
 from typing import Final
 
@@ -33,6 +34,10 @@ _TYPE_NAMES: Final = {
 }
 _TOKEN: Final = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{},:]')
 DEPTH_SHOWN: Final = 4  # path segments named for a value nested too deeply
+# The decoder gives up near Python's recursion limit (1,000 frames, less the stack in use), so
+# a body it refused is nested far past SCAN_DEPTH, and a legitimately deep schema is not named.
+SCAN_DEPTH: Final = 256
+SCAN_BUDGET: Final = 200_000  # tokens: about a tenth of a second of scanning at most
 NOT_JSON: Final = (
     "We could not parse the JSON body of your request. Send a valid JSON object in UTF-8 "
     "with 'Content-Type: application/json'."
@@ -59,26 +64,25 @@ def explain(exc: msgspec.ValidationError) -> InvalidRequest:
     return InvalidRequest(f"Invalid value for '{path}': {what}.", param=path, code="invalid_value")
 
 
-def nested_too_deep(body: bytes, limit: int) -> str | None:
+def nested_too_deep(body: bytes, limit: int, budget: int = SCAN_BUDGET) -> str | None:
     """The path of the first array or object nested more than ``limit`` levels deep (its first
-    ``DEPTH_SHOWN`` segments, trailing indexes dropped), or None. Used only once the decoder has
-    given up, so its cost never touches a valid request."""
-    segments: list[str] = []  # one per open container: its key or index within its parent
+    ``DEPTH_SHOWN`` segments, trailing indexes dropped), or None, also when it is not found within
+    ``budget`` tokens. Used only once the decoder has given up, so its cost never touches a valid
+    request, and bounded so that a large body cannot stall the event loop."""
+    segments: list[str | int] = []  # one per open container: its current key or index
     containers: list[bool] = []  # per open container: is it an object?
     expect_key = False
-    for match in _TOKEN.finditer(body):
+    for match in itertools.islice(_TOKEN.finditer(body), budget):
         token = match.group()
         first = token[0]
         if first == 0x22:
             if expect_key and containers and containers[-1]:
-                try:
-                    segments[-1] = "." + _decode_key(token)
-                except msgspec.DecodeError:
-                    segments[-1] = ".?"
+                segments[-1] = _key(token)
         elif first in b"[{":
-            containers.append(first == 0x7B)
-            segments.append("[0]" if first == 0x5B else "")
-            expect_key = first == 0x7B
+            is_object = first == 0x7B
+            containers.append(is_object)
+            segments.append("" if is_object else 0)
+            expect_key = is_object
             if len(containers) > limit:
                 return _path(segments)
         elif first in b"]}":
@@ -89,23 +93,31 @@ def nested_too_deep(body: bytes, limit: int) -> str | None:
             if containers[-1]:
                 expect_key = True
             else:
-                segments[-1] = f"[{int(segments[-1][1:-1]) + 1}]"
+                index = segments[-1]
+                segments[-1] = index + 1 if isinstance(index, int) else 0
         elif first == 0x3A:  # ':'
             expect_key = False
     return None
 
 
-def _path(segments: list[str]) -> str:
+def _key(token: bytes) -> str:
+    try:
+        return _decode_key(token)
+    except msgspec.DecodeError:
+        return "?"
+
+
+def _path(segments: list[str | int]) -> str:
     # Each segment is a position inside one open container; the last one, inside the container
     # that went too deep, says nothing.
     shown = segments[:-1][:DEPTH_SHOWN]
-    while shown and shown[-1].startswith("["):
+    while shown and isinstance(shown[-1], int):
         shown.pop()
-    return "".join(shown).lstrip(".")
+    return "".join(f"[{s}]" if isinstance(s, int) else f".{s}" for s in shown).lstrip(".")
 
 
 def _too_deep(body: bytes) -> InvalidRequest:
-    param = nested_too_deep(body, 64) or None
+    param = nested_too_deep(body, SCAN_DEPTH) or None
     where = f"'{param}' is" if param else "the body is"
     return InvalidRequest(f"Invalid value: {where} nested too deeply.", param=param, code="invalid_value")
 

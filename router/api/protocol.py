@@ -17,9 +17,12 @@ app calls to drop a client whose stream outlasted the request's deadline.
 
 from __future__ import annotations
 
+import array
 import asyncio
+import fcntl
 import functools
 import logging
+import termios
 from typing import Any, Final, cast
 
 from uvicorn.config import Config
@@ -27,11 +30,17 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from router.config import ServerConfig
-from router.errors import ClientError, InvalidRequest, encode_error
+from router.errors import ClientError, InvalidRequest, PayloadTooLarge, encode_error
 
 log = logging.getLogger(__name__)
 ABORT: Final = "switchboard.abort"
-_REASONS: Final = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+_OUTQ: Final = getattr(termios, "TIOCOUTQ", None)  # on a TCP socket: bytes not yet acknowledged
+_REASONS: Final = {
+    400: b"Bad Request",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    431: b"Request Header Fields Too Large",
+}
 
 
 class HeadersTooLarge(ClientError):
@@ -59,9 +68,9 @@ class GuardedHttpTools(HttpToolsProtocol):
         super().__init__(config, server_state, app_state, _loop)
         self._limits = limits
         self._in_head = True  # between requests, or reading a request line and headers
-        self._head_bytes = 0
-        self._fields = 0
-        self._parsed = 0  # bytes of request line and headers the parser has handed over
+        self._begun = False  # a request line has started and its headers are not all in yet
+        self._received = 0  # bytes of the current request (head, body, trailers) as sent
+        self._extensions: dict[str, dict[object, object]] = {ABORT: {"abort": self._abort_current}}  # shared
         # The header or body deadline (loop time; 0: none) and the one timer that watches it. Moving
         # the deadline is a store, not a new timer: the timer, when it fires early, re-arms itself
         # for the deadline then in force, so a request costs no timer of its own.
@@ -69,6 +78,7 @@ class GuardedHttpTools(HttpToolsProtocol):
         self._phase = ""
         self._timer: asyncio.TimerHandle | None = None
         self._write_timer: asyncio.TimerHandle | None = None
+        self._unsent = 0  # the write buffer's size when the write timer was last armed
         self._refused = False
 
     # ---- connection --------------------------------------------------------------------------
@@ -91,11 +101,27 @@ class GuardedHttpTools(HttpToolsProtocol):
     def pause_writing(self) -> None:
         super().pause_writing()
         if self._write_timer is None:
+            self._unsent = self._outstanding()
             self._write_timer = self.loop.call_later(self._limits.write_timeout_s, self._stalled)
 
     def resume_writing(self) -> None:
         self._writable()
         super().resume_writing()
+
+    def _outstanding(self) -> int:
+        """Bytes written but not yet taken by the client: the transport's buffer, plus the
+        kernel's send queue where the platform tells it (the kernel may hold megabytes, and the
+        transport's buffer only moves when a large part of them has drained)."""
+        pending = self.transport.get_write_buffer_size()
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None and _OUTQ is not None:
+            try:
+                queue = array.array("i", [0])
+                fcntl.ioctl(sock.fileno(), _OUTQ, queue, True)
+                pending += queue[0]
+            except (OSError, ValueError):
+                pass
+        return pending
 
     def _writable(self) -> None:
         if self._write_timer is not None:
@@ -104,6 +130,11 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     def _stalled(self) -> None:
         self._write_timer = None
+        unsent = self._outstanding()
+        if unsent < self._unsent:  # a slow reader, but a reader: give it another period
+            self._unsent = unsent
+            self._write_timer = self.loop.call_later(self._limits.write_timeout_s, self._stalled)
+            return
         log.warning(
             "client-stalled client=%s: took no bytes for %gs; connection closed",
             self.client,
@@ -112,16 +143,31 @@ class GuardedHttpTools(HttpToolsProtocol):
         self._abort(self.cycle)
 
     def data_received(self, data: bytes) -> None:
+        # The common case, a request whose head (and body) arrive in one read, costs a few flag
+        # checks here: the deadlines are only set when a read leaves a request unfinished.
         if self._refused:
             return
-        if self._in_head:
-            if not self._deadline:
-                self._arm(self._limits.header_timeout_s, "headers")
-            self._head_bytes += len(data)
+        self._received += len(data)
         super().data_received(data)
-        # httptools buffers an unfinished header line itself: stop feeding it past the limit.
-        if self._in_head and self._head_bytes > self._limits.max_header_bytes and not self._refused:
-            self._refuse(HeadersTooLarge(self._too_large("bytes")))
+        self._after_read()
+
+    def _after_read(self) -> None:
+        if self._refused:
+            return
+        limits = self._limits
+        if self._in_head:
+            # httptools buffers an unfinished header line itself, copying it on every read:
+            # stop feeding it past the limit.
+            if self._received > limits.max_header_bytes:
+                self._refuse(HeadersTooLarge(self._too_large("bytes")))
+            elif self._begun and not self._deadline:
+                self._arm(limits.header_timeout_s, "headers")
+        elif self._received > limits.max_header_bytes + limits.max_body_bytes:  # trailers, chunk framing
+            self._refuse(
+                PayloadTooLarge(f"The request is larger than this gateway accepts ({limits.max_body_bytes} bytes).")
+            )
+        elif not self._deadline and not self.pipeline:  # a queued request is not read until its turn
+            self._arm(limits.body_timeout_s, "body")
 
     def send_400_response(self, msg: str) -> None:
         self._refuse(InvalidRequest(f"{msg} The request line or a header is malformed.", code="invalid_http_request"))
@@ -130,35 +176,30 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         if not self._in_head:  # the next request on a kept-alive connection
-            self._in_head, self._head_bytes = True, 0
-        self._fields = self._parsed = 0
+            self._in_head, self._received = True, 0
+        self._begun = True
         super().on_message_begin()
-
-    def on_url(self, url: bytes) -> None:
-        self._parsed += len(url)
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._fields += 1
-        self._parsed += len(name) + len(value) + 4
-        if self._fields <= self._limits.max_headers:
-            super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self._disarm()
+        self._begun = False
         if self._refused:
             return
-        if self._fields > self._limits.max_headers:
+        limits = self._limits
+        if len(self.headers) > limits.max_headers:
             self._refuse(HeadersTooLarge(self._too_large("fields")))
             return
-        if self._parsed > self._limits.max_header_bytes:  # a whole head that arrived in one read
+        # A whole head that arrived in one read passed data_received's check: measure it, when
+        # the read was large enough to hold one past the limit.
+        if self._received > limits.max_header_bytes and self._head_size() > limits.max_header_bytes:
             self._refuse(HeadersTooLarge(self._too_large("bytes")))
             return
         self._in_head = False
         super().on_headers_complete()
-        cycle = self.cycle
-        self.scope.setdefault("extensions", {})[ABORT] = {"abort": functools.partial(self._abort, cycle)}
-        self._arm(self._limits.body_timeout_s, "body")
+        self.scope["extensions"] = self._extensions
+
+    def _head_size(self) -> int:
+        return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
 
     def on_body(self, body: bytes) -> None:
         if not self._refused:
@@ -166,7 +207,7 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._disarm()
-        self._in_head, self._head_bytes = True, 0
+        self._in_head, self._received = True, 0
         if not self._refused:
             super().on_message_complete()
 
@@ -217,6 +258,9 @@ class GuardedHttpTools(HttpToolsProtocol):
         self._refused = True
         self._disarm()
         cycle = self.cycle
+        if self.pipeline:  # an earlier request's answer may be on the wire: no room for another
+            self._abort(cycle)
+            return
         if cycle is not None and not cycle.response_complete:
             if cycle.response_started:  # mid-answer to an earlier request: no room for another
                 self._abort(cycle)
@@ -231,6 +275,9 @@ class GuardedHttpTools(HttpToolsProtocol):
         head.append(b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body))
         self.transport.write(b"".join(head) + body)
         self.transport.close()
+
+    def _abort_current(self) -> None:
+        self._abort(self.cycle)
 
     def _abort(self, cycle: Any) -> None:
         """Drop the connection now (a client that stopped reading): no more writes, no log noise."""
