@@ -15,12 +15,14 @@ from providers.schema import ErrorBody, ErrorEnvelope
 
 __all__ = [
     "AllTargetsFailed",
+    "HeadersTooLarge",
     "InvalidRequest",
     "MethodNotAllowed",
     "ModelNotFound",
     "NoTargetAvailable",
     "Overloaded",
     "PayloadTooLarge",
+    "RequestTimeout",
     "RouteNotFound",
     "SwitchboardError",
     "UpstreamError",
@@ -44,6 +46,18 @@ class InvalidRequest(ClientError):
 class PayloadTooLarge(ClientError):
     status = 413
     code = "request_too_large"
+
+
+class HeadersTooLarge(ClientError):
+    status = 431
+    code = "request_header_fields_too_large"
+
+
+class RequestTimeout(ClientError):
+    """The client sent its request too slowly."""
+
+    status = 408
+    code = "request_timeout"
 
 
 class ModelNotFound(ClientError):

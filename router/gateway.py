@@ -339,7 +339,16 @@ ERROR_BODY_BYTES: Final = 64 * 1024  # of an error answer, only this much is rea
 
 async def read_body(response: httpx.Response, limit: int, provider: str) -> bytes:
     """The whole body, closed after; an answer past ``limit`` bytes (after decompression) fails
-    the attempt. Reads the transport's stream directly: the transport already undid any content
+    the attempt."""
+    body, whole = await read_upto(response, limit)
+    if not whole:
+        raise UpstreamProtocolError(f"provider '{provider}' answered with more than {limit} bytes")
+    return body
+
+
+async def read_upto(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
+    """At most ``limit`` bytes of the body, and whether that was all of it; the response is
+    closed after. Reads the transport's stream directly: the transport already undid any content
     encoding, so httpx's decoders would only cost time."""
     stream = response.stream
     assert isinstance(stream, httpx.AsyncByteStream)
@@ -348,36 +357,19 @@ async def read_body(response: httpx.Response, limit: int, provider: str) -> byte
     try:
         async for chunk in stream:
             size += len(chunk)
+            chunks.append(chunk)
             if size > limit:
-                raise UpstreamProtocolError(f"provider '{provider}' answered with more than {limit} bytes")
-            chunks.append(chunk)
+                return b"".join(chunks)[:limit], False
     finally:
         await response.aclose()
-    return b"".join(chunks)
-
-
-async def _head(response: httpx.Response, limit: int) -> bytes:
-    """Up to ``limit`` bytes of a body we only need the start of; the rest is not read."""
-    stream = response.stream
-    assert isinstance(stream, httpx.AsyncByteStream)
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async for chunk in stream:
-            chunks.append(chunk)
-            size += len(chunk)
-            if size >= limit:
-                break
-    finally:
-        await response.aclose()
-    return b"".join(chunks)[:limit]
+    return b"".join(chunks), True
 
 
 async def _refusal(adapter: Provider, response: httpx.Response, provider: str) -> UpstreamError:
     """The failure a non-200 answer means. A redirect, a 204 or any other status below 400 is not
     an answer: it fails the attempt like a malformed one."""
     status = response.status_code
-    body = await _head(response, ERROR_BODY_BYTES)
+    body, _ = await read_upto(response, ERROR_BODY_BYTES)
     if status < 400:
         return _upstream_said(
             UpstreamProtocolError(

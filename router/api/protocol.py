@@ -30,7 +30,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from router.config import ServerConfig
-from router.errors import ClientError, InvalidRequest, PayloadTooLarge, encode_error
+from router.errors import ClientError, HeadersTooLarge, InvalidRequest, PayloadTooLarge, RequestTimeout, encode_error
 
 log = logging.getLogger(__name__)
 ABORT: Final = "switchboard.abort"
@@ -41,16 +41,6 @@ _REASONS: Final = {
     413: b"Content Too Large",
     431: b"Request Header Fields Too Large",
 }
-
-
-class HeadersTooLarge(ClientError):
-    status = 431
-    code = "request_header_fields_too_large"
-
-
-class RequestTimeout(ClientError):
-    status = 408
-    code = "request_timeout"
 
 
 class GuardedHttpTools(HttpToolsProtocol):
