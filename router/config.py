@@ -20,7 +20,79 @@ from typing import Annotated, Any, Final, Literal, TypeVar, Union, get_args, get
 
 import msgspec
 import yaml
-from msgspec import Meta
+
+from router.config_schema import (
+    PROVIDER_TYPES as PROVIDER_TYPES,
+)
+from router.config_schema import (
+    AnthropicProviderConfig as AnthropicProviderConfig,
+)
+from router.config_schema import (
+    AzureProviderConfig as AzureProviderConfig,
+)
+from router.config_schema import (
+    BreakerConfig as BreakerConfig,
+)
+from router.config_schema import (
+    BreakerOverride as BreakerOverride,
+)
+from router.config_schema import (
+    Config as Config,
+)
+from router.config_schema import (
+    ConfigError as ConfigError,
+)
+from router.config_schema import (
+    GeminiProviderConfig as GeminiProviderConfig,
+)
+from router.config_schema import (
+    HTTPProviderConfig as HTTPProviderConfig,
+)
+from router.config_schema import (
+    MockProviderConfig as MockProviderConfig,
+)
+from router.config_schema import (
+    ModelConfig as ModelConfig,
+)
+from router.config_schema import (
+    OpenAIProviderConfig as OpenAIProviderConfig,
+)
+from router.config_schema import (
+    Port as Port,
+)
+from router.config_schema import (
+    PositiveFloat as PositiveFloat,
+)
+from router.config_schema import (
+    PositiveInt as PositiveInt,
+)
+from router.config_schema import (
+    ProviderConfig as ProviderConfig,
+)
+from router.config_schema import (
+    ResilienceConfig as ResilienceConfig,
+)
+from router.config_schema import (
+    RetryConfig as RetryConfig,
+)
+from router.config_schema import (
+    ServerConfig as ServerConfig,
+)
+from router.config_schema import (
+    Settings as Settings,
+)
+from router.config_schema import (
+    Strategy as Strategy,
+)
+from router.config_schema import (
+    Strict as Strict,
+)
+from router.config_schema import (
+    TargetConfig as TargetConfig,
+)
+from router.config_schema import (
+    TimeoutsConfig as TimeoutsConfig,
+)
 
 _VAR: Final = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _MSGSPEC_AT: Final = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
@@ -28,160 +100,6 @@ _MSGSPEC_AT: Final = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?$"
 _SECRET_PATH: Final = re.compile(r"(?:^|\.)(?:api_key|headers)(?:$|[.\[])")
 _QUOTED: Final = re.compile(r"'[^']*'|\"[^\"]*\"")
 _TOKEN: Final = re.compile(r"'(?:<[a-z ]+>|[^']{0,2})'")  # '<stream end>', ':', '\\t': the parser's own words
-
-PositiveFloat = Annotated[float, Meta(gt=0)]
-PositiveInt = Annotated[int, Meta(ge=1)]
-Port = Annotated[int, Meta(ge=0, le=65535)]
-
-
-class ConfigError(Exception):
-    """The configuration cannot be used. ``errors`` lists every mistake found, each starting with
-    the path it concerns; ``str()`` puts one per line."""
-
-    def __init__(self, errors: str | Sequence[str]) -> None:
-        self.errors = [errors] if isinstance(errors, str) else list(errors)
-        super().__init__("\n".join(self.errors))
-
-
-class Strict(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """Config Structs: immutable, and a typo in a key is an error rather than a silent default."""
-
-
-class ServerConfig(Strict, frozen=True, kw_only=True):
-    host: str = "127.0.0.1"
-    port: Port = 4000
-    workers: PositiveInt = 1
-    max_body_bytes: PositiveInt = 8 * 1024 * 1024
-    max_header_bytes: PositiveInt = 64 * 1024  # a request line and headers past it: 431
-    max_headers: PositiveInt = 100  # more header fields than this: 431
-    header_timeout_s: PositiveFloat = 30.0  # a connection must send a request's headers within this
-    body_timeout_s: PositiveFloat = 60.0  # ... and its body within this, once the headers are in
-    write_timeout_s: PositiveFloat = 30.0  # a client that reads nothing for this long is cut off
-
-
-class RetryConfig(Strict, frozen=True, kw_only=True):
-    max_attempts: PositiveInt = 2
-    initial_backoff_s: Annotated[float, Meta(ge=0)] = 0.5
-    max_backoff_s: Annotated[float, Meta(ge=0)] = 8.0
-    max_retry_after_s: Annotated[float, Meta(ge=0)] = 10.0
-
-
-class BreakerConfig(Strict, frozen=True, kw_only=True):
-    fail_max: PositiveInt = 5
-    reset_timeout_s: PositiveFloat = 30.0
-    half_open_max_calls: PositiveInt = 1
-    success_threshold: PositiveInt = 1
-
-
-class BreakerOverride(Strict, frozen=True, kw_only=True):
-    """Per provider or per target: the fields set here replace the ``resilience.breaker`` defaults."""
-
-    fail_max: PositiveInt | None = None
-    reset_timeout_s: PositiveFloat | None = None
-    half_open_max_calls: PositiveInt | None = None
-    success_threshold: PositiveInt | None = None
-
-    def apply(self, base: BreakerConfig) -> BreakerConfig:
-        changes = {f: v for f in self.__struct_fields__ if (v := getattr(self, f)) is not None}
-        return msgspec.structs.replace(base, **changes) if changes else base
-
-
-class TimeoutsConfig(Strict, frozen=True, kw_only=True):
-    connect_s: PositiveFloat = 5.0
-    first_token_s: PositiveFloat = 60.0
-    attempt_s: PositiveFloat = 600.0
-    idle_s: PositiveFloat = 120.0
-    total_s: PositiveFloat = 900.0
-
-
-class ResilienceConfig(Strict, frozen=True, kw_only=True):
-    retry: RetryConfig = RetryConfig()
-    breaker: BreakerConfig = BreakerConfig()
-    timeouts: TimeoutsConfig = TimeoutsConfig()
-    max_concurrent: PositiveInt | None = None  # requests in flight in this process; above it, 429
-    max_answer_bytes: PositiveInt = 32 * 1024 * 1024  # a non-streamed answer, after decompression
-    max_event_bytes: PositiveInt = 4 * 1024 * 1024  # one event of an upstream stream
-    max_ad_hoc_targets: PositiveInt = 1024  # `provider/model` targets not in the config, kept LRU
-
-
-class HTTPProviderConfig(Strict, tag_field="type", frozen=True, kw_only=True):
-    """Fields shared by providers reached over HTTP. ``api_key`` absent means the upstream needs
-    none (a local vLLM or Ollama); present but empty means the provider is unavailable."""
-
-    base_url: str
-    api_key: str | None = None
-    headers: dict[str, str] = {}
-    max_connections: PositiveInt = 1024
-    breaker: BreakerOverride | None = None
-    drop_unsupported_params: bool = True  # false: a request using one gets a 400 naming it
-
-
-class OpenAIProviderConfig(HTTPProviderConfig, tag="openai", frozen=True, kw_only=True):
-    base_url: str = "https://api.openai.com/v1"
-
-
-class AnthropicProviderConfig(HTTPProviderConfig, tag="anthropic", frozen=True, kw_only=True):
-    base_url: str = "https://api.anthropic.com"
-    default_max_tokens: PositiveInt = 4096  # Anthropic requires max_tokens; used when the client sends none
-
-
-class GeminiProviderConfig(HTTPProviderConfig, tag="gemini", frozen=True, kw_only=True):
-    base_url: str = "https://generativelanguage.googleapis.com"
-
-
-class AzureProviderConfig(HTTPProviderConfig, tag="azure", frozen=True, kw_only=True):
-    """``base_url`` is the resource endpoint (``https://NAME.openai.azure.com``); a target's
-    ``model`` is the deployment name."""
-
-    api_version: str = "2024-10-21"
-
-
-class MockProviderConfig(Strict, tag_field="type", tag="mock", frozen=True, kw_only=True):
-    latency_s: Annotated[float, Meta(ge=0)] = 0.0
-    token_delay_s: Annotated[float, Meta(ge=0)] = 0.0
-    failure_rate: Annotated[float, Meta(ge=0, le=1)] = 0.0
-    failure_status: Annotated[int, Meta(ge=400, le=599)] = 503
-    seed: int | None = None
-    breaker: BreakerOverride | None = None
-
-
-ProviderConfig = (
-    OpenAIProviderConfig | AnthropicProviderConfig | GeminiProviderConfig | AzureProviderConfig | MockProviderConfig
-)
-PROVIDER_TYPES: Final = ("openai", "azure", "anthropic", "gemini", "mock")
-
-
-class TargetConfig(Strict, frozen=True, kw_only=True):
-    provider: str
-    model: Annotated[str, Meta(min_length=1)]
-    weight: Annotated[float, Meta(gt=0)] = 1.0  # for `strategy: weighted`
-    max_concurrent: PositiveInt | None = None  # a full target is skipped like an open one
-    breaker: BreakerOverride | None = None
-
-
-Strategy = Literal["priority", "weighted", "least-busy", "latency"]
-
-
-class ModelConfig(Strict, frozen=True, kw_only=True):
-    targets: Annotated[list[TargetConfig], Meta(min_length=1)]
-    fallbacks: list[str] = []
-    strategy: Strategy = "priority"
-
-
-class Config(Strict, frozen=True, kw_only=True):
-    server: ServerConfig = ServerConfig()
-    providers: dict[str, ProviderConfig] = {}
-    models: dict[str, ModelConfig] = {}
-    resilience: ResilienceConfig = ResilienceConfig()
-
-
-@dataclass(frozen=True)
-class Settings:
-    """A validated config, and for each provider the environment variables its ``api_key``
-    came from, so that an empty key can be reported by the variable's name."""
-
-    config: Config
-    key_vars: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass
