@@ -34,10 +34,14 @@ from router.errors import (
     encode_error,
     internal_error,
 )
-from router.gateway import Gateway
-from router.resilience import Bulkhead, Clock, RetryPolicy, Sleep, registry_from_config, seeded_random, utc_now
-from router.routing import Router
-from router.upstreams import build_upstreams, close_upstreams
+from router.gateway.balancing import seeded_random
+from router.gateway.failover import Gateway
+from router.gateway.routing import Router
+from router.resilience.breaker import Clock, utc_now
+from router.resilience.bulkhead import Bulkhead
+from router.resilience.retry import RetryPolicy, Sleep
+from router.resilience.targets import registry_from_config
+from router.upstreams.registry import build_upstreams, close_upstreams
 
 log = logging.getLogger(__name__)
 _encode = msgspec.json.Encoder().encode

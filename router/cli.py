@@ -11,8 +11,8 @@ from importlib import metadata
 from typing import Final, TextIO
 
 from router.config import ConfigError, Settings, default_config_path, load_settings
-from router.routing import Router
-from router.upstreams import Upstream, build_upstreams
+from router.gateway.routing import Router
+from router.upstreams.registry import Upstream, build_upstreams
 
 SIGPIPE_STATUS: Final = 141  # what a shell reports for a writer killed by SIGPIPE, as `cat` would be
 

@@ -22,77 +22,62 @@ import msgspec
 import yaml
 
 from router.config_schema import (
-    PROVIDER_TYPES as PROVIDER_TYPES,
+    PROVIDER_TYPES,
+    AnthropicProviderConfig,
+    AzureProviderConfig,
+    BreakerConfig,
+    BreakerOverride,
+    Config,
+    ConfigError,
+    GeminiProviderConfig,
+    HTTPProviderConfig,
+    MockProviderConfig,
+    ModelConfig,
+    OpenAIProviderConfig,
+    Port,
+    PositiveFloat,
+    PositiveInt,
+    ProviderConfig,
+    ResilienceConfig,
+    RetryConfig,
+    ServerConfig,
+    Settings,
+    Strategy,
+    Strict,
+    TargetConfig,
+    TimeoutsConfig,
 )
-from router.config_schema import (
-    AnthropicProviderConfig as AnthropicProviderConfig,
-)
-from router.config_schema import (
-    AzureProviderConfig as AzureProviderConfig,
-)
-from router.config_schema import (
-    BreakerConfig as BreakerConfig,
-)
-from router.config_schema import (
-    BreakerOverride as BreakerOverride,
-)
-from router.config_schema import (
-    Config as Config,
-)
-from router.config_schema import (
-    ConfigError as ConfigError,
-)
-from router.config_schema import (
-    GeminiProviderConfig as GeminiProviderConfig,
-)
-from router.config_schema import (
-    HTTPProviderConfig as HTTPProviderConfig,
-)
-from router.config_schema import (
-    MockProviderConfig as MockProviderConfig,
-)
-from router.config_schema import (
-    ModelConfig as ModelConfig,
-)
-from router.config_schema import (
-    OpenAIProviderConfig as OpenAIProviderConfig,
-)
-from router.config_schema import (
-    Port as Port,
-)
-from router.config_schema import (
-    PositiveFloat as PositiveFloat,
-)
-from router.config_schema import (
-    PositiveInt as PositiveInt,
-)
-from router.config_schema import (
-    ProviderConfig as ProviderConfig,
-)
-from router.config_schema import (
-    ResilienceConfig as ResilienceConfig,
-)
-from router.config_schema import (
-    RetryConfig as RetryConfig,
-)
-from router.config_schema import (
-    ServerConfig as ServerConfig,
-)
-from router.config_schema import (
-    Settings as Settings,
-)
-from router.config_schema import (
-    Strategy as Strategy,
-)
-from router.config_schema import (
-    Strict as Strict,
-)
-from router.config_schema import (
-    TargetConfig as TargetConfig,
-)
-from router.config_schema import (
-    TimeoutsConfig as TimeoutsConfig,
-)
+
+__all__ = [
+    "PROVIDER_TYPES",
+    "AnthropicProviderConfig",
+    "AzureProviderConfig",
+    "BreakerConfig",
+    "BreakerOverride",
+    "Config",
+    "ConfigError",
+    "GeminiProviderConfig",
+    "HTTPProviderConfig",
+    "MockProviderConfig",
+    "ModelConfig",
+    "OpenAIProviderConfig",
+    "Port",
+    "PositiveFloat",
+    "PositiveInt",
+    "ProviderConfig",
+    "ResilienceConfig",
+    "RetryConfig",
+    "ServerConfig",
+    "Settings",
+    "Strategy",
+    "Strict",
+    "TargetConfig",
+    "TimeoutsConfig",
+    "default_config_path",
+    "interpolate",
+    "load_settings",
+    "settings_from_dict",
+]
 
 _VAR: Final = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _MSGSPEC_AT: Final = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)

@@ -16,7 +16,7 @@ from litestar.testing import AsyncTestClient
 from providers.sse import SSEParser
 from router.app import create_app
 from router.config import settings_from_dict
-from router.gateway import Gateway
+from router.gateway.failover import Gateway
 from tests.conftest import fixture_bytes
 from tests.live import LiveServer
 

@@ -18,10 +18,13 @@ from providers.errors import (
     UpstreamServerError,
     UpstreamTimeout,
 )
-from router.balancing import EXPLORE, order
 from router.config import BreakerConfig, RetryConfig, settings_from_dict
 from router.errors import Overloaded
-from router.resilience import Breaker, Bulkhead, Lease, RetryPolicy, TargetRegistry, TargetState, registry_from_config
+from router.gateway.balancing import EXPLORE, order
+from router.resilience.breaker import Breaker
+from router.resilience.bulkhead import Bulkhead
+from router.resilience.retry import RetryPolicy
+from router.resilience.targets import Lease, TargetRegistry, TargetState, registry_from_config
 
 
 class Clock:
@@ -402,7 +405,7 @@ async def test_admission_is_safe_under_concurrency() -> None:
 def test_every_breaker_transition_is_one_log_line(caplog: pytest.LogCaptureFixture) -> None:
     clock = Clock()
     state = target(BreakerConfig(fail_max=1, reset_timeout_s=1), clock)
-    with caplog.at_level("WARNING", logger="router.resilience"):
+    with caplog.at_level("WARNING", logger="router.resilience.breaker"):
         lease(state).failed(FAIL)
         clock.advance(1)
         lease(state).succeeded()

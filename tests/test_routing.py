@@ -6,7 +6,7 @@ import pytest
 
 from router.config import settings_from_dict
 from router.errors import ModelNotFound
-from router.routing import Router, Target
+from router.gateway.routing import Router, Target
 
 CONFIG = settings_from_dict(
     {

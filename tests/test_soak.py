@@ -17,7 +17,7 @@ from aiohttp import web
 
 from router.app import create_app
 from router.config import settings_from_dict
-from router.gateway import Gateway
+from router.gateway.failover import Gateway
 from tests.conftest import fixture_bytes
 from tests.fakes import serving_in_thread
 from tests.live import LiveServer

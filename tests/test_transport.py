@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from providers.errors import UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout
-from router.transport import AiohttpTransport, upstream_failure
+from router.upstreams.transport import AiohttpTransport, upstream_failure
 from tests.fakes import bound_port
 
 

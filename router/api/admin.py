@@ -5,7 +5,7 @@ from __future__ import annotations
 from litestar import Request, get
 from litestar.datastructures import State
 
-from router.gateway import Gateway
+from router.gateway.failover import Gateway
 
 
 @get("/admin/targets")

@@ -12,12 +12,12 @@ from litestar.types import ASGIApp, HTTPScope, Receive, Send
 
 from providers.base import Inbound
 from router.api.decode import decode_call
+from router.api.disconnect import ClientWatch
 from router.api.responses import CLIENT_GONE, JSONBody
-from router.disconnect import ClientWatch
+from router.api.streams import SSEResponse
 from router.errors import InvalidRequest, MethodNotAllowed, PayloadTooLarge
-from router.gateway import Gateway
-from router.routing import Target
-from router.streaming import SSEResponse
+from router.gateway.failover import Gateway
+from router.gateway.routing import Target
 
 TARGET_HEADER: Final = b"x-switchboard-target"
 ATTEMPTS_HEADER: Final = b"x-switchboard-attempts"

@@ -21,7 +21,7 @@ from router.config import (
     ProviderConfig,
     Settings,
 )
-from router.transport import AiohttpTransport
+from router.upstreams.transport import AiohttpTransport
 
 MOCK_BASE_URL = "http://mock.switchboard.invalid/v1"
 

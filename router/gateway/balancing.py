@@ -12,7 +12,7 @@ import random
 from collections.abc import Sequence
 from typing import Final
 
-from router.resilience import TargetState
+from router.resilience.targets import TargetState
 
 EXPLORE: Final = 0.1
 
@@ -45,3 +45,7 @@ def order(strategy: str, states: Sequence[TargetState], weights: Sequence[float]
     if strategy == "least-busy":
         return least_busy_order(states)
     return latency_order(states, rng)
+
+
+def seeded_random(seed: int | None = None) -> random.Random:
+    return random.Random(seed)  # noqa: S311 - load balancing, not cryptography

@@ -16,10 +16,10 @@ from typing import Final
 from litestar.types import Receive, Scope, Send
 
 from providers.errors import SwitchboardError, UpstreamTimeout
+from router.api.disconnect import ClientWatch
 from router.api.responses import abort_client
-from router.disconnect import ClientWatch
 from router.errors import encode_error, internal_error
-from router.gateway import Gateway, OpenStream
+from router.gateway.failover import Gateway, OpenStream
 
 log = logging.getLogger(__name__)
 

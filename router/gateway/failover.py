@@ -28,14 +28,16 @@ from providers.errors import (
     UpstreamRejected,
     UpstreamTimeout,
 )
-from router.balancing import order
 from router.config import TimeoutsConfig
 from router.errors import AllTargetsFailed, InvalidRequest, NoTargetAvailable
-from router.resilience import Bulkhead, Lease, RetryPolicy, TargetRegistry, TargetState
-from router.routing import Group, Route, Router, Target
-from router.transport import upstream_failure
-from router.upstream_stream import UpstreamStream
-from router.upstreams import Upstream
+from router.gateway.balancing import order
+from router.gateway.routing import Group, Route, Router, Target
+from router.gateway.upstream_stream import UpstreamStream
+from router.resilience.bulkhead import Bulkhead
+from router.resilience.retry import RetryPolicy
+from router.resilience.targets import Lease, TargetRegistry, TargetState
+from router.upstreams.registry import Upstream
+from router.upstreams.transport import upstream_failure
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

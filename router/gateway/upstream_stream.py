@@ -11,7 +11,7 @@ import httpx
 from providers.base import StreamTranslator
 from providers.errors import SwitchboardError, UpstreamProtocolError
 from providers.sse import EventTooLarge, SSEEvent, SSEParser
-from router.transport import upstream_failure
+from router.upstreams.transport import upstream_failure
 
 DRAIN_S: Final = 1.0  # after [DONE], how long to wait for the upstream's end so its connection can be reused
 

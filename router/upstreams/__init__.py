@@ -1,0 +1,2 @@
+"""The configured providers made callable: the registry of adapters and transports, and the
+aiohttp-backed httpx transport."""
