@@ -23,6 +23,7 @@ from router.api.admin import list_targets
 from router.api.chat import chat_completions
 from router.api.health import live, ready
 from router.api.models import list_models
+from router.api.responses import new_request_id, request_id_of
 from router.config import Settings, default_config_path, load_settings
 from router.errors import (
     AllTargetsFailed,
@@ -36,11 +37,14 @@ from router.errors import (
 )
 from router.gateway.balancing import seeded_random
 from router.gateway.failover import Gateway
+from router.gateway.outcome import Outcomes
 from router.gateway.routing import Router
 from router.resilience.breaker import Clock, utc_now
 from router.resilience.bulkhead import Bulkhead
 from router.resilience.retry import RetryPolicy, Sleep
 from router.resilience.targets import registry_from_config
+from router.telemetry.logs import RequestLog
+from router.telemetry.logs import configure as configure_logging
 from router.upstreams.registry import build_upstreams, close_upstreams
 
 log = logging.getLogger(__name__)
@@ -49,8 +53,8 @@ JSON: Final = "application/json"
 ATTEMPTS_HEADER: Final = "x-switchboard-attempts"
 
 
-def error_response(exc: SwitchboardError) -> Response[bytes]:
-    headers = {}
+def error_response(exc: SwitchboardError, request: Request[Any, Any, State] | None = None) -> Response[bytes]:
+    headers = {"x-request-id": request_id_of(request.scope) if request is not None else new_request_id()}
     if exc.retry_after is not None:
         headers["retry-after"] = str(max(1, math.ceil(exc.retry_after)))
     if isinstance(exc, AllTargetsFailed):
@@ -58,8 +62,8 @@ def error_response(exc: SwitchboardError) -> Response[bytes]:
     return Response(encode_error(exc), status_code=exc.status, media_type=JSON, headers=headers)
 
 
-def _on_switchboard_error(_: Request[Any, Any, State], exc: SwitchboardError) -> Response[bytes]:
-    return error_response(exc)
+def _on_switchboard_error(request: Request[Any, Any, State], exc: SwitchboardError) -> Response[bytes]:
+    return error_response(exc, request)
 
 
 def _on_http_exception(request: Request[Any, Any, State], exc: HTTPException) -> Response[bytes]:
@@ -76,13 +80,13 @@ def _on_http_exception(request: Request[Any, Any, State], exc: HTTPException) ->
     else:
         error = InvalidRequest(str(exc.detail), status=status)
     if status >= HTTP_500_INTERNAL_SERVER_ERROR:
-        return error_response(internal_error())
-    return error_response(error)
+        return error_response(internal_error(), request)
+    return error_response(error, request)
 
 
-def _on_unexpected(_: Request[Any, Any, State], exc: Exception) -> Response[bytes]:
+def _on_unexpected(request: Request[Any, Any, State], exc: Exception) -> Response[bytes]:
     log.error("unhandled error", exc_info=exc)
-    return error_response(internal_error())
+    return error_response(internal_error(), request)
 
 
 def create_app(
@@ -135,9 +139,11 @@ def create_app(
 
 
 def _initial_state(models: ModelList, max_body_bytes: int) -> dict[str, object]:
-    return {"models_json": _encode(models), "max_body_bytes": max_body_bytes}
+    return {"models_json": _encode(models), "max_body_bytes": max_body_bytes, "outcomes": Outcomes([RequestLog()])}
 
 
 def app_from_env() -> Litestar:
     """Factory for ``uvicorn --factory`` (used by ``switchboard serve``, one per worker)."""
+    if fmt := os.environ.get("SWITCHBOARD_LOG_FORMAT"):
+        configure_logging(os.environ.get("SWITCHBOARD_LOG_LEVEL", "info"), fmt)
     return create_app(load_settings(default_config_path(os.environ)))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -12,6 +11,7 @@ from typing import Final, TextIO
 
 from router.config import ConfigError, Settings, default_config_path, load_settings
 from router.gateway.routing import Router
+from router.telemetry.logs import configure as configure_logging
 from router.upstreams.registry import Upstream, build_upstreams
 
 SIGPIPE_STATUS: Final = 141  # what a shell reports for a writer killed by SIGPIPE, as `cat` would be
@@ -35,6 +35,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (default: server.port from the config)")
     serve.add_argument("--workers", type=int, help="worker processes (default: server.workers from the config)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--log-format",
+        choices=["json", "text"],
+        help="json (one object per line) or text; default: text on a terminal, json otherwise",
+    )
     serve.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")
     check = commands.add_parser("check", help="validate the config and print the route table")
     check.add_argument("--config", help=config_help)
@@ -72,6 +77,10 @@ def _serve(args: argparse.Namespace, path: str) -> int:
     settings = load_settings(path)  # fail here, once, rather than in every worker
     server = settings.config.server
     os.environ["SWITCHBOARD_CONFIG"] = os.path.abspath(path)
+    # Worker processes start afresh: they set up logging from these, in app_from_env.
+    os.environ["SWITCHBOARD_LOG_LEVEL"] = args.log_level
+    os.environ["SWITCHBOARD_LOG_FORMAT"] = args.log_format or ("text" if sys.stderr.isatty() else "json")
+    configure_logging(os.environ["SWITCHBOARD_LOG_LEVEL"], os.environ["SWITCHBOARD_LOG_FORMAT"])
     host = args.host or server.host
     port = args.port if args.port is not None else server.port
     print(f"switchboard: serving {path} on http://{host}:{port}/v1", file=sys.stderr)
@@ -84,6 +93,7 @@ def _serve(args: argparse.Namespace, path: str) -> int:
         loop="uvloop",
         http=http_protocol(settings.config.server),  # httptools with header limits and client timeouts
         log_level=args.log_level,
+        log_config=None,  # uvicorn's lines go through the same handler and format as Switchboard's
         access_log=args.access_log,
         lifespan="on",
         timeout_graceful_shutdown=5,
@@ -102,8 +112,7 @@ def _report(error: ConfigError) -> None:
 
 def _run(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
-    level = getattr(args, "log_level", "info").upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(getattr(args, "log_level", "info"), "text")
     path = args.config or default_config_path()
     try:
         if args.command == "check":

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from litestar import Request, get
+from litestar import Request, Response, get
 from litestar.datastructures import State
 
+from router.api.responses import request_id_of
 from router.gateway.failover import Gateway
 
 
 @get("/admin/targets")
-async def list_targets(request: Request[None, None, State]) -> dict[str, object]:
+async def list_targets(request: Request[None, None, State]) -> Response[dict[str, object]]:
     gateway: Gateway = request.app.state.gateway
-    return {"object": "list", "data": gateway.snapshot(), "in_flight": gateway.bulkhead.in_flight}
+    body = {"object": "list", "data": gateway.snapshot(), "in_flight": gateway.bulkhead.in_flight}
+    return Response(body, headers={"x-request-id": request_id_of(request.scope)})

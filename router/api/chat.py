@@ -8,17 +8,20 @@ from collections.abc import Sequence
 from typing import Final
 
 from litestar import asgi
-from litestar.types import ASGIApp, HTTPScope, Receive, Send
+from litestar.types import HTTPScope, Receive, Send
 
 from providers.base import Inbound
+from providers.errors import SwitchboardError
 from router.api.decode import decode_call
 from router.api.disconnect import ClientWatch
 from router.api.responses import CLIENT_GONE, JSONBody
 from router.api.streams import SSEResponse
 from router.errors import InvalidRequest, MethodNotAllowed, PayloadTooLarge
 from router.gateway.failover import Gateway
+from router.gateway.outcome import REQUEST_ID_KEY, Exchange, request_id
 from router.gateway.routing import Target
 
+REQUEST_ID_HEADER: Final = b"x-request-id"
 TARGET_HEADER: Final = b"x-switchboard-target"
 ATTEMPTS_HEADER: Final = b"x-switchboard-attempts"
 DROPPED_HEADER: Final = b"x-switchboard-dropped-params"
@@ -36,10 +39,21 @@ async def chat_completions(scope: HTTPScope, receive: Receive, send: Send) -> No
     raised here still reach the app's exception handlers."""
     if scope["method"] != "POST":  # asgi handlers do not enforce http_methods
         raise MethodNotAllowed(f"Method {scope['method']} is not allowed for /v1/chat/completions.")
-    app = scope["app"]
-    call = decode_call(await read_body(scope, receive, app.state.max_body_bytes))
-    response = await _answer(app.state.gateway, call, receive)
+    state = scope["app"].state
+    exchange = Exchange(state.outcomes, request_id(scope["headers"]))
+    scope["state"][REQUEST_ID_KEY] = exchange.request_id  # for the error handlers
+    try:
+        call = decode_call(await read_body(scope, receive, state.max_body_bytes))
+        exchange.stream = call.chat.is_stream
+        response = await _answer(state.gateway, call, receive, exchange)
+    except SwitchboardError as exc:
+        exchange.finish(exc.status, exc.code)
+        raise
+    except Exception:
+        exchange.finish(500, "internal_error")
+        raise
     await response(scope, receive, send)
+    exchange.finish(response.status)  # a stream has finished its own exchange: then a no-op
 
 
 async def read_body(scope: HTTPScope, receive: Receive, limit: int) -> bytes:
@@ -63,21 +77,24 @@ async def read_body(scope: HTTPScope, receive: Receive, limit: int) -> bytes:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def _answer(gateway: Gateway, call: Inbound, receive: Receive) -> ASGIApp:
+async def _answer(gateway: Gateway, call: Inbound, receive: Receive, exchange: Exchange) -> JSONBody | SSEResponse:
     gateway.bulkhead.enter()
     watch = ClientWatch(receive)
     handed_over = False
+    rid = (REQUEST_ID_HEADER, exchange.request_id.encode())
     try:
         if call.chat.is_stream:
-            opened = await gateway.open_stream(call)
+            opened = await gateway.open_stream(call, exchange)
             handed_over = True  # the response ends the lease, the watch and the bulkhead slot
-            headers = _headers(SSE_HEADERS, opened.target, opened.calls, opened.dropped)
-            return SSEResponse(opened, headers, watch, gateway)
-        answer = await gateway.complete(call)
+            headers = _headers([*SSE_HEADERS, rid], opened.target, opened.calls, opened.dropped)
+            return SSEResponse(opened, headers, watch, gateway, exchange)
+        answer = await gateway.complete(call, exchange)
         await watch.stop()
-        return JSONBody(answer.body, _headers([], answer.target, answer.calls, answer.dropped))
+        exchange.first_chunk()
+        return JSONBody(answer.body, _headers([rid], answer.target, answer.calls, answer.dropped))
     except asyncio.CancelledError:
         if watch.absorb():
+            exchange.client_disconnected = True
             return CLIENT_GONE
         raise
     finally:

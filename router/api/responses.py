@@ -5,17 +5,18 @@ from __future__ import annotations
 from litestar.types import Receive, Scope, Send
 
 from router.api.protocol import ABORT
+from router.gateway.outcome import REQUEST_ID_KEY, request_id
 
 
 class JSONBody:
     """A whole answer. A client that will not take it is cut off by the server protocol after
     ``server.write_timeout_s`` (``router.api.protocol``): nothing to time here."""
 
-    __slots__ = ("_body", "_headers", "_status")
+    __slots__ = ("_body", "_headers", "status")
 
     def __init__(self, body: bytes, headers: list[tuple[bytes, bytes]], status: int = 200) -> None:
         self._body = body
-        self._status = status
+        self.status = status
         self._headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
@@ -23,7 +24,7 @@ class JSONBody:
         ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": self._status, "headers": self._headers})
+        await send({"type": "http.response.start", "status": self.status, "headers": self._headers})
         await send({"type": "http.response.body", "body": self._body, "more_body": False})
 
 
@@ -38,3 +39,14 @@ def abort_client(scope: Scope) -> None:
 
 # Answer to a request whose client has gone: nobody will read it (499, as nginx logs it).
 CLIENT_GONE = JSONBody(b"{}", [], status=499)
+
+
+def request_id_of(scope: Scope) -> str:
+    """The request's id: the one the chat handler settled on, or the client's, or a new one."""
+    state = scope.get("state") or {}
+    known = state.get(REQUEST_ID_KEY)
+    return known if isinstance(known, str) else request_id(scope.get("headers", ()))
+
+
+def new_request_id() -> str:
+    return request_id(())

@@ -20,6 +20,7 @@ from router.api.disconnect import ClientWatch
 from router.api.responses import abort_client
 from router.errors import encode_error, internal_error
 from router.gateway.failover import Gateway, OpenStream
+from router.gateway.outcome import Exchange
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +46,19 @@ class SSEResponse:
     the breaker), or abandoned by the client (which does not).
     """
 
-    __slots__ = ("_first", "_gateway", "_headers", "_opened", "_watch")
+    __slots__ = ("_exchange", "_first", "_gateway", "_headers", "_opened", "_watch")
+
+    status = 200
 
     def __init__(
-        self, opened: OpenStream, headers: list[tuple[bytes, bytes]], watch: ClientWatch, gateway: Gateway
+        self,
+        opened: OpenStream,
+        headers: list[tuple[bytes, bytes]],
+        watch: ClientWatch,
+        gateway: Gateway,
+        exchange: Exchange,
     ) -> None:
+        self._exchange = exchange
         self._opened = opened
         self._first = opened.first
         self._headers = headers
@@ -57,22 +66,27 @@ class SSEResponse:
         self._gateway = gateway
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        watch, lease = self._watch, self._opened.lease
+        watch, lease, exchange = self._watch, self._opened.lease, self._exchange
+        code: str | None = "client_disconnected"
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self._headers})
             failure = await self._relay(send)
             if isinstance(failure, ClientStalled):
                 lease.abandoned()  # nothing learned about the target
                 await watch.stop()
+                exchange.client_disconnected = True
                 abort_client(scope)
                 return
             if failure is None:
                 lease.succeeded()
+                code = None
             else:
                 lease.failed(failure)
+                code = failure.code or "upstream_failed"
             await watch.stop()
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
+            exchange.client_disconnected = True
             if not watch.absorb():
                 raise
         finally:
@@ -80,6 +94,7 @@ class SSEResponse:
             watch.close()
             self._gateway.bulkhead.leave()
             await self._opened.upstream.aclose()
+            exchange.finish(200, code)
 
     async def _relay(self, send: Send) -> SwitchboardError | None:
         """Relay until the end; the upstream's failure, if it failed mid-way (already sent as an
@@ -94,6 +109,7 @@ class SSEResponse:
         upstream, idle_s, deadline = opened.upstream, self._gateway.timeouts.idle_s, opened.deadline
         loop = asyncio.get_running_loop()
         pending = frame(self._first) if self._first else None  # the write in progress
+        self._exchange.first_chunk()
         self._first = ()  # an open stream holds no more than it is writing
         finished = False
         failure: SwitchboardError

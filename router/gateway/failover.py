@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -31,6 +32,7 @@ from providers.errors import (
 from router.config import TimeoutsConfig
 from router.errors import AllTargetsFailed, InvalidRequest, NoTargetAvailable
 from router.gateway.balancing import order
+from router.gateway.outcome import AttemptRecord, Exchange
 from router.gateway.routing import Group, Route, Router, Target
 from router.gateway.upstream_stream import UpstreamStream
 from router.resilience.bulkhead import Bulkhead
@@ -102,17 +104,17 @@ class Prepared:
 
 
 class Run:
-    """One request's way across its targets: the deadline, the calls made, and why each target
-    did not answer."""
+    """One request's way across its targets: the deadline, the calls made, and a record of each
+    target tried or passed over (kept on the request's ``Exchange``)."""
 
-    __slots__ = ("_loop", "alias", "calls", "deadline", "dropped", "last", "notes")
+    __slots__ = ("_loop", "alias", "calls", "deadline", "dropped", "last", "records")
 
-    def __init__(self, alias: str, total_s: float) -> None:
+    def __init__(self, alias: str, total_s: float, records: list[AttemptRecord]) -> None:
         self._loop = asyncio.get_running_loop()
         self.alias = alias
         self.deadline = self._loop.time() + total_s
         self.calls = 0
-        self.notes: list[str] = []
+        self.records = records
         self.last: SwitchboardError | None = None
         self.dropped: Sequence[str] = ()  # what the answering target could not honour
 
@@ -124,17 +126,38 @@ class Run:
         return self._loop.time() + delay < self.deadline
 
     def skipped(self, target: Target, reason: str) -> None:
-        self.notes.append(f"{target.label}: skipped, {reason}")
+        self.records.append(
+            AttemptRecord(target=target.label, result="skipped", error=skip_code(reason), detail=reason)
+        )
+
+    def tried(self, target: Target, error: SwitchboardError | None, duration_s: float, retry: bool) -> None:
+        if error is None:
+            record = AttemptRecord(target=target.label, result="ok", status=200, duration_s=duration_s, retry=retry)
+        else:
+            record = AttemptRecord(
+                target=target.label,
+                result="failed" if error.trips_breaker or error.retryable else "rejected",
+                error=type(error).__name__,
+                status=getattr(error, "upstream_status", None),
+                detail=error.message,
+                duration_s=duration_s,
+                retry=retry,
+            )
+        self.records.append(record)
 
     def failed(self, target: Target, error: SwitchboardError) -> None:
-        self.notes.append(f"{target.label}: {error.message}")
         self.last = error
         log.warning(
             "failover model=%s target=%s calls=%d reason=%r", self.alias, target.label, self.calls, error.message
         )
 
+    def summary(self) -> str:
+        """Why each target did not answer: its last record (a retried target once)."""
+        last = {record.target: record for record in self.records if record.result != "ok"}
+        return "; ".join(record.describe() for record in last.values()) or "no targets"
+
     def exhausted(self) -> SwitchboardError:
-        summary = "; ".join(self.notes) or "no targets"
+        summary = self.summary()
         if self.calls == 0:
             log.warning("no-target model=%s reasons=%r", self.alias, summary)
             return NoTargetAvailable(f"No target can serve model '{self.alias}' now: {summary}", param="model")
@@ -147,6 +170,19 @@ class Run:
             retry_after=retry_after,
             calls=self.calls,
         )
+
+
+def skip_code(reason: str) -> str:
+    """A bounded name for why a target was passed over (for metrics and logs)."""
+    if reason.startswith("circuit open"):
+        return "circuit_open"
+    if reason.startswith("circuit half-open"):
+        return "probe_in_flight"
+    if reason.startswith("at max_concurrent"):
+        return "at_capacity"
+    if reason.startswith("deadline"):
+        return "deadline"
+    return "unavailable"
 
 
 class Gateway:
@@ -207,12 +243,13 @@ class Gateway:
                     continue
                 yield attempt
 
-    async def _walk(self, call: Inbound, once: Once[T]) -> tuple[T, Target, Run]:
+    async def _walk(self, call: Inbound, once: Once[T], exchange: Exchange) -> tuple[T, Target, Run]:
         route = self.router.resolve(call.chat.model)
-        run = Run(route.alias, self.timeouts.total_s)
+        exchange.alias = route.alias
+        run = Run(route.alias, self.timeouts.total_s, exchange.attempts)
         for attempt in self.candidates(route, run):
             if run.remaining() <= 0:
-                run.notes.append("deadline passed before the next target")
+                run.skipped(attempt.target, "deadline passed before this target")
                 break
             run.dropped = _unsupported(call, attempt)
             # Built before any lease: a request the target cannot express fails without touching it.
@@ -230,7 +267,7 @@ class Gateway:
     async def _on_target(self, attempt: Attempt, request: httpx.Request, run: Run, once: Once[T]) -> T:
         """The first try, then (for retryable failures) tenacity's."""
         try:
-            return await self._try(attempt, request, run, once)
+            return await self._try(attempt, request, run, once, False)
         except UpstreamError as exc:
             first = exc
             if not self.retry.should_retry(exc):
@@ -241,33 +278,51 @@ class Gateway:
         log.info("retry target=%s in=%.3fs reason=%r", attempt.target.label, delay, first.message)
         await self.retry.sleep(delay)
         try:
-            return await self.retry.retrying(1, run.fits)(self._try, attempt, request, run, once)
+            return await self.retry.retrying(1, run.fits)(self._try, attempt, request, run, once, True)
         except TargetSkipped:
             raise first from None  # the breaker opened meanwhile: the target's last word stands
 
-    async def _try(self, attempt: Attempt, request: httpx.Request, run: Run, once: Once[T]) -> T:
+    async def _try(self, attempt: Attempt, request: httpx.Request, run: Run, once: Once[T], retry: bool) -> T:
         lease = attempt.state.acquire()
         if isinstance(lease, str):
             raise TargetSkipped(lease)
         run.calls += 1
+        started = time.perf_counter()
         try:
-            return await once(attempt, request, lease, run)
+            result = await once(attempt, request, lease, run)
         except SwitchboardError as exc:
             lease.failed(exc)
+            run.tried(attempt.target, exc, time.perf_counter() - started, retry)
             raise
         except BaseException:
             lease.abandoned()  # cancelled (the client left) or a bug: nothing learned about the target
+            run.records.append(
+                AttemptRecord(
+                    target=attempt.target.label,
+                    result="abandoned",
+                    duration_s=time.perf_counter() - started,
+                    retry=retry,
+                )
+            )
             raise
+        run.tried(attempt.target, None, time.perf_counter() - started, retry)
+        return result
 
-    async def complete(self, call: Inbound) -> Answer:
-        body, target, run = await self._walk(call, self._complete_once)
+    async def complete(self, call: Inbound, exchange: Exchange) -> Answer:
+        body, target, run = await self._walk(call, self._complete_once, exchange)
+        self._answered(exchange, target)
         return Answer(body, target, run.calls, run.dropped)
 
-    async def open_stream(self, call: Inbound) -> OpenStream:
+    async def open_stream(self, call: Inbound, exchange: Exchange) -> OpenStream:
         """Start a stream and wait for its first chunk, so that a failure before it can still move
         on to the next target, or become an HTTP error."""
-        opened, _, _ = await self._walk(call, partial(self._open_once, call))
+        opened, target, _ = await self._walk(call, partial(self._open_once, call), exchange)
+        self._answered(exchange, target)
         return opened
+
+    def _answered(self, exchange: Exchange, target: Target) -> None:
+        exchange.target = target.label
+        exchange.provider = self.upstreams[target.provider].kind
 
     async def _complete_once(self, attempt: Attempt, request: httpx.Request, lease: Lease, run: Run) -> bytes:
         adapter, provider = attempt.adapter, attempt.target.provider

@@ -1,0 +1,173 @@
+"""One record per request, however it ends, and the listeners that turn it into logs, metrics,
+spans and (later) spend.
+
+``Exchange`` is the request while it runs: the gateway appends an ``AttemptRecord`` per target it
+tried or skipped, the stream or answer adds what the upstream reported (usage, finish reason, time
+to first chunk), and ``finish()`` (called once, by whoever ends the request) turns it into the
+immutable ``Outcome`` and hands it to every listener. Failures stay data until a listener or the
+error message renders them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Final, Literal
+
+import msgspec
+
+log = logging.getLogger(__name__)
+
+AttemptResult = Literal["ok", "failed", "rejected", "skipped", "abandoned"]
+REQUEST_ID_KEY: Final = "switchboard.request_id"  # where a request's id waits in scope["state"]
+_REQUEST_ID: Final = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
+
+
+class AttemptRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """One target tried (or passed over) for a request."""
+
+    target: str
+    result: AttemptResult
+    error: str | None = None  # the failure's class (UpstreamTimeout…) or the skip's reason code
+    status: int | None = None  # the upstream's HTTP status, when it answered one
+    detail: str = ""  # for people: the upstream's (redacted) message or why it was skipped
+    duration_s: float = 0.0
+    retry: bool = False  # a second or later try at the same target
+
+    def describe(self) -> str:
+        return f"{self.target}: skipped, {self.detail}" if self.result == "skipped" else f"{self.target}: {self.detail}"
+
+
+class TokenUsage(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """Tokens as the upstream reported them; ``cached`` is part of ``prompt``, ``reasoning`` of
+    ``completion`` (OpenAI's accounting, which the translators follow)."""
+
+    prompt: int
+    completion: int
+    cached: int = 0
+    reasoning: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.prompt + self.completion
+
+
+class Outcome(msgspec.Struct, frozen=True, kw_only=True):
+    """How one request ended. ``usage`` and ``cost_usd`` are None when unknown, never 0 for it."""
+
+    request_id: str
+    alias: str | None
+    stream: bool
+    status: int
+    code: str | None
+    attempts: Sequence[AttemptRecord]
+    target: str | None  # the target that answered
+    provider: str | None  # its provider's type (openai, azure, anthropic, gemini, mock)
+    response_model: str | None
+    finish_reason: str | None
+    usage: TokenUsage | None
+    cost_usd: float | None
+    ttft_s: float | None  # time to the first chunk sent (streams) or to the whole answer
+    duration_s: float
+    client_disconnected: bool
+
+
+Listener = Callable[[Outcome], None]
+
+
+class Outcomes:
+    """The app's listeners. A listener that raises is logged and skipped: telemetry must never
+    fail a request."""
+
+    def __init__(self, listeners: Sequence[Listener] = ()) -> None:
+        self.listeners = list(listeners)
+
+    def emit(self, outcome: Outcome) -> None:
+        for listener in self.listeners:
+            try:
+                listener(outcome)
+            except Exception:
+                log.exception("outcome listener %r failed", listener)
+
+
+def request_id(headers: Iterable[tuple[bytes, bytes]]) -> str:
+    """The client's ``x-request-id`` when it is a sane token (at most 128 of ``A-Z a-z 0-9 . _ :
+    -``), else a new one."""
+    for name, value in headers:
+        if name == b"x-request-id":
+            if _REQUEST_ID.fullmatch(value):
+                return value.decode()
+            break
+    return "req_" + secrets.token_hex(12)
+
+
+class Exchange:
+    """One request while it runs; ``finish()`` ends it exactly once."""
+
+    __slots__ = (
+        "_done",
+        "_outcomes",
+        "_started",
+        "alias",
+        "attempts",
+        "client_disconnected",
+        "finish_reason",
+        "first_chunk_s",
+        "provider",
+        "request_id",
+        "response_model",
+        "stream",
+        "target",
+        "usage",
+    )
+
+    def __init__(self, outcomes: Outcomes, request_id: str, stream: bool = False) -> None:
+        self._outcomes = outcomes
+        self._started = time.perf_counter()
+        self._done = False
+        self.request_id = request_id
+        self.stream = stream
+        self.alias: str | None = None
+        self.attempts: list[AttemptRecord] = []
+        self.target: str | None = None
+        self.provider: str | None = None
+        self.response_model: str | None = None
+        self.finish_reason: str | None = None
+        self.usage: TokenUsage | None = None
+        self.first_chunk_s: float | None = None
+        self.client_disconnected = False
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._started
+
+    def first_chunk(self) -> None:
+        if self.first_chunk_s is None:
+            self.first_chunk_s = self.elapsed()
+
+    def finish(self, status: int, code: str | None = None, cost_usd: float | None = None) -> Outcome | None:
+        """The request's ``Outcome``, emitted to the listeners; None if it was already finished."""
+        if self._done:
+            return None
+        self._done = True
+        outcome = Outcome(
+            request_id=self.request_id,
+            alias=self.alias,
+            stream=self.stream,
+            status=status,
+            code=code,
+            attempts=tuple(self.attempts),
+            target=self.target,
+            provider=self.provider,
+            response_model=self.response_model,
+            finish_reason=self.finish_reason,
+            usage=self.usage,
+            cost_usd=cost_usd,
+            ttft_s=self.first_chunk_s,
+            duration_s=self.elapsed(),
+            client_disconnected=self.client_disconnected,
+        )
+        self._outcomes.emit(outcome)
+        return outcome

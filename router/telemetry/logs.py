@@ -1,0 +1,93 @@
+"""Structured logs: one line per request from its ``Outcome``, and one format (JSON or text) for
+every line Switchboard logs. No line carries a key or message content: an Outcome holds neither,
+and upstream messages in it were redacted where they were received."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Final
+
+import msgspec
+
+from router.gateway.outcome import Outcome
+
+REQUEST_LOGGER: Final = "switchboard.requests"
+_encode = msgspec.json.Encoder().encode
+
+
+def request_fields(outcome: Outcome) -> dict[str, Any]:
+    """The per-request line's fields (a contract: dashboards parse them)."""
+    usage = outcome.usage
+    return {
+        "request_id": outcome.request_id,
+        "alias": outcome.alias,
+        "target": outcome.target,
+        "status": outcome.status,
+        "code": outcome.code,
+        "stream": outcome.stream,
+        "attempts": len([a for a in outcome.attempts if a.result != "skipped"]),
+        "latency_ms": round(outcome.duration_s * 1000, 2),
+        "ttft_ms": round(outcome.ttft_s * 1000, 2) if outcome.ttft_s is not None else None,
+        "prompt_tokens": usage.prompt if usage is not None else None,
+        "completion_tokens": usage.completion if usage is not None else None,
+        "cached_tokens": usage.cached if usage is not None else None,
+        "reasoning_tokens": usage.reasoning if usage is not None else None,
+        "cost_usd": outcome.cost_usd,
+        "finish_reason": outcome.finish_reason,
+        "client_disconnected": outcome.client_disconnected,
+        "failures": [f"{a.target}:{a.error}" for a in outcome.attempts if a.result not in ("ok", "skipped")] or None,
+        "skipped": [f"{a.target}:{a.error}" for a in outcome.attempts if a.result == "skipped"] or None,
+    }
+
+
+class RequestLog:
+    """The Outcome listener that writes the per-request line (at INFO on ``switchboard.requests``)."""
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self._log = logger or logging.getLogger(REQUEST_LOGGER)
+
+    def __call__(self, outcome: Outcome) -> None:
+        if self._log.isEnabledFor(logging.INFO):
+            self._log.info("request", extra={"fields": request_fields(outcome)})
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and a record's ``fields``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            line.update(fields)
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return _encode(line).decode()
+
+
+class TextFormatter(logging.Formatter):
+    """For people at a terminal: the usual line, then a record's ``fields`` as key=value."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            text += " " + " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
+        return text
+
+
+def configure(level: str, fmt: str) -> None:
+    """The root handler every Switchboard line goes through (the CLI calls this once)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())

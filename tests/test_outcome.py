@@ -1,0 +1,249 @@
+"""One Outcome per request, however it ends; the request id on every answer; the per-request log
+line built from the Outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+from litestar.testing import AsyncTestClient
+
+from router.app import create_app
+from router.config import settings_from_dict
+from router.gateway.outcome import Outcome
+from router.telemetry.logs import REQUEST_LOGGER, JSONFormatter, TextFormatter
+from tests.conftest import fixture_bytes
+
+HELLO = [{"role": "user", "content": "hi"}]
+COMPLETION = fixture_bytes("openai", "completion.json")
+STREAM = fixture_bytes("openai", "stream_text.sse")
+
+
+def upstream(request: httpx.Request) -> httpx.Response:
+    host = request.url.host
+    if host == "down.test":
+        return httpx.Response(503, json={"error": {"message": "overloaded"}})
+    if host == "bad.test":
+        return httpx.Response(400, json={"error": {"message": "no", "param": "messages", "code": "invalid"}})
+    if request.headers.get("accept") == "text/event-stream":
+        return httpx.Response(200, content=STREAM, headers={"content-type": "text/event-stream"})
+    return httpx.Response(200, content=COMPLETION, headers={"content-type": "application/json"})
+
+
+def client(seen: list[Outcome]) -> AsyncTestClient[Any]:
+    settings = settings_from_dict(
+        {
+            "providers": {
+                "up": {"type": "openai", "base_url": "http://up.test/v1"},
+                "down": {"type": "openai", "base_url": "http://down.test/v1"},
+                "bad": {"type": "openai", "base_url": "http://bad.test/v1"},
+                "dark": {"type": "openai", "api_key": "${NOPE:-}"},
+            },
+            "models": {
+                "m": {"targets": [{"provider": "down", "model": "x"}, {"provider": "up", "model": "y"}]},
+                "dead": {"targets": [{"provider": "down", "model": "x"}]},
+                "bad": {"targets": [{"provider": "bad", "model": "x"}]},
+                "dark": {"targets": [{"provider": "dark", "model": "x"}]},
+            },
+            "resilience": {"retry": {"max_attempts": 1}, "breaker": {"fail_max": 1000}},
+        },
+        {},
+    )
+    app = create_app(settings, transport=httpx.MockTransport(upstream))
+    app.state.outcomes.listeners.append(seen.append)
+    return AsyncTestClient(app=app)
+
+
+async def test_a_failed_over_answer_is_one_outcome_with_every_attempt() -> None:
+    seen: list[Outcome] = []
+    async with client(seen) as http:
+        response = await http.post("/v1/chat/completions", json={"model": "m", "messages": HELLO})
+    assert response.status_code == 200
+    (outcome,) = seen
+    assert (outcome.alias, outcome.target, outcome.status, outcome.code, outcome.stream) == (
+        "m",
+        "up/y",
+        200,
+        None,
+        False,
+    )
+    assert [(a.target, a.result, a.status, a.error) for a in outcome.attempts] == [
+        ("down/x", "failed", 503, "UpstreamServerError"),
+        ("up/y", "ok", 200, None),
+    ]
+    assert outcome.request_id == response.headers["x-request-id"]
+    assert outcome.duration_s > 0
+    assert outcome.ttft_s is not None
+    assert outcome.ttft_s <= outcome.duration_s
+
+
+async def test_a_stream_is_one_outcome_when_it_ends() -> None:
+    seen: list[Outcome] = []
+    async with client(seen) as http:
+        response = await http.post("/v1/chat/completions", json={"model": "m", "messages": HELLO, "stream": True})
+    assert response.status_code == 200
+    assert response.content.endswith(b"data: [DONE]\n\n")
+    (outcome,) = seen
+    assert (outcome.stream, outcome.status, outcome.code, outcome.target) == (True, 200, None, "up/y")
+    assert not outcome.client_disconnected
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code", "alias"),
+    [
+        ({"model": "dead", "messages": HELLO}, 502, "upstream_failed", "dead"),
+        ({"model": "dark", "messages": HELLO}, 503, "no_target_available", "dark"),
+        ({"model": "bad", "messages": HELLO}, 400, "invalid", "bad"),
+        ({"model": "nope", "messages": HELLO}, 404, "model_not_found", None),
+        ({"model": "m"}, 400, "missing_required_parameter", None),
+    ],
+)
+async def test_every_failure_is_one_outcome_with_its_status_and_code(
+    body: dict[str, Any], status: int, code: str, alias: str | None
+) -> None:
+    seen: list[Outcome] = []
+    async with client(seen) as http:
+        response = await http.post("/v1/chat/completions", json=body)
+    assert response.status_code == status
+    (outcome,) = seen
+    assert (outcome.status, outcome.code, outcome.alias, outcome.target) == (status, code, alias, None)
+    assert outcome.request_id == response.headers["x-request-id"]
+
+
+async def test_skipped_targets_are_recorded_with_a_bounded_reason() -> None:
+    seen: list[Outcome] = []
+    async with client(seen) as http:
+        await http.post("/v1/chat/completions", json={"model": "dark", "messages": HELLO})
+    (attempt,) = seen[0].attempts
+    assert (attempt.target, attempt.result, attempt.error) == ("dark/x", "skipped", "unavailable")
+    assert "NOPE" in attempt.detail
+
+
+async def test_a_client_gone_mid_stream_is_one_outcome_marked_disconnected() -> None:
+    seen: list[Outcome] = []
+
+    class Endless(httpx.AsyncByteStream):
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            first = STREAM.split(b"\n\n")[0] + b"\n\n"
+            while True:
+                yield first
+                await asyncio.sleep(0.01)
+
+    settings = settings_from_dict(
+        {
+            "providers": {"up": {"type": "openai", "base_url": "http://up.test/v1"}},
+            "models": {"m": {"targets": [{"provider": "up", "model": "y"}]}},
+        },
+        {},
+    )
+    transport = httpx.MockTransport(lambda _: httpx.Response(200, stream=Endless()))
+    app = create_app(settings, transport=transport)
+    app.state.outcomes.listeners.append(seen.append)
+    body = msgspec.json.encode({"model": "m", "messages": HELLO, "stream": True})
+    gone = asyncio.Event()
+    delivered = False
+    chunks = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal chunks
+        if message["type"] == "http.response.body":
+            chunks += 1
+            if chunks == 3:
+                gone.set()
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-length", str(len(body)).encode()), (b"x-request-id", b"client-7")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 2),
+        "state": {},
+    }
+    async with AsyncTestClient(app=app), asyncio.timeout(5):
+        await app(scope, receive, send)  # type: ignore[arg-type]
+    (outcome,) = seen
+    assert outcome.client_disconnected
+    assert (outcome.status, outcome.code, outcome.request_id) == (200, "client_disconnected", "client-7")
+
+
+@pytest.mark.parametrize(
+    ("sent", "echoed"),
+    [("abc-123_X.y:z", True), ("bad id with spaces", False), ("x" * 129, False), (None, False)],
+)
+async def test_every_answer_carries_a_request_id(sent: str | None, echoed: bool) -> None:
+    headers = {"x-request-id": sent} if sent is not None else {}
+    seen: list[Outcome] = []
+    async with client(seen) as http:
+        answers = [
+            await http.post("/v1/chat/completions", json={"model": "m", "messages": HELLO}, headers=headers),
+            await http.post("/v1/chat/completions", json={"model": "nope", "messages": HELLO}, headers=headers),
+            await http.post("/v1/chat/completions", content=b"{", headers=headers),
+            await http.get("/v1/models", headers=headers),
+            await http.get("/health/live", headers=headers),
+            await http.get("/health/ready", headers=headers),
+            await http.get("/admin/targets", headers=headers),
+            await http.get("/no/such/route", headers=headers),
+            await http.delete("/v1/chat/completions", headers=headers),
+        ]
+    for answer in answers:
+        rid = answer.headers["x-request-id"]
+        if echoed:
+            assert rid == sent
+        else:
+            assert rid != sent
+            assert rid.startswith("req_")
+            assert len(rid) == 28
+    assert len({a.headers["x-request-id"] for a in answers}) == (1 if echoed else len(answers))
+
+
+async def test_the_request_line_has_the_contract_fields(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=REQUEST_LOGGER)
+    seen: list[Outcome] = []
+    async with client(seen) as http:
+        await http.post("/v1/chat/completions", json={"model": "m", "messages": HELLO})
+    (record,) = [r for r in caplog.records if r.name == REQUEST_LOGGER]
+    line = msgspec.json.decode(JSONFormatter().format(record))
+    contract = {
+        "request_id",
+        "alias",
+        "target",
+        "status",
+        "code",
+        "stream",
+        "attempts",
+        "latency_ms",
+        "ttft_ms",
+        "prompt_tokens",
+        "completion_tokens",
+        "cached_tokens",
+        "cost_usd",
+        "finish_reason",
+        "client_disconnected",
+    }
+    assert contract <= set(line)
+    assert (line["alias"], line["target"], line["status"], line["attempts"]) == ("m", "up/y", 200, 2)
+    assert line["failures"] == ["down/x:UpstreamServerError"]
+    assert (line["level"], line["logger"], line["message"]) == ("info", REQUEST_LOGGER, "request")
+    text = TextFormatter().format(record)
+    assert "request_id=" in text
+    assert "target=up/y" in text
