@@ -24,7 +24,17 @@ from msgspec import UNSET
 
 from providers import anthropic_wire as wire
 from providers.anthropic_request import JSON_TOOL, to_anthropic
-from providers.base import Inbound, SecretRedactor, error_fields, error_for_status, post, retry_after_seconds
+from providers.base import (
+    Inbound,
+    Parsed,
+    Report,
+    SecretRedactor,
+    error_fields,
+    error_for_status,
+    post,
+    report_of,
+    retry_after_seconds,
+)
 from providers.errors import UpstreamError, UpstreamProtocolError, UpstreamServerError
 from providers.schema import (
     ChatCompletion,
@@ -157,6 +167,16 @@ class AnthropicStream:
     @property
     def complete(self) -> bool:
         return self._finished or self._finish is not None
+
+    @property
+    def report(self) -> Report:
+        reported = self._usage != wire.Usage()  # message_start always carries usage; none seen: unknown
+        return Report(
+            usage=usage_from(self._usage) if reported else None,
+            finish_reason=self._finish,
+            response_id=self._id or None,
+            response_model=self._model or None,
+        )
 
     def _text_template(self) -> bytes:
         head, _, tail = self._chunk(Delta(content="\x00")).partition(b'"content":"\\u0000"')
@@ -298,14 +318,15 @@ class AnthropicProvider:
             dropped.append("n")
         return dropped
 
-    def parse_response(self, body: bytes, model: str) -> bytes:
+    def parse_response(self, body: bytes, model: str) -> Parsed:
         try:
             msg = msgspec.json.decode(body, type=wire.MessageInfo)
         except (msgspec.DecodeError, RecursionError):  # nested past the decoder: malformed too
             raise UpstreamProtocolError(f"provider '{self.name}' answered with a malformed message") from None
         if msg.type != "message" or not msg.id or not msg.has_content:
             raise UpstreamProtocolError(f"provider '{self.name}' answered with something that is not a message")
-        return _encode(from_anthropic(msg, int(time.time())))
+        completion = from_anthropic(msg, int(time.time()))
+        return Parsed(_encode(completion), report_of(completion))
 
     def stream_translator(self, call: Inbound) -> AnthropicStream:
         return AnthropicStream(self, call.chat.include_usage, int(time.time()))

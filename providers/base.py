@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final, Protocol
+from typing import Final, NamedTuple, Protocol
 
 import httpx
 import msgspec
@@ -24,7 +24,7 @@ from providers.errors import (
     UpstreamRejected,
     UpstreamServerError,
 )
-from providers.schema import ChatRequest
+from providers.schema import ChatCompletion, ChatRequest, Usage
 from providers.sse import SSEEvent
 
 # Statuses a later attempt may cure (openai-python retries the same set, plus Anthropic's 529).
@@ -39,6 +39,24 @@ class Inbound:
 
     chat: ChatRequest
     fields: dict[str, msgspec.Raw]
+
+
+class Report(msgspec.Struct, kw_only=True, gc=False):
+    """What an answer said about itself, for the request's record: the usage the upstream
+    reported (None when it reported none: unknown, not zero), the first choice's finish reason,
+    and the answer's id and model."""
+
+    usage: Usage | None = None
+    finish_reason: str | None = None
+    response_id: str | None = None
+    response_model: str | None = None
+
+
+class Parsed(NamedTuple):
+    """A non-streamed answer in OpenAI's format, and its report."""
+
+    body: bytes
+    report: Report
 
 
 class StreamTranslator(Protocol):
@@ -62,6 +80,11 @@ class StreamTranslator(Protocol):
         """The answer is whole: if the connection ends now, nothing was lost."""
         ...
 
+    @property
+    def report(self) -> Report:
+        """What the stream has said about itself so far (complete once it has ended)."""
+        ...
+
 
 class Provider(Protocol):
     """One upstream wire format, configured for one provider entry (its URL, key, headers)."""
@@ -74,9 +97,9 @@ class Provider(Protocol):
         """The request's parameters this provider cannot honour (they are dropped, or refused)."""
         ...
 
-    def parse_response(self, body: bytes, model: str) -> bytes:
-        """A successful non-streamed answer as OpenAI ``chat.completion`` JSON; ``model`` is the
-        upstream model asked for, for answers that do not name theirs."""
+    def parse_response(self, body: bytes, model: str) -> Parsed:
+        """A successful non-streamed answer as OpenAI ``chat.completion`` JSON, and its report;
+        ``model`` is the upstream model asked for, for answers that do not name theirs."""
         ...
 
     def stream_translator(self, call: Inbound) -> StreamTranslator: ...
@@ -203,3 +226,14 @@ def error_for_status(
         )
     # Every other 4xx is about the request itself: the client gets the provider's answer.
     return UpstreamRejected(message, upstream_status=status, status=status, code=code, param=param)
+
+
+def report_of(completion: ChatCompletion) -> Report:
+    """The report of an answer Switchboard built itself (a translated one)."""
+    first = completion.choices[0] if completion.choices else None
+    return Report(
+        usage=completion.usage if isinstance(completion.usage, Usage) else None,
+        finish_reason=first.finish_reason if first is not None else None,
+        response_id=completion.id,
+        response_model=completion.model,
+    )

@@ -27,7 +27,17 @@ import msgspec
 from msgspec import UNSET
 
 from providers import gemini_wire as wire
-from providers.base import Inbound, SecretRedactor, error_fields, error_for_status, post, retry_after_seconds
+from providers.base import (
+    Inbound,
+    Parsed,
+    Report,
+    SecretRedactor,
+    error_fields,
+    error_for_status,
+    post,
+    report_of,
+    retry_after_seconds,
+)
 from providers.errors import (
     UpstreamAuthFailed,
     UpstreamError,
@@ -172,6 +182,7 @@ class GeminiStream:
         self._finished: set[int] = set()
         self._usage: wire.UsageMetadata | None = None
         self._done = False
+        self._finish_reason: str | None = None  # the first choice's
 
     @property
     def finished(self) -> bool:
@@ -180,6 +191,15 @@ class GeminiStream:
     @property
     def complete(self) -> bool:
         return self._done
+
+    @property
+    def report(self) -> Report:
+        return Report(
+            usage=usage_from(self._usage) if self._usage is not None else None,
+            finish_reason=self._finish_reason,
+            response_id=self._id or None,
+            response_model=self._model or None,
+        )
 
     def _chunk(self, index: int, delta: Delta, finish: str | None = None) -> bytes:
         choice = ChunkChoice(index=index, delta=delta, finish_reason=finish)
@@ -203,6 +223,7 @@ class GeminiStream:
         if not resp.candidates and resp.prompt_feedback is not None and resp.prompt_feedback.block_reason:
             out.append(self._chunk(0, Delta(role="assistant", content=None), "content_filter"))
             self._finished.add(0)
+            self._finish_reason = "content_filter"
         if self._finished and not self._done and len(self._finished) >= max(len(self._started), 1):
             self._done = True
             if self._include_usage:
@@ -234,7 +255,10 @@ class GeminiStream:
                 yield self._chunk(index, delta)
         if candidate.finish_reason is not None and index not in self._finished:
             self._finished.add(index)
-            yield self._chunk(index, Delta(), finish_reason(candidate.finish_reason, index in self._calls))
+            reason = finish_reason(candidate.finish_reason, index in self._calls)
+            if index == 0:
+                self._finish_reason = reason
+            yield self._chunk(index, Delta(), reason)
 
 
 # ---- adapter ------------------------------------------------------------------------------------
@@ -277,7 +301,7 @@ class GeminiProvider:
             or (k == "parallel_tool_calls" and bytes(v) == b"false")
         ]
 
-    def parse_response(self, body: bytes, model: str) -> bytes:
+    def parse_response(self, body: bytes, model: str) -> Parsed:
         try:
             resp = _decode_response(body)
         except (msgspec.DecodeError, RecursionError):  # nested past the decoder: malformed too
@@ -290,7 +314,8 @@ class GeminiProvider:
             raise UpstreamProtocolError(
                 f"provider '{self.name}' answered with a candidate that has neither content nor finishReason"
             )
-        return _encode(from_gemini(resp, model, int(time.time()), self._ids))
+        completion = from_gemini(resp, model, int(time.time()), self._ids)
+        return Parsed(_encode(completion), report_of(completion))
 
     def stream_translator(self, call: Inbound) -> GeminiStream:
         return GeminiStream(self, call.chat.model, call.chat.include_usage, int(time.time()), self._ids)

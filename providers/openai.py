@@ -15,8 +15,18 @@ import httpx
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from providers.base import Inbound, SecretRedactor, error_fields, error_for_status, post, retry_after_seconds
+from providers.base import (
+    Inbound,
+    Parsed,
+    Report,
+    SecretRedactor,
+    error_fields,
+    error_for_status,
+    post,
+    retry_after_seconds,
+)
 from providers.errors import UntranslatableRequest, UpstreamError, UpstreamProtocolError, UpstreamServerError
+from providers.schema import CompletionTokensDetails, PromptTokensDetails, Usage
 from providers.sse import SSEEvent
 
 _DONE: Final = b"[DONE]"
@@ -36,21 +46,74 @@ class _ChunkView(msgspec.Struct):
     error: Any = None  # OpenRouter and others put an error object inside a 200 stream
     object: str | UnsetType = UNSET
     message: str | UnsetType = UNSET  # vLLM: {"object": "error", "message": ...}
+    usage: msgspec.Raw = msgspec.Raw()  # decoded apart, leniently: a server's odd usage is not a broken answer
+
+
+class _AnswerView(_ChunkView):
+    """A whole answer's or a stream's first chunk's view: also its id and model."""
+
+    id: Any = None
+    model: Any = None
+
+
+class _TokenDetails(msgspec.Struct):
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+
+
+class _UsageView(msgspec.Struct):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    prompt_tokens_details: _TokenDetails | None = None
+    completion_tokens_details: _TokenDetails | None = None
 
 
 _decode_view = msgspec.json.Decoder(_ChunkView).decode
+_decode_answer = msgspec.json.Decoder(_AnswerView).decode
+_decode_usage = msgspec.json.Decoder(_UsageView).decode
 _decode_any = msgspec.json.Decoder().decode
+_ASK_USAGE: Final = msgspec.Raw(b'{"include_usage":true}')
+
+
+def usage_of(raw: msgspec.Raw) -> Usage | None:
+    """The usage an OpenAI-format answer reported, or None when it reported none we can read."""
+    if not raw or raw == b"null":
+        return None
+    try:
+        view = _decode_usage(raw)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    prompt, completion = view.prompt_tokens, view.completion_tokens
+    cached = (view.prompt_tokens_details.cached_tokens if view.prompt_tokens_details else None) or 0
+    reasoning = (view.completion_tokens_details.reasoning_tokens if view.completion_tokens_details else None) or 0
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
+        completion_tokens_details=CompletionTokensDetails(reasoning_tokens=reasoning),
+    )
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 class OpenAIStream:
-    """Passes an OpenAI-format stream through, watching for its end and for in-band errors."""
+    """Passes an OpenAI-format stream through, watching for its end and for in-band errors, and
+    noting what the stream reports about itself. When Switchboard asked for usage on the client's
+    behalf, the usage-only chunk is noted and not passed on: the client gets the stream it asked
+    for, byte for byte."""
 
-    __slots__ = ("_finished", "_provider", "_saw_finish")
+    __slots__ = ("_finished", "_first", "_hide_usage", "_provider", "_report", "_saw_finish")
 
-    def __init__(self, provider: OpenAIProvider) -> None:
+    def __init__(self, provider: OpenAIProvider, hide_usage: bool) -> None:
         self._provider = provider
+        self._hide_usage = hide_usage
         self._finished = False
         self._saw_finish = False
+        self._first = True
+        self._report = Report()
 
     @property
     def finished(self) -> bool:
@@ -61,6 +124,10 @@ class OpenAIStream:
         # Some servers close without [DONE]; a chunk with a finish_reason is a complete answer.
         return self._finished or self._saw_finish
 
+    @property
+    def report(self) -> Report:
+        return self._report
+
     def translate(self, event: SSEEvent) -> Sequence[bytes]:
         data = event.data
         if data[0] != 0x7B:  # not a JSON object: the end marker, a keep-alive (`data: :`), or junk
@@ -70,7 +137,7 @@ class OpenAIStream:
             if data[0] == 0x3A or not data.strip():
                 return _NOTHING
         try:
-            view = _decode_view(data)
+            view = self._view(data)
         except (msgspec.DecodeError, RecursionError):  # nested past the decoder: malformed too
             raise UpstreamProtocolError(
                 f"provider '{self._provider.name}' sent a stream event that is not JSON"
@@ -81,7 +148,21 @@ class OpenAIStream:
             for choice in view.choices:
                 if choice.finish_reason is not None:
                     self._saw_finish = True
+                    if self._report.finish_reason is None:
+                        self._report.finish_reason = choice.finish_reason
+        if view.usage:
+            self._report.usage = usage_of(view.usage) or self._report.usage
+            if self._hide_usage and not view.choices:
+                return _NOTHING  # the usage chunk Switchboard asked for, not the client
         return (data,)  # one line even if it came as several: the stream's parser joins them with a space
+
+    def _view(self, data: bytes) -> _ChunkView:
+        if not self._first:
+            return _decode_view(data)
+        self._first = False
+        view = _decode_answer(data)
+        self._report.response_id, self._report.response_model = _text(view.id), _text(view.model)
+        return view
 
 
 class OpenAIProvider:
@@ -93,8 +174,10 @@ class OpenAIProvider:
         base_url: str,
         api_key: str | None,
         headers: Mapping[str, str] | None = None,
+        stream_usage: bool = True,
     ) -> None:
         self.name = name
+        self._stream_usage = stream_usage  # ask for usage in every stream (servers that refuse it: off)
         self._url = httpx.URL(base_url.rstrip("/") + "/chat/completions")
         base_headers = {"content-type": "application/json", "user-agent": USER_AGENT, **(headers or {})}
         if api_key:
@@ -114,6 +197,8 @@ class OpenAIProvider:
         fields = call.fields
         if call.chat.model != model:
             fields = {**fields, "model": msgspec.Raw(_encode(model))}
+        if self._asks_usage(call):
+            fields = {**fields, "stream_options": _stream_options(fields.get("stream_options"))}
         return post(
             self.url_for(model), self._stream_headers if call.chat.is_stream else self._headers, _encode(fields)
         )
@@ -121,19 +206,29 @@ class OpenAIProvider:
     def unsupported(self, call: Inbound) -> list[str]:
         return []  # whatever the client sends reaches the upstream
 
-    def parse_response(self, body: bytes, model: str) -> bytes:
+    def parse_response(self, body: bytes, model: str) -> Parsed:
         try:
-            view = _decode_view(body)
+            view = _decode_answer(body)
         except (msgspec.DecodeError, RecursionError):  # nested past the decoder: malformed too
             raise UpstreamProtocolError(f"provider '{self.name}' answered with a body that is not JSON") from None
         if view.error is not None or view.object == "error":
             raise self.stream_error(body)
         if view.choices is None:
             raise UpstreamProtocolError(f"provider '{self.name}' answered without `choices`")
-        return body
+        report = Report(
+            usage=usage_of(view.usage),
+            finish_reason=view.choices[0].finish_reason if view.choices else None,
+            response_id=_text(view.id),
+            response_model=_text(view.model),
+        )
+        return Parsed(body, report)
 
     def stream_translator(self, call: Inbound) -> OpenAIStream:
-        return OpenAIStream(self)
+        return OpenAIStream(self, hide_usage=self._asks_usage(call))
+
+    def _asks_usage(self, call: Inbound) -> bool:
+        """Switchboard asks for a stream's usage itself when the client did not."""
+        return self._stream_usage and call.chat.is_stream and not call.chat.include_usage
 
     def parse_error(self, status: int, body: bytes, headers: httpx.Headers) -> UpstreamError:
         message, code, param = self._error_fields(body)
@@ -160,6 +255,16 @@ class OpenAIProvider:
         return self.redact(message), self.redact.optional(code), self.redact.optional(param)
 
 
+def _stream_options(sent: msgspec.Raw | None) -> msgspec.Raw:
+    """The client's ``stream_options`` with ``include_usage: true`` (its other options kept)."""
+    if sent is None:
+        return _ASK_USAGE
+    options = msgspec.json.decode(sent)
+    if not isinstance(options, dict):
+        return _ASK_USAGE
+    return msgspec.Raw(_encode({**options, "include_usage": True}))
+
+
 class AzureProvider(OpenAIProvider):
     """Azure OpenAI: the OpenAI wire format, addressed by deployment (the target's model) and
     authenticated with an ``api-key`` header. Its empty-choices first chunk (prompt filter
@@ -168,9 +273,15 @@ class AzureProvider(OpenAIProvider):
     MAX_URLS: Final = 256
 
     def __init__(
-        self, name: str, endpoint: str, api_key: str | None, api_version: str, headers: Mapping[str, str] | None = None
+        self,
+        name: str,
+        endpoint: str,
+        api_key: str | None,
+        api_version: str,
+        headers: Mapping[str, str] | None = None,
+        stream_usage: bool = True,
     ) -> None:
-        super().__init__(name, endpoint, api_key, headers)
+        super().__init__(name, endpoint, api_key, headers, stream_usage)
         self._endpoint = endpoint.rstrip("/")
         self._api_version = api_version
         self._urls: dict[str, httpx.URL] = {}

@@ -99,6 +99,9 @@ class HTTPProviderConfig(Strict, tag_field="type", frozen=True, kw_only=True):
 
 class OpenAIProviderConfig(HTTPProviderConfig, tag="openai", frozen=True, kw_only=True):
     base_url: str = "https://api.openai.com/v1"
+    # Ask for usage in every stream (and hide it from clients that did not): off for servers that
+    # refuse `stream_options`.
+    stream_usage: bool = True
 
 
 class AnthropicProviderConfig(HTTPProviderConfig, tag="anthropic", frozen=True, kw_only=True):
@@ -115,6 +118,7 @@ class AzureProviderConfig(HTTPProviderConfig, tag="azure", frozen=True, kw_only=
     ``model`` is the deployment name."""
 
     api_version: str = "2024-10-21"
+    stream_usage: bool = True  # as for `openai`
 
 
 class MockProviderConfig(Strict, tag_field="type", tag="mock", frozen=True, kw_only=True):

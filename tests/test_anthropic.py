@@ -226,7 +226,7 @@ def decode_completion(body: bytes) -> ChatCompletion:
 
 
 def test_text_answer_with_cache_usage() -> None:
-    completion = decode_completion(provider().parse_response(fixture_bytes("anthropic", "message_text.json"), "m"))
+    completion = decode_completion(provider().parse_response(fixture_bytes("anthropic", "message_text.json"), "m").body)
     assert completion.id == "msg_01XFDUDYJgAACzvnptvVoYEL"
     assert completion.model == "claude-sonnet-4-5-20250929"
     choice = completion.choices[0]
@@ -239,7 +239,9 @@ def test_text_answer_with_cache_usage() -> None:
 
 
 def test_tool_use_answer() -> None:
-    completion = decode_completion(provider().parse_response(fixture_bytes("anthropic", "message_tool_use.json"), "m"))
+    completion = decode_completion(
+        provider().parse_response(fixture_bytes("anthropic", "message_tool_use.json"), "m").body
+    )
     message = completion.choices[0].message
     assert completion.choices[0].finish_reason == "tool_calls"
     assert message.content == "Let me check both."

@@ -100,8 +100,8 @@ def test_sync_stream_with_usage(proxy: Proxy) -> None:
 
 def test_sync_stream_without_usage(proxy: Proxy) -> None:
     chunks = list(proxy.client().chat.completions.create(model="gpt", messages=HELLO, stream=True))
-    assert all(c.usage is None for c in chunks)
-    assert proxy.fake.seen[-1].body.get("stream_options") is None
+    assert all(c.usage is None for c in chunks)  # Switchboard asked for usage, and kept it to itself
+    assert proxy.fake.seen[-1].body.get("stream_options") == {"include_usage": True}
 
 
 async def test_async_completion_and_stream(proxy: Proxy) -> None:

@@ -135,7 +135,7 @@ def test_unsupported_parameters() -> None:
 
 
 def completion(name: str) -> ChatCompletion:
-    return msgspec.json.decode(provider().parse_response(fixture_bytes("gemini", name), "m"), type=ChatCompletion)
+    return msgspec.json.decode(provider().parse_response(fixture_bytes("gemini", name), "m").body, type=ChatCompletion)
 
 
 def test_text_answer_with_thoughts_and_usage() -> None:

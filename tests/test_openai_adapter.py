@@ -72,7 +72,7 @@ def test_keyless_provider_sends_no_authorization() -> None:
 
 def test_completion_passes_through_unchanged() -> None:
     body = fixture_bytes("openai", "completion.json")
-    assert provider().parse_response(body, "m") is body
+    assert provider().parse_response(body, "m").body is body
 
 
 @pytest.mark.parametrize("body", [b"<html>502</html>", b'{"id":"x"}', b'{"object":"error","message":"boom"}'])

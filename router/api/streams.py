@@ -94,6 +94,7 @@ class SSEResponse:
             watch.close()
             self._gateway.bulkhead.leave()
             await self._opened.upstream.aclose()
+            exchange.reported(self._opened.upstream.report)
             exchange.finish(200, code)
 
     async def _relay(self, send: Send) -> SwitchboardError | None:

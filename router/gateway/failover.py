@@ -21,7 +21,7 @@ from typing import Final, TypeVar
 
 import httpx
 
-from providers.base import Inbound, Provider, SecretRedactor
+from providers.base import Inbound, Parsed, Provider, SecretRedactor
 from providers.errors import (
     SwitchboardError,
     UpstreamError,
@@ -309,9 +309,10 @@ class Gateway:
         return result
 
     async def complete(self, call: Inbound, exchange: Exchange) -> Answer:
-        body, target, run = await self._walk(call, self._complete_once, exchange)
+        parsed, target, run = await self._walk(call, self._complete_once, exchange)
         self._answered(exchange, target)
-        return Answer(body, target, run.calls, run.dropped)
+        exchange.reported(parsed.report)
+        return Answer(parsed.body, target, run.calls, run.dropped)
 
     async def open_stream(self, call: Inbound, exchange: Exchange) -> OpenStream:
         """Start a stream and wait for its first chunk, so that a failure before it can still move
@@ -324,7 +325,7 @@ class Gateway:
         exchange.target = target.label
         exchange.provider = self.upstreams[target.provider].kind
 
-    async def _complete_once(self, attempt: Attempt, request: httpx.Request, lease: Lease, run: Run) -> bytes:
+    async def _complete_once(self, attempt: Attempt, request: httpx.Request, lease: Lease, run: Run) -> Parsed:
         adapter, provider = attempt.adapter, attempt.target.provider
         budget = min(self.timeouts.attempt_s, run.remaining())
         loop = asyncio.get_running_loop()

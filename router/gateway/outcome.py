@@ -19,6 +19,8 @@ from typing import Final, Literal
 
 import msgspec
 
+from providers.base import Report
+
 log = logging.getLogger(__name__)
 
 AttemptResult = Literal["ok", "failed", "rejected", "skipped", "abandoned"]
@@ -142,6 +144,18 @@ class Exchange:
 
     def elapsed(self) -> float:
         return time.perf_counter() - self._started
+
+    def reported(self, report: Report) -> None:
+        """What the answer said about itself: usage (None stays unknown), finish reason, model."""
+        usage = report.usage
+        if usage is not None:
+            cached = usage.prompt_tokens_details.cached_tokens if usage.prompt_tokens_details else 0
+            reasoning = usage.completion_tokens_details.reasoning_tokens if usage.completion_tokens_details else 0
+            self.usage = TokenUsage(
+                prompt=usage.prompt_tokens, completion=usage.completion_tokens, cached=cached, reasoning=reasoning
+            )
+        self.finish_reason = report.finish_reason
+        self.response_model = report.response_model
 
     def first_chunk(self) -> None:
         if self.first_chunk_s is None:

@@ -8,7 +8,7 @@ from typing import Final
 
 import httpx
 
-from providers.base import StreamTranslator
+from providers.base import Report, StreamTranslator
 from providers.errors import SwitchboardError, UpstreamProtocolError
 from providers.sse import EventTooLarge, SSEEvent, SSEParser
 from router.upstreams.transport import upstream_failure
@@ -83,6 +83,10 @@ class UpstreamStream:
                 self._failure = exc
                 break
         return out
+
+    @property
+    def report(self) -> Report:
+        return self._translator.report
 
     async def drain(self) -> None:
         """Read to the end so the pooled connection can be reused; give up quickly."""
