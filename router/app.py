@@ -24,7 +24,7 @@ from router.api.chat import chat_completions
 from router.api.health import live, ready
 from router.api.models import list_models
 from router.api.responses import new_request_id, request_id_of
-from router.config import Settings, default_config_path, load_settings
+from router.config import Config, Settings, default_config_path, load_settings
 from router.errors import (
     AllTargetsFailed,
     ClientError,
@@ -38,6 +38,7 @@ from router.errors import (
 from router.gateway.balancing import seeded_random
 from router.gateway.failover import Gateway
 from router.gateway.outcome import Outcomes
+from router.gateway.pricing import Pricing
 from router.gateway.routing import Router
 from router.resilience.breaker import Clock, utc_now
 from router.resilience.bulkhead import Bulkhead
@@ -130,7 +131,7 @@ def create_app(
             HTTPException: _on_http_exception,
             Exception: _on_unexpected,
         },
-        state=State(_initial_state(models, config.server.max_body_bytes)),
+        state=State(_initial_state(models, config)),
         request_max_body_size=config.server.max_body_bytes,
         openapi_config=None,
         logging_config=None,  # logging is the CLI's (and the tests') to set up, not the app's
@@ -138,8 +139,12 @@ def create_app(
     )
 
 
-def _initial_state(models: ModelList, max_body_bytes: int) -> dict[str, object]:
-    return {"models_json": _encode(models), "max_body_bytes": max_body_bytes, "outcomes": Outcomes([RequestLog()])}
+def _initial_state(models: ModelList, config: Config) -> dict[str, object]:
+    return {
+        "models_json": _encode(models),
+        "max_body_bytes": config.server.max_body_bytes,
+        "outcomes": Outcomes([RequestLog()], Pricing(config.pricing)),
+    }
 
 
 def app_from_env() -> Litestar:

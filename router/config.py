@@ -37,6 +37,7 @@ from router.config_schema import (
     Port,
     PositiveFloat,
     PositiveInt,
+    PriceConfig,
     ProviderConfig,
     ResilienceConfig,
     RetryConfig,
@@ -64,6 +65,7 @@ __all__ = [
     "Port",
     "PositiveFloat",
     "PositiveInt",
+    "PriceConfig",
     "ProviderConfig",
     "ResilienceConfig",
     "RetryConfig",
@@ -284,6 +286,10 @@ def _collect(data: dict[str, Any], env: Mapping[str, str], report: _Report, serv
     _check_references(models_raw, providers_raw.keys(), report)
     _check_limits(models, report)
     resilience = _build(raw.get("resilience") or {}, ResilienceConfig, "resilience", report)
+    pricing = {
+        name: _build(value, PriceConfig, f"pricing.{name}", report)
+        for name, value in _mapping(raw, "pricing", report).items()
+    }
     if report.errors or server is None or resilience is None:
         return None
     return Config(
@@ -291,6 +297,7 @@ def _collect(data: dict[str, Any], env: Mapping[str, str], report: _Report, serv
         providers={name: p for name, p in providers.items() if p is not None},
         models={name: m for name, m in models.items() if m is not None},
         resilience=resilience,
+        pricing={name: p for name, p in pricing.items() if p is not None},
     )
 
 

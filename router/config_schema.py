@@ -153,11 +153,23 @@ class ModelConfig(Strict, frozen=True, kw_only=True):
     strategy: Strategy = "priority"
 
 
+NonNegative = Annotated[float, Meta(ge=0)]
+
+
+class PriceConfig(Strict, frozen=True, kw_only=True):
+    """USD per million tokens for one upstream model; cached input defaults to the input price."""
+
+    input: NonNegative
+    output: NonNegative
+    cached_input: NonNegative | None = None
+
+
 class Config(Strict, frozen=True, kw_only=True):
     server: ServerConfig = ServerConfig()
     providers: dict[str, ProviderConfig] = {}
     models: dict[str, ModelConfig] = {}
     resilience: ResilienceConfig = ResilienceConfig()
+    pricing: dict[str, PriceConfig] = {}  # upstream model → its price, over the price table
 
 
 @dataclass(frozen=True)

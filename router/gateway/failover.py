@@ -323,6 +323,7 @@ class Gateway:
 
     def _answered(self, exchange: Exchange, target: Target) -> None:
         exchange.target = target.label
+        exchange.model = target.model
         exchange.provider = self.upstreams[target.provider].kind
 
     async def _complete_once(self, attempt: Attempt, request: httpx.Request, lease: Lease, run: Run) -> Parsed:

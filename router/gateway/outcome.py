@@ -15,7 +15,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Final, Literal
+from typing import Final, Literal, Protocol
 
 import msgspec
 
@@ -80,12 +80,24 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
 Listener = Callable[[Outcome], None]
 
 
-class Outcomes:
-    """The app's listeners. A listener that raises is logged and skipped: telemetry must never
-    fail a request."""
+class Pricer(Protocol):
+    def cost(self, provider: str | None, models: tuple[str | None, ...], usage: TokenUsage | None) -> float | None: ...
 
-    def __init__(self, listeners: Sequence[Listener] = ()) -> None:
+
+class Outcomes:
+    """The app's listeners, and what prices an answer. A listener that raises is logged and
+    skipped: telemetry must never fail a request."""
+
+    def __init__(self, listeners: Sequence[Listener] = (), pricing: Pricer | None = None) -> None:
         self.listeners = list(listeners)
+        self.pricing = pricing
+
+    def cost(
+        self, provider: str | None, model: str | None, answered: str | None, usage: TokenUsage | None
+    ) -> float | None:
+        if self.pricing is None:
+            return None
+        return self.pricing.cost(provider, (model, answered), usage)
 
     def emit(self, outcome: Outcome) -> None:
         for listener in self.listeners:
@@ -118,6 +130,7 @@ class Exchange:
         "client_disconnected",
         "finish_reason",
         "first_chunk_s",
+        "model",
         "provider",
         "request_id",
         "response_model",
@@ -136,6 +149,7 @@ class Exchange:
         self.attempts: list[AttemptRecord] = []
         self.target: str | None = None
         self.provider: str | None = None
+        self.model: str | None = None  # the answering target's upstream model
         self.response_model: str | None = None
         self.finish_reason: str | None = None
         self.usage: TokenUsage | None = None
@@ -161,11 +175,13 @@ class Exchange:
         if self.first_chunk_s is None:
             self.first_chunk_s = self.elapsed()
 
-    def finish(self, status: int, code: str | None = None, cost_usd: float | None = None) -> Outcome | None:
-        """The request's ``Outcome``, emitted to the listeners; None if it was already finished."""
+    def finish(self, status: int, code: str | None = None) -> Outcome | None:
+        """The request's ``Outcome``, priced and emitted to the listeners; None if it was already
+        finished."""
         if self._done:
             return None
         self._done = True
+        cost_usd = self._outcomes.cost(self.provider, self.model, self.response_model, self.usage)
         outcome = Outcome(
             request_id=self.request_id,
             alias=self.alias,
