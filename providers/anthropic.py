@@ -34,6 +34,7 @@ from providers.base import (
     post,
     report_of,
     retry_after_seconds,
+    tokens_of,
 )
 from providers.errors import UpstreamError, UpstreamProtocolError, UpstreamServerError
 from providers.schema import (
@@ -172,7 +173,7 @@ class AnthropicStream:
     def report(self) -> Report:
         reported = self._usage != wire.Usage()  # message_start always carries usage; none seen: unknown
         return Report(
-            usage=usage_from(self._usage) if reported else None,
+            usage=tokens_of(usage_from(self._usage)) if reported else None,
             finish_reason=self._finish,
             response_id=self._id or None,
             response_model=self._model or None,

@@ -41,12 +41,26 @@ class Inbound:
     fields: dict[str, msgspec.Raw]
 
 
+class TokenUsage(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """Tokens as the upstream reported them; ``cached`` is part of ``prompt``, ``reasoning`` of
+    ``completion`` (OpenAI's accounting, which the translators follow)."""
+
+    prompt: int
+    completion: int
+    cached: int = 0
+    reasoning: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.prompt + self.completion
+
+
 class Report(msgspec.Struct, kw_only=True, gc=False):
     """What an answer said about itself, for the request's record: the usage the upstream
     reported (None when it reported none: unknown, not zero), the first choice's finish reason,
     and the answer's id and model."""
 
-    usage: Usage | None = None
+    usage: TokenUsage | None = None
     finish_reason: str | None = None
     response_id: str | None = None
     response_model: str | None = None
@@ -228,11 +242,19 @@ def error_for_status(
     return UpstreamRejected(message, upstream_status=status, status=status, code=code, param=param)
 
 
+def tokens_of(usage: Usage) -> TokenUsage:
+    cached = usage.prompt_tokens_details.cached_tokens if usage.prompt_tokens_details else 0
+    reasoning = usage.completion_tokens_details.reasoning_tokens if usage.completion_tokens_details else 0
+    return TokenUsage(
+        prompt=usage.prompt_tokens, completion=usage.completion_tokens, cached=cached, reasoning=reasoning
+    )
+
+
 def report_of(completion: ChatCompletion) -> Report:
     """The report of an answer Switchboard built itself (a translated one)."""
     first = completion.choices[0] if completion.choices else None
     return Report(
-        usage=completion.usage if isinstance(completion.usage, Usage) else None,
+        usage=tokens_of(completion.usage) if isinstance(completion.usage, Usage) else None,
         finish_reason=first.finish_reason if first is not None else None,
         response_id=completion.id,
         response_model=completion.model,

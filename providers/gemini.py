@@ -37,6 +37,7 @@ from providers.base import (
     post,
     report_of,
     retry_after_seconds,
+    tokens_of,
 )
 from providers.errors import (
     UpstreamAuthFailed,
@@ -195,7 +196,7 @@ class GeminiStream:
     @property
     def report(self) -> Report:
         return Report(
-            usage=usage_from(self._usage) if self._usage is not None else None,
+            usage=tokens_of(usage_from(self._usage)) if self._usage is not None else None,
             finish_reason=self._finish_reason,
             response_id=self._id or None,
             response_model=self._model or None,

@@ -20,13 +20,13 @@ from providers.base import (
     Parsed,
     Report,
     SecretRedactor,
+    TokenUsage,
     error_fields,
     error_for_status,
     post,
     retry_after_seconds,
 )
 from providers.errors import UntranslatableRequest, UpstreamError, UpstreamProtocolError, UpstreamServerError
-from providers.schema import CompletionTokensDetails, PromptTokensDetails, Usage
 from providers.sse import SSEEvent
 
 _DONE: Final = b"[DONE]"
@@ -75,23 +75,19 @@ _decode_any = msgspec.json.Decoder().decode
 _ASK_USAGE: Final = msgspec.Raw(b'{"include_usage":true}')
 
 
-def usage_of(raw: msgspec.Raw) -> Usage | None:
+def usage_of(raw: msgspec.Raw) -> TokenUsage | None:
     """The usage an OpenAI-format answer reported, or None when it reported none we can read."""
-    if not raw or raw == b"null":
+    if len(raw) <= 4:  # absent or null
         return None
     try:
         view = _decode_usage(raw)
     except (msgspec.DecodeError, RecursionError):
         return None
-    prompt, completion = view.prompt_tokens, view.completion_tokens
-    cached = (view.prompt_tokens_details.cached_tokens if view.prompt_tokens_details else None) or 0
-    reasoning = (view.completion_tokens_details.reasoning_tokens if view.completion_tokens_details else None) or 0
-    return Usage(
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        total_tokens=prompt + completion,
-        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
-        completion_tokens_details=CompletionTokensDetails(reasoning_tokens=reasoning),
+    return TokenUsage(
+        prompt=view.prompt_tokens,
+        completion=view.completion_tokens,
+        cached=(view.prompt_tokens_details.cached_tokens if view.prompt_tokens_details else None) or 0,
+        reasoning=(view.completion_tokens_details.reasoning_tokens if view.completion_tokens_details else None) or 0,
     )
 
 
@@ -137,7 +133,7 @@ class OpenAIStream:
             if data[0] == 0x3A or not data.strip():
                 return _NOTHING
         try:
-            view = self._view(data)
+            view = _decode_view(data) if not self._first else self._first_view(data)
         except (msgspec.DecodeError, RecursionError):  # nested past the decoder: malformed too
             raise UpstreamProtocolError(
                 f"provider '{self._provider.name}' sent a stream event that is not JSON"
@@ -150,15 +146,13 @@ class OpenAIStream:
                     self._saw_finish = True
                     if self._report.finish_reason is None:
                         self._report.finish_reason = choice.finish_reason
-        if view.usage:
+        if len(view.usage) > 4:  # neither absent nor `null`, as most chunks of a usage-asking stream have it
             self._report.usage = usage_of(view.usage) or self._report.usage
             if self._hide_usage and not view.choices:
                 return _NOTHING  # the usage chunk Switchboard asked for, not the client
         return (data,)  # one line even if it came as several: the stream's parser joins them with a space
 
-    def _view(self, data: bytes) -> _ChunkView:
-        if not self._first:
-            return _decode_view(data)
+    def _first_view(self, data: bytes) -> _ChunkView:
         self._first = False
         view = _decode_answer(data)
         self._report.response_id, self._report.response_model = _text(view.id), _text(view.model)
@@ -197,7 +191,7 @@ class OpenAIProvider:
         fields = call.fields
         if call.chat.model != model:
             fields = {**fields, "model": msgspec.Raw(_encode(model))}
-        if self._asks_usage(call):
+        if call.chat.stream is True and self._asks_usage(call):
             fields = {**fields, "stream_options": _stream_options(fields.get("stream_options"))}
         return post(
             self.url_for(model), self._stream_headers if call.chat.is_stream else self._headers, _encode(fields)
@@ -215,11 +209,12 @@ class OpenAIProvider:
             raise self.stream_error(body)
         if view.choices is None:
             raise UpstreamProtocolError(f"provider '{self.name}' answered without `choices`")
+        ident, model_ = view.id, view.model
         report = Report(
-            usage=usage_of(view.usage),
+            usage=usage_of(view.usage) if len(view.usage) > 4 else None,
             finish_reason=view.choices[0].finish_reason if view.choices else None,
-            response_id=_text(view.id),
-            response_model=_text(view.model),
+            response_id=ident if isinstance(ident, str) else None,
+            response_model=model_ if isinstance(model_, str) else None,
         )
         return Parsed(body, report)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import math
 import os
@@ -23,7 +24,7 @@ from router.api.admin import list_targets
 from router.api.chat import chat_completions
 from router.api.health import live, ready
 from router.api.models import list_models
-from router.api.responses import new_request_id, request_id_of
+from router.api.responses import request_id_of
 from router.config import Config, Settings, default_config_path, load_settings
 from router.errors import (
     AllTargetsFailed,
@@ -54,8 +55,8 @@ JSON: Final = "application/json"
 ATTEMPTS_HEADER: Final = "x-switchboard-attempts"
 
 
-def error_response(exc: SwitchboardError, request: Request[Any, Any, State] | None = None) -> Response[bytes]:
-    headers = {"x-request-id": request_id_of(request.scope) if request is not None else new_request_id()}
+def error_response(exc: SwitchboardError, request: Request[Any, Any, State]) -> Response[bytes]:
+    headers = {"x-request-id": request_id_of(request.scope)}
     if exc.retry_after is not None:
         headers["retry-after"] = str(max(1, math.ceil(exc.retry_after)))
     if isinstance(exc, AllTargetsFailed):
@@ -117,6 +118,10 @@ def create_app(
             max_answer_bytes=resilience.max_answer_bytes,
             max_event_bytes=resilience.max_event_bytes,
         )
+        app.state.outcomes.pricing.warm()
+        # Everything alive now (the app, the price table's thousands of objects) lives as long as
+        # the process: out of the collector's sight, it is not traversed again on every collection.
+        gc.freeze()
         try:
             yield
         finally:

@@ -212,7 +212,7 @@ async def test_every_answer_carries_a_request_id(sent: str | None, echoed: bool)
         else:
             assert rid != sent
             assert rid.startswith("req_")
-            assert len(rid) == 28
+            assert len(rid) == 28  # req_ + 16 hex of the process + 8 of the count
     assert len({a.headers["x-request-id"] for a in answers}) == (1 if echoed else len(answers))
 
 

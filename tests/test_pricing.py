@@ -10,9 +10,10 @@ import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 
+from providers.base import TokenUsage
 from router.app import create_app
 from router.config import PriceConfig, settings_from_dict
-from router.gateway.outcome import Outcome, TokenUsage
+from router.gateway.outcome import Outcome
 from router.gateway.pricing import Pricing
 from tests.conftest import fixture_bytes
 
@@ -21,14 +22,14 @@ USAGE = TokenUsage(prompt=10_000, completion=500, cached=8_000)
 
 def test_an_override_prices_input_cached_input_and_output() -> None:
     pricing = Pricing({"m": PriceConfig(input=2.0, output=8.0, cached_input=0.5)})
-    assert pricing.cost("openai", ("m",), USAGE) == pytest.approx(2_000 * 2e-6 + 8_000 * 0.5e-6 + 500 * 8e-6)
+    assert pricing.cost("openai", "m", None, USAGE) == pytest.approx(2_000 * 2e-6 + 8_000 * 0.5e-6 + 500 * 8e-6)
     without_cache_price = Pricing({"m": PriceConfig(input=2.0, output=8.0)})
-    assert without_cache_price.cost("mock", ("m",), USAGE) == pytest.approx(10_000 * 2e-6 + 500 * 8e-6)
+    assert without_cache_price.cost("mock", "m", None, USAGE) == pytest.approx(10_000 * 2e-6 + 500 * 8e-6)
 
 
 def test_the_price_table_and_its_cache_discount() -> None:
     # gpt-4o-mini: $0.15 in, $0.075 cached in, $0.60 out per million (as the table has it)
-    cost = Pricing().cost("openai", ("gpt-4o-mini",), USAGE)
+    cost = Pricing().cost("openai", "gpt-4o-mini", None, USAGE)
     assert cost == pytest.approx(2_000 * 0.15e-6 + 8_000 * 0.075e-6 + 500 * 0.6e-6)
     expected = genai_prices.calc_price(
         genai_prices.Usage(input_tokens=10_000, cache_read_tokens=8_000, output_tokens=500),
@@ -39,8 +40,8 @@ def test_the_price_table_and_its_cache_discount() -> None:
 
 
 def test_an_answer_s_dated_model_name_is_priced_when_the_target_s_is_not() -> None:
-    cost = Pricing().cost("openai", ("my-deployment-name", "gpt-4o-mini-2024-07-18"), USAGE)
-    assert cost == pytest.approx(Pricing().cost("openai", ("gpt-4o-mini",), USAGE) or 0)
+    cost = Pricing().cost("openai", "my-deployment-name", "gpt-4o-mini-2024-07-18", USAGE)
+    assert cost == pytest.approx(Pricing().cost("openai", "gpt-4o-mini", None, USAGE) or 0)
 
 
 @pytest.mark.parametrize(
@@ -53,7 +54,7 @@ def test_an_answer_s_dated_model_name_is_priced_when_the_target_s_is_not() -> No
     ],
 )
 def test_unknown_is_none_never_zero(provider: str | None, model: str, usage: TokenUsage | None) -> None:
-    assert Pricing().cost(provider, (model,), usage) is None
+    assert Pricing().cost(provider, model, None, usage) is None
 
 
 def test_prices_per_token_are_looked_up_once(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -67,10 +68,10 @@ def test_prices_per_token_are_looked_up_once(monkeypatch: pytest.MonkeyPatch) ->
 
     monkeypatch.setattr(genai_prices, "calc_price", counting)
     pricing = Pricing()
-    pricing.cost("anthropic", ("claude-haiku-4-5",), USAGE)
+    pricing.cost("anthropic", "claude-haiku-4-5", None, USAGE)
     first = calls
     for _ in range(100):
-        pricing.cost("anthropic", ("claude-haiku-4-5",), USAGE)
+        pricing.cost("anthropic", "claude-haiku-4-5", None, USAGE)
     assert calls == first  # the table is not asked again
 
 
@@ -84,7 +85,7 @@ def test_a_tiered_model_is_priced_by_the_table_for_each_answer() -> None:
             "gemini-2.5-pro",
             provider_id="google",
         ).total_price
-        assert pricing.cost("gemini", ("gemini-2.5-pro",), usage) == pytest.approx(float(expected))
+        assert pricing.cost("gemini", "gemini-2.5-pro", None, usage) == pytest.approx(float(expected))
 
 
 async def test_the_outcome_carries_the_cost() -> None:

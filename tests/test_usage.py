@@ -11,10 +11,11 @@ import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
 
+from providers.base import TokenUsage
 from providers.sse import SSEParser
 from router.app import create_app
 from router.config import settings_from_dict
-from router.gateway.outcome import Outcome, TokenUsage
+from router.gateway.outcome import Outcome
 from tests.conftest import fixture_bytes
 
 HELLO = [{"role": "user", "content": "hi"}]

@@ -18,7 +18,7 @@ from router.api.responses import CLIENT_GONE, JSONBody
 from router.api.streams import SSEResponse
 from router.errors import InvalidRequest, MethodNotAllowed, PayloadTooLarge
 from router.gateway.failover import Gateway
-from router.gateway.outcome import REQUEST_ID_KEY, Exchange, request_id
+from router.gateway.outcome import REQUEST_ID_KEY, Exchange
 from router.gateway.routing import Target
 
 REQUEST_ID_HEADER: Final = b"x-request-id"
@@ -40,7 +40,8 @@ async def chat_completions(scope: HTTPScope, receive: Receive, send: Send) -> No
     if scope["method"] != "POST":  # asgi handlers do not enforce http_methods
         raise MethodNotAllowed(f"Method {scope['method']} is not allowed for /v1/chat/completions.")
     state = scope["app"].state
-    exchange = Exchange(state.outcomes, request_id(scope["headers"]))
+    outcomes = state.outcomes
+    exchange = Exchange(outcomes, outcomes.ids.of(scope["headers"]))
     scope["state"][REQUEST_ID_KEY] = exchange.request_id  # for the error handlers
     try:
         call = decode_call(await read_body(scope, receive, state.max_body_bytes))

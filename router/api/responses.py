@@ -5,7 +5,7 @@ from __future__ import annotations
 from litestar.types import Receive, Scope, Send
 
 from router.api.protocol import ABORT
-from router.gateway.outcome import REQUEST_ID_KEY, request_id
+from router.gateway.outcome import REQUEST_ID_KEY, Outcomes
 
 
 class JSONBody:
@@ -45,8 +45,7 @@ def request_id_of(scope: Scope) -> str:
     """The request's id: the one the chat handler settled on, or the client's, or a new one."""
     state = scope.get("state") or {}
     known = state.get(REQUEST_ID_KEY)
-    return known if isinstance(known, str) else request_id(scope.get("headers", ()))
-
-
-def new_request_id() -> str:
-    return request_id(())
+    if isinstance(known, str):
+        return known
+    outcomes: Outcomes = scope["app"].state.outcomes
+    return outcomes.ids.of(scope.get("headers", ()))

@@ -10,6 +10,7 @@ error message renders them.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import secrets
@@ -19,13 +20,37 @@ from typing import Final, Literal, Protocol
 
 import msgspec
 
-from providers.base import Report
+from providers.base import Report, TokenUsage
 
 log = logging.getLogger(__name__)
 
 AttemptResult = Literal["ok", "failed", "rejected", "skipped", "abandoned"]
 REQUEST_ID_KEY: Final = "switchboard.request_id"  # where a request's id waits in scope["state"]
 _REQUEST_ID: Final = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
+
+
+class RequestIds:
+    """Request ids name requests, they guard nothing: a random prefix per process and a counter
+    (os.urandom per request, a system call, cost more than the rest of the request's record)."""
+
+    __slots__ = ("_count", "_prefix")
+
+    def __init__(self) -> None:
+        self._prefix = "req_" + secrets.token_hex(8)
+        self._count = itertools.count(1)
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._count):08x}"
+
+    def of(self, headers: Iterable[tuple[bytes, bytes]]) -> str:
+        """The client's ``x-request-id`` when it is a sane token (at most 128 of ``A-Z a-z 0-9
+        . _ : -``), else a new one."""
+        for name, value in headers:
+            if name == b"x-request-id":
+                if _REQUEST_ID.fullmatch(value):
+                    return value.decode()
+                break
+        return self.next()
 
 
 class AttemptRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -43,21 +68,7 @@ class AttemptRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
         return f"{self.target}: skipped, {self.detail}" if self.result == "skipped" else f"{self.target}: {self.detail}"
 
 
-class TokenUsage(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """Tokens as the upstream reported them; ``cached`` is part of ``prompt``, ``reasoning`` of
-    ``completion`` (OpenAI's accounting, which the translators follow)."""
-
-    prompt: int
-    completion: int
-    cached: int = 0
-    reasoning: int = 0
-
-    @property
-    def total(self) -> int:
-        return self.prompt + self.completion
-
-
-class Outcome(msgspec.Struct, frozen=True, kw_only=True):
+class Outcome(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """How one request ended. ``usage`` and ``cost_usd`` are None when unknown, never 0 for it."""
 
     request_id: str
@@ -81,7 +92,21 @@ Listener = Callable[[Outcome], None]
 
 
 class Pricer(Protocol):
-    def cost(self, provider: str | None, models: tuple[str | None, ...], usage: TokenUsage | None) -> float | None: ...
+    def cost(
+        self, provider: str | None, model: str | None, answered: str | None, usage: TokenUsage | None
+    ) -> float | None:
+        """USD for ``usage`` at the target's upstream model, else at the model the answer named."""
+        ...
+
+    def warm(self) -> None: ...
+
+
+class _NoPrices:
+    def cost(self, provider: str | None, model: str | None, answered: str | None, usage: TokenUsage | None) -> None:
+        return None
+
+    def warm(self) -> None:
+        return None
 
 
 class Outcomes:
@@ -90,14 +115,8 @@ class Outcomes:
 
     def __init__(self, listeners: Sequence[Listener] = (), pricing: Pricer | None = None) -> None:
         self.listeners = list(listeners)
-        self.pricing = pricing
-
-    def cost(
-        self, provider: str | None, model: str | None, answered: str | None, usage: TokenUsage | None
-    ) -> float | None:
-        if self.pricing is None:
-            return None
-        return self.pricing.cost(provider, (model, answered), usage)
+        self.pricing: Pricer = pricing or _NoPrices()
+        self.ids = RequestIds()
 
     def emit(self, outcome: Outcome) -> None:
         for listener in self.listeners:
@@ -105,17 +124,6 @@ class Outcomes:
                 listener(outcome)
             except Exception:
                 log.exception("outcome listener %r failed", listener)
-
-
-def request_id(headers: Iterable[tuple[bytes, bytes]]) -> str:
-    """The client's ``x-request-id`` when it is a sane token (at most 128 of ``A-Z a-z 0-9 . _ :
-    -``), else a new one."""
-    for name, value in headers:
-        if name == b"x-request-id":
-            if _REQUEST_ID.fullmatch(value):
-                return value.decode()
-            break
-    return "req_" + secrets.token_hex(12)
 
 
 class Exchange:
@@ -161,19 +169,13 @@ class Exchange:
 
     def reported(self, report: Report) -> None:
         """What the answer said about itself: usage (None stays unknown), finish reason, model."""
-        usage = report.usage
-        if usage is not None:
-            cached = usage.prompt_tokens_details.cached_tokens if usage.prompt_tokens_details else 0
-            reasoning = usage.completion_tokens_details.reasoning_tokens if usage.completion_tokens_details else 0
-            self.usage = TokenUsage(
-                prompt=usage.prompt_tokens, completion=usage.completion_tokens, cached=cached, reasoning=reasoning
-            )
+        self.usage = report.usage
         self.finish_reason = report.finish_reason
         self.response_model = report.response_model
 
     def first_chunk(self) -> None:
         if self.first_chunk_s is None:
-            self.first_chunk_s = self.elapsed()
+            self.first_chunk_s = time.perf_counter() - self._started
 
     def finish(self, status: int, code: str | None = None) -> Outcome | None:
         """The request's ``Outcome``, priced and emitted to the listeners; None if it was already
@@ -181,7 +183,8 @@ class Exchange:
         if self._done:
             return None
         self._done = True
-        cost_usd = self._outcomes.cost(self.provider, self.model, self.response_model, self.usage)
+        usage = self.usage
+        cost_usd = self._outcomes.pricing.cost(self.provider, self.model, self.response_model, usage) if usage else None
         outcome = Outcome(
             request_id=self.request_id,
             alias=self.alias,
@@ -196,7 +199,7 @@ class Exchange:
             usage=self.usage,
             cost_usd=cost_usd,
             ttft_s=self.first_chunk_s,
-            duration_s=self.elapsed(),
+            duration_s=time.perf_counter() - self._started,
             client_disconnected=self.client_disconnected,
         )
         self._outcomes.emit(outcome)

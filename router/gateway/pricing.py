@@ -16,8 +16,8 @@ from typing import Final
 
 import genai_prices
 
+from providers.base import TokenUsage
 from router.config import PriceConfig
-from router.gateway.outcome import TokenUsage
 
 log = logging.getLogger(__name__)
 
@@ -28,51 +28,66 @@ _MAX_MODELS: Final = 4096  # models clients can name are bounded: direct routing
 
 
 class UnitPrices:
-    """USD per token."""
+    """USD per token; or, for a model whose prices have tiers, where to ask the table each time."""
 
-    __slots__ = ("cached", "input", "output")
+    __slots__ = ("cached", "input", "output", "tiered")
 
-    def __init__(self, input_: float, cached: float, output: float) -> None:
+    def __init__(self, input_: float, cached: float, output: float, tiered: tuple[str, str] | None = None) -> None:
         self.input = input_
         self.cached = cached
         self.output = output
+        self.tiered = tiered
 
     def cost(self, usage: TokenUsage) -> float:
         cached = min(usage.cached, usage.prompt)
         return (usage.prompt - cached) * self.input + cached * self.cached + usage.completion * self.output
 
 
-_TIERED: Final = UnitPrices(-1.0, -1.0, -1.0)  # marker: ask the table each time
+_UNSEEN: Final = UnitPrices(0.0, 0.0, 0.0)  # marker: not resolved yet
 
 
 class Pricing:
     def __init__(self, overrides: Mapping[str, PriceConfig] | None = None) -> None:
-        self._fixed = {
-            model: UnitPrices(
-                p.input / 1e6, (p.cached_input if p.cached_input is not None else p.input) / 1e6, p.output / 1e6
-            )
-            for model, p in (overrides or {}).items()
-        }
+        self._fixed = {model: _per_token(price) for model, price in (overrides or {}).items()}
         self._table: dict[tuple[str, str], UnitPrices | None] = {}
+        # (provider, target model, answered model) → the prices that apply: one lookup per answer.
+        self._memo: dict[tuple[str | None, str | None, str | None], UnitPrices | None] = {}
 
-    def cost(self, provider: str | None, models: tuple[str | None, ...], usage: TokenUsage | None) -> float | None:
-        """USD for ``usage`` at the first of ``models`` (the target's, then the answer's) with a price."""
+    def warm(self) -> None:
+        """Load the price table now (it loads on first use, which would be some request's cost)."""
+        _price("openai", "gpt-4o-mini", 1, 0, 0)
+
+    def cost(
+        self, provider: str | None, model: str | None, answered: str | None, usage: TokenUsage | None
+    ) -> float | None:
+        """USD for ``usage`` at the target's upstream model, else at the model the answer named."""
         if usage is None:
             return None
+        key = (provider, model, answered)
+        units = self._memo.get(key, _UNSEEN)
+        if units is _UNSEEN:
+            units = self._resolve(provider, (model, answered))
+            if len(self._memo) < _MAX_MODELS:  # clients name models: the memo must stay bounded
+                self._memo[key] = units
+        if units is None:
+            return None
+        if units.tiered is not None:
+            return _table_cost(units.tiered[0], units.tiered[1], usage)
+        return units.cost(usage)
+
+    def _resolve(self, provider: str | None, models: tuple[str | None, ...]) -> UnitPrices | None:
         for model in models:
             if not model:
                 continue
             fixed = self._fixed.get(model)
             if fixed is not None:
-                return fixed.cost(usage)
+                return fixed
             table_provider = TABLE_PROVIDERS.get(provider or "")
             if table_provider is None:
                 continue
             units = self._units(table_provider, model)
-            if units is _TIERED:
-                return _table_cost(table_provider, model, usage)
             if units is not None:
-                return units.cost(usage)
+                return units
         return None
 
     def _units(self, provider: str, model: str) -> UnitPrices | None:
@@ -99,12 +114,12 @@ def _price(provider: str, model: str, prompt: int, cached: int, completion: int)
 
 
 def _probe(provider: str, model: str) -> UnitPrices | None:
-    """Per-token prices from the table, or None (no price), or ``_TIERED``."""
+    """Per-token prices from the table, or None (no price), or a pointer back to it (tiers)."""
     input_ = _price(provider, model, _PROBE, 0, 0)
     if input_ is None:
         return None
     if _price(provider, model, _PROBE * 1000, 0, 0) != input_ * 1000:
-        return _TIERED
+        return UnitPrices(0.0, 0.0, 0.0, tiered=(provider, model))
     cached = _price(provider, model, _PROBE, _PROBE, 0)
     output = _price(provider, model, 0, 0, _PROBE)
     return UnitPrices(
