@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,6 +20,7 @@ from router.config import settings_from_dict
 from router.gateway.outcome import Outcome
 from router.telemetry.logs import REQUEST_LOGGER, JSONFormatter, TextFormatter
 from tests.conftest import fixture_bytes
+from tests.live import running_proxy
 
 HELLO = [{"role": "user", "content": "hi"}]
 COMPLETION = fixture_bytes("openai", "completion.json")
@@ -247,3 +250,29 @@ async def test_the_request_line_has_the_contract_fields(caplog: pytest.LogCaptur
     text = TextFormatter().format(record)
     assert "request_id=" in text
     assert "target=up/y" in text
+
+
+def test_the_server_logs_one_json_line_per_request(tmp_path: Path) -> None:
+    """`switchboard serve` (not a terminal: JSON by default): every line is one JSON object, and a
+    request gives one `switchboard.requests` line with its id."""
+    config = tmp_path / "config.yaml"
+    config.write_text("providers: {demo: {type: mock}}\nmodels: {demo: {targets: [{provider: demo, model: echo}]}}\n")
+    log = tmp_path / "proxy.log"
+    with running_proxy(config, {}, log) as base:
+        answer = httpx.post(
+            f"{base}/v1/chat/completions",
+            json={"model": "demo", "messages": HELLO},
+            headers={"x-request-id": "e2e-42"},
+            timeout=10,
+        )
+        assert answer.headers["x-request-id"] == "e2e-42"
+        deadline = time.monotonic() + 10
+        while b"e2e-42" not in log.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    lines = [line for line in log.read_bytes().splitlines() if line.startswith(b"{")]
+    records = [msgspec.json.decode(line) for line in lines]
+    (request,) = [r for r in records if r["logger"] == REQUEST_LOGGER]
+    assert (request["request_id"], request["alias"], request["status"]) == ("e2e-42", "demo", 200)
+    assert request["prompt_tokens"] == 1
+    assert any(r["logger"].startswith("uvicorn") for r in records)  # uvicorn's lines in the same format
+    assert all(line.startswith(b"{") for line in log.read_bytes().splitlines()[1:])  # after the banner
