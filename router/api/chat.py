@@ -54,7 +54,8 @@ async def chat_completions(scope: HTTPScope, receive: Receive, send: Send) -> No
         exchange.finish(500, "internal_error")
         raise
     await response(scope, receive, send)
-    exchange.finish(response.status)  # a stream has finished its own exchange: then a no-op
+    # A stream has finished its own exchange (this is then a no-op); a 499 is a client gone.
+    exchange.finish(response.status, "client_disconnected" if exchange.client_disconnected else None)
 
 
 async def read_body(scope: HTTPScope, receive: Receive, limit: int) -> bytes:
