@@ -9,6 +9,7 @@ import math
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, Final
 
 import httpx
@@ -23,6 +24,7 @@ from providers.schema import ModelCard, ModelList
 from router.api.admin import list_targets
 from router.api.chat import chat_completions
 from router.api.health import live, ready
+from router.api.metrics import metrics_endpoint
 from router.api.models import list_models
 from router.api.responses import request_id_of
 from router.config import Config, Settings, default_config_path, load_settings
@@ -47,6 +49,7 @@ from router.resilience.retry import RetryPolicy, Sleep
 from router.resilience.targets import registry_from_config
 from router.telemetry.logs import RequestLog
 from router.telemetry.logs import configure as configure_logging
+from router.telemetry.metrics import METRICS_DIR_ENV, Metrics, breaker_gauge
 from router.upstreams.registry import build_upstreams, close_upstreams
 
 log = logging.getLogger(__name__)
@@ -98,6 +101,7 @@ def create_app(
     clock: Clock = utc_now,
     sleep: Sleep = asyncio.sleep,
     seed: int | None = None,
+    metrics_dir: Path | None = None,
 ) -> Litestar:
     """The tests' seams: ``transport`` replaces the network for every HTTP provider, ``clock``
     drives the breakers, ``sleep`` the retry waits, ``seed`` the load balancer's choices."""
@@ -119,24 +123,32 @@ def create_app(
             max_event_bytes=resilience.max_event_bytes,
         )
         app.state.outcomes.pricing.warm()
+        metrics: Metrics = app.state.metrics
+        gateway: Gateway = app.state.gateway
+        metrics.gauges = lambda: {
+            "switchboard_active_streams": {(): float(gateway.active_streams)},
+            "switchboard_breaker_state": breaker_gauge(gateway.targets.states()),
+        }
+        metrics.start()
         # Everything alive now (the app, the price table's thousands of objects) lives as long as
         # the process: out of the collector's sight, it is not traversed again on every collection.
         gc.freeze()
         try:
             yield
         finally:
+            await metrics.stop()
             await close_upstreams(upstreams)
 
     models = ModelList(data=[ModelCard(id=alias) for alias in config.models])
     return Litestar(
-        route_handlers=[chat_completions, list_models, live, ready, list_targets],
+        route_handlers=[chat_completions, list_models, live, ready, list_targets, metrics_endpoint],
         lifespan=[lifespan],
         exception_handlers={
             SwitchboardError: _on_switchboard_error,
             HTTPException: _on_http_exception,
             Exception: _on_unexpected,
         },
-        state=State(_initial_state(models, config)),
+        state=State(_initial_state(models, config, metrics_dir)),
         request_max_body_size=config.server.max_body_bytes,
         openapi_config=None,
         logging_config=None,  # logging is the CLI's (and the tests') to set up, not the app's
@@ -144,11 +156,13 @@ def create_app(
     )
 
 
-def _initial_state(models: ModelList, config: Config) -> dict[str, object]:
+def _initial_state(models: ModelList, config: Config, metrics_dir: Path | None) -> dict[str, object]:
+    metrics = Metrics(metrics_dir)
     return {
         "models_json": _encode(models),
         "max_body_bytes": config.server.max_body_bytes,
-        "outcomes": Outcomes([RequestLog()], Pricing(config.pricing)),
+        "metrics": metrics,
+        "outcomes": Outcomes([RequestLog(), metrics.recorder], Pricing(config.pricing)),
     }
 
 
@@ -156,4 +170,5 @@ def app_from_env() -> Litestar:
     """Factory for ``uvicorn --factory`` (used by ``switchboard serve``, one per worker)."""
     if fmt := os.environ.get("SWITCHBOARD_LOG_FORMAT"):
         configure_logging(os.environ.get("SWITCHBOARD_LOG_LEVEL", "info"), fmt)
-    return create_app(load_settings(default_config_path(os.environ)))
+    shared = os.environ.get(METRICS_DIR_ENV)
+    return create_app(load_settings(default_config_path(os.environ)), metrics_dir=Path(shared) if shared else None)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from importlib import metadata
 from typing import Final, TextIO
@@ -12,6 +14,7 @@ from typing import Final, TextIO
 from router.config import ConfigError, Settings, default_config_path, load_settings
 from router.gateway.routing import Router
 from router.telemetry.logs import configure as configure_logging
+from router.telemetry.metrics import METRICS_DIR_ENV
 from router.upstreams.registry import Upstream, build_upstreams
 
 SIGPIPE_STATUS: Final = 141  # what a shell reports for a writer killed by SIGPIPE, as `cat` would be
@@ -70,10 +73,6 @@ def _check(path: str) -> int:
 
 
 def _serve(args: argparse.Namespace, path: str) -> int:
-    import uvicorn
-
-    from router.api.protocol import http_protocol
-
     settings = load_settings(path)  # fail here, once, rather than in every worker
     server = settings.config.server
     os.environ["SWITCHBOARD_CONFIG"] = os.path.abspath(path)
@@ -84,12 +83,30 @@ def _serve(args: argparse.Namespace, path: str) -> int:
     host = args.host or server.host
     port = args.port if args.port is not None else server.port
     print(f"switchboard: serving {path} on http://{host}:{port}/v1", file=sys.stderr)
+    workers = args.workers or server.workers
+    shared = None
+    if workers > 1:  # the workers leave their metrics here, so one scrape reports them all
+        shared = tempfile.mkdtemp(prefix="switchboard-metrics-")
+        os.environ[METRICS_DIR_ENV] = shared
+    try:
+        _run_uvicorn(args, settings, host, port, workers)
+    finally:
+        if shared is not None:
+            shutil.rmtree(shared, ignore_errors=True)
+    return 0
+
+
+def _run_uvicorn(args: argparse.Namespace, settings: Settings, host: str, port: int, workers: int) -> None:
+    import uvicorn
+
+    from router.api.protocol import http_protocol
+
     uvicorn.run(
         "router.app:app_from_env",
         factory=True,
         host=host,
         port=port,
-        workers=args.workers or server.workers,
+        workers=workers,
         loop="uvloop",
         http=http_protocol(settings.config.server),  # httptools with header limits and client timeouts
         log_level=args.log_level,
@@ -98,7 +115,6 @@ def _serve(args: argparse.Namespace, path: str) -> int:
         lifespan="on",
         timeout_graceful_shutdown=5,
     )
-    return 0
 
 
 def _report(error: ConfigError) -> None:

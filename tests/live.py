@@ -62,12 +62,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @contextlib.contextmanager
-def running_proxy(config: Path, env: dict[str, str], log: Path) -> Iterator[str]:
+def running_proxy(config: Path, env: dict[str, str], log: Path, workers: int = 1) -> Iterator[str]:
     """``python -m router serve`` on a free port of 127.0.0.1; yields its base URL once it answers."""
     port = free_port()
+    argv = [sys.executable, "-m", "router", "serve", "--config", str(config), "--port", str(port)]
     with log.open("wb") as out:
         process = subprocess.Popen(  # noqa: S603 - our own CLI
-            [sys.executable, "-m", "router", "serve", "--config", str(config), "--port", str(port)],
+            [*argv, "--workers", str(workers)],
             cwd=ROOT,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -68,6 +68,7 @@ class SSEResponse:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         watch, lease, exchange = self._watch, self._opened.lease, self._exchange
         code: str | None = "client_disconnected"
+        self._gateway.active_streams += 1
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self._headers})
             failure = await self._relay(send)
@@ -90,6 +91,7 @@ class SSEResponse:
             if not watch.absorb():
                 raise
         finally:
+            self._gateway.active_streams -= 1
             lease.abandoned()  # a no-op when the lease already ended
             watch.close()
             self._gateway.bulkhead.leave()

@@ -144,6 +144,10 @@ class TargetRegistry:
     def snapshot(self) -> list[dict[str, object]]:
         return [state.snapshot() for state in (*self._declared.values(), *self._ad_hoc.values())]
 
+    def states(self) -> list[tuple[str, str]]:
+        """Each target's label and breaker state."""
+        return [(state.label, state.breaker.state) for state in (*self._declared.values(), *self._ad_hoc.values())]
+
 
 def registry_from_config(config: Config, clock: Clock = utc_now) -> TargetRegistry:
     """Breaker settings per target: ``resilience.breaker``, then the provider's ``breaker:``, then
