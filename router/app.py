@@ -18,6 +18,7 @@ from litestar import Litestar, Request, Response
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from opentelemetry.sdk.trace import TracerProvider
 
 from providers.errors import SwitchboardError
 from providers.schema import ModelCard, ModelList
@@ -50,6 +51,7 @@ from router.resilience.targets import registry_from_config
 from router.telemetry.logs import RequestLog
 from router.telemetry.logs import configure as configure_logging
 from router.telemetry.metrics import METRICS_DIR_ENV, Metrics, breaker_gauge
+from router.telemetry.tracing import tracer_provider_from_env
 from router.upstreams.registry import build_upstreams, close_upstreams
 
 log = logging.getLogger(__name__)
@@ -102,6 +104,7 @@ def create_app(
     sleep: Sleep = asyncio.sleep,
     seed: int | None = None,
     metrics_dir: Path | None = None,
+    tracer_provider: TracerProvider | None = None,
 ) -> Litestar:
     """The tests' seams: ``transport`` replaces the network for every HTTP provider, ``clock``
     drives the breakers, ``sleep`` the retry waits, ``seed`` the load balancer's choices."""
@@ -138,6 +141,8 @@ def create_app(
         finally:
             await metrics.stop()
             await close_upstreams(upstreams)
+            if tracer_provider is not None:
+                tracer_provider.shutdown()  # exports what is still batched
 
     models = ModelList(data=[ModelCard(id=alias) for alias in config.models])
     return Litestar(
@@ -148,7 +153,7 @@ def create_app(
             HTTPException: _on_http_exception,
             Exception: _on_unexpected,
         },
-        state=State(_initial_state(models, config, metrics_dir)),
+        state=State(_initial_state(models, config, metrics_dir, tracer_provider)),
         request_max_body_size=config.server.max_body_bytes,
         openapi_config=None,
         logging_config=None,  # logging is the CLI's (and the tests') to set up, not the app's
@@ -156,9 +161,12 @@ def create_app(
     )
 
 
-def _initial_state(models: ModelList, config: Config, metrics_dir: Path | None) -> dict[str, object]:
+def _initial_state(
+    models: ModelList, config: Config, metrics_dir: Path | None, tracer_provider: TracerProvider | None
+) -> dict[str, object]:
     metrics = Metrics(metrics_dir)
     return {
+        "tracer": tracer_provider.get_tracer("switchboard") if tracer_provider is not None else None,
         "models_json": _encode(models),
         "max_body_bytes": config.server.max_body_bytes,
         "metrics": metrics,
@@ -171,4 +179,8 @@ def app_from_env() -> Litestar:
     if fmt := os.environ.get("SWITCHBOARD_LOG_FORMAT"):
         configure_logging(os.environ.get("SWITCHBOARD_LOG_LEVEL", "info"), fmt)
     shared = os.environ.get(METRICS_DIR_ENV)
-    return create_app(load_settings(default_config_path(os.environ)), metrics_dir=Path(shared) if shared else None)
+    return create_app(
+        load_settings(default_config_path(os.environ)),
+        metrics_dir=Path(shared) if shared else None,
+        tracer_provider=tracer_provider_from_env(),
+    )

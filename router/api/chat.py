@@ -20,6 +20,7 @@ from router.errors import InvalidRequest, MethodNotAllowed, PayloadTooLarge
 from router.gateway.failover import Gateway
 from router.gateway.outcome import REQUEST_ID_KEY, Exchange
 from router.gateway.routing import Target
+from router.gateway.tracing import RequestTrace
 
 REQUEST_ID_HEADER: Final = b"x-request-id"
 TARGET_HEADER: Final = b"x-switchboard-target"
@@ -33,7 +34,10 @@ SSE_HEADERS: Final = [
 ]
 
 
-@asgi("/v1/chat/completions", http_methods=["POST"], copy_scope=False)
+CHAT_PATH: Final = "/v1/chat/completions"
+
+
+@asgi(CHAT_PATH, http_methods=["POST"], copy_scope=False)
 async def chat_completions(scope: HTTPScope, receive: Receive, send: Send) -> None:
     """A raw ASGI handler: the hot path skips Litestar's request and response modelling. Errors
     raised here still reach the app's exception handlers."""
@@ -43,6 +47,8 @@ async def chat_completions(scope: HTTPScope, receive: Receive, send: Send) -> No
     outcomes = state.outcomes
     exchange = Exchange(outcomes, outcomes.ids.of(scope["headers"]))
     scope["state"][REQUEST_ID_KEY] = exchange.request_id  # for the error handlers
+    if state.tracer is not None:
+        exchange.trace = RequestTrace(state.tracer, scope["headers"], CHAT_PATH)
     try:
         call = decode_call(await read_body(scope, receive, state.max_body_bytes))
         exchange.stream = call.chat.is_stream

@@ -34,6 +34,7 @@ from router.errors import AllTargetsFailed, InvalidRequest, NoTargetAvailable
 from router.gateway.balancing import order
 from router.gateway.outcome import AttemptRecord, Exchange
 from router.gateway.routing import Group, Route, Router, Target
+from router.gateway.tracing import RequestTrace
 from router.gateway.upstream_stream import UpstreamStream
 from router.resilience.bulkhead import Bulkhead
 from router.resilience.retry import RetryPolicy
@@ -107,11 +108,14 @@ class Run:
     """One request's way across its targets: the deadline, the calls made, and a record of each
     target tried or passed over (kept on the request's ``Exchange``)."""
 
-    __slots__ = ("_loop", "alias", "calls", "deadline", "dropped", "last", "records")
+    __slots__ = ("_loop", "alias", "calls", "deadline", "dropped", "last", "records", "trace")
 
-    def __init__(self, alias: str, total_s: float, records: list[AttemptRecord]) -> None:
+    def __init__(
+        self, alias: str, total_s: float, records: list[AttemptRecord], trace: RequestTrace | None = None
+    ) -> None:
         self._loop = asyncio.get_running_loop()
         self.alias = alias
+        self.trace = trace
         self.deadline = self._loop.time() + total_s
         self.calls = 0
         self.records = records
@@ -126,9 +130,10 @@ class Run:
         return self._loop.time() + delay < self.deadline
 
     def skipped(self, target: Target, reason: str) -> None:
-        self.records.append(
-            AttemptRecord(target=target.label, result="skipped", error=skip_code(reason), detail=reason)
-        )
+        code = skip_code(reason)
+        self.records.append(AttemptRecord(target=target.label, result="skipped", error=code, detail=reason))
+        if self.trace is not None:
+            self.trace.event("target_skipped", {"switchboard.target": target.label, "switchboard.reason": code})
 
     def tried(self, target: Target, error: SwitchboardError | None, duration_s: float, retry: bool) -> None:
         if error is None:
@@ -147,6 +152,8 @@ class Run:
 
     def failed(self, target: Target, error: SwitchboardError) -> None:
         self.last = error
+        if self.trace is not None:
+            self.trace.event("failover", {"switchboard.target": target.label, "error.type": type(error).__name__})
         log.warning(
             "failover model=%s target=%s calls=%d reason=%r", self.alias, target.label, self.calls, error.message
         )
@@ -247,7 +254,7 @@ class Gateway:
     async def _walk(self, call: Inbound, once: Once[T], exchange: Exchange) -> tuple[T, Target, Run]:
         route = self.router.resolve(call.chat.model)
         exchange.alias = route.alias
-        run = Run(route.alias, self.timeouts.total_s, exchange.attempts)
+        run = Run(route.alias, self.timeouts.total_s, exchange.attempts, exchange.trace)
         for attempt in self.candidates(route, run):
             if run.remaining() <= 0:
                 run.skipped(attempt.target, "deadline passed before this target")
@@ -277,6 +284,8 @@ class Gateway:
         if self.retry.cfg.max_attempts < 2 or not run.fits(delay):
             raise first
         log.info("retry target=%s in=%.3fs reason=%r", attempt.target.label, delay, first.message)
+        if run.trace is not None:
+            run.trace.event("retry", {"switchboard.target": attempt.target.label, "switchboard.delay_s": delay})
         await self.retry.sleep(delay)
         try:
             return await self.retry.retrying(1, run.fits)(self._try, attempt, request, run, once, True)
@@ -288,14 +297,22 @@ class Gateway:
         if isinstance(lease, str):
             raise TargetSkipped(lease)
         run.calls += 1
+        trace, span = run.trace, None
+        if trace is not None:
+            kind = self.upstreams[attempt.target.provider].kind
+            span = trace.attempt(attempt.target.label, kind, attempt.target.model, request)
         started = time.perf_counter()
         try:
             result = await once(attempt, request, lease, run)
         except SwitchboardError as exc:
             lease.failed(exc)
             run.tried(attempt.target, exc, time.perf_counter() - started, retry)
+            if trace is not None and span is not None:
+                trace.attempt_failed(span, type(exc).__name__, getattr(exc, "upstream_status", None))
             raise
         except BaseException:
+            if trace is not None and span is not None:
+                trace.attempt_failed(span, "cancelled", None)
             lease.abandoned()  # cancelled (the client left) or a bug: nothing learned about the target
             run.records.append(
                 AttemptRecord(
@@ -307,6 +324,8 @@ class Gateway:
             )
             raise
         run.tried(attempt.target, None, time.perf_counter() - started, retry)
+        if trace is not None and span is not None:
+            trace.attempt_answered(span)
         return result
 
     async def complete(self, call: Inbound, exchange: Exchange) -> Answer:

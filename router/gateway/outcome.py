@@ -16,16 +16,26 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Final, Literal, Protocol
+from typing import TYPE_CHECKING, Final, Literal, Protocol
 
 import msgspec
 
 from providers.base import Report, TokenUsage
 
+if TYPE_CHECKING:
+    from router.gateway.tracing import RequestTrace
+
 log = logging.getLogger(__name__)
 
 AttemptResult = Literal["ok", "failed", "rejected", "skipped", "abandoned"]
 REQUEST_ID_KEY: Final = "switchboard.request_id"  # where a request's id waits in scope["state"]
+# Switchboard's provider types → the GenAI semantic conventions' gen_ai.provider.name values.
+GENAI_PROVIDERS: Final = {
+    "openai": "openai",
+    "azure": "azure.ai.openai",
+    "anthropic": "anthropic",
+    "gemini": "gcp.gemini",
+}
 _REQUEST_ID: Final = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
 
 
@@ -80,6 +90,7 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     target: str | None  # the target that answered
     provider: str | None  # its provider's type (openai, azure, anthropic, gemini, mock)
     response_model: str | None
+    response_id: str | None
     finish_reason: str | None
     usage: TokenUsage | None
     cost_usd: float | None
@@ -141,9 +152,11 @@ class Exchange:
         "model",
         "provider",
         "request_id",
+        "response_id",
         "response_model",
         "stream",
         "target",
+        "trace",
         "usage",
     )
 
@@ -159,6 +172,8 @@ class Exchange:
         self.provider: str | None = None
         self.model: str | None = None  # the answering target's upstream model
         self.response_model: str | None = None
+        self.response_id: str | None = None
+        self.trace: RequestTrace | None = None  # when tracing is on
         self.finish_reason: str | None = None
         self.usage: TokenUsage | None = None
         self.first_chunk_s: float | None = None
@@ -172,6 +187,7 @@ class Exchange:
         self.usage = report.usage
         self.finish_reason = report.finish_reason
         self.response_model = report.response_model
+        self.response_id = report.response_id
 
     def first_chunk(self) -> None:
         if self.first_chunk_s is None:
@@ -195,6 +211,7 @@ class Exchange:
             target=self.target,
             provider=self.provider,
             response_model=self.response_model,
+            response_id=self.response_id,
             finish_reason=self.finish_reason,
             usage=self.usage,
             cost_usd=cost_usd,
@@ -202,5 +219,7 @@ class Exchange:
             duration_s=time.perf_counter() - self._started,
             client_disconnected=self.client_disconnected,
         )
+        if self.trace is not None:
+            self.trace.finish(outcome)
         self._outcomes.emit(outcome)
         return outcome

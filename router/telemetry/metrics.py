@@ -26,7 +26,7 @@ import msgspec
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from router.gateway.outcome import Outcome
+from router.gateway.outcome import GENAI_PROVIDERS, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +38,6 @@ DURATION_BUCKETS: Final = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56,
 TOKEN_BUCKETS: Final = tuple(float(4**i) for i in range(14))  # 1, 4, 16 … 67,108,864
 OVERHEAD_BUCKETS: Final = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 GENAI_LABELS: Final = ("gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model", "gen_ai_response_model")
-# Switchboard's provider types → gen_ai.provider.name's well-known values.
-GENAI_PROVIDERS: Final = {
-    "openai": "openai",
-    "azure": "azure.ai.openai",
-    "anthropic": "anthropic",
-    "gemini": "gcp.gemini",
-}
 BREAKER_STATES: Final = {"closed": 0, "half-open": 1, "open": 2}
 
 Kind = Literal["counter", "gauge", "histogram"]

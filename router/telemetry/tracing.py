@@ -1,0 +1,57 @@
+"""The OpenTelemetry SDK's tracer provider, from the standard ``OTEL_*`` variables only.
+
+Off unless ``OTEL_TRACES_EXPORTER`` names an exporter: ``console`` (stderr), or ``otlp`` over
+``OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`` / ``OTEL_EXPORTER_OTLP_PROTOCOL`` (``http/protobuf``, the
+default, or ``grpc``; the exporters come with ``pip install 'switchboard[otlp]'``). The SDK reads
+the rest itself: ``OTEL_SERVICE_NAME`` (default here ``switchboard``), ``OTEL_RESOURCE_ATTRIBUTES``,
+``OTEL_TRACES_SAMPLER`` and its argument, and the exporters' endpoint, headers and timeout.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Mapping
+
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+
+from router.config import ConfigError
+
+_OTLP = {
+    "http/protobuf": "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+    "grpc": "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
+}
+
+
+def tracer_provider_from_env(env: Mapping[str, str] | None = None) -> TracerProvider | None:
+    """A provider with the exporters the environment names, or None: tracing is off."""
+    environ = os.environ if env is None else env
+    names = [n.strip() for n in environ.get("OTEL_TRACES_EXPORTER", "none").split(",") if n.strip()]
+    exporters = [_exporter(name, environ) for name in names if name != "none"]
+    if not exporters:
+        return None
+    service = environ.get("OTEL_SERVICE_NAME") or "switchboard"
+    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    for exporter in exporters:
+        provider.add_span_processor(BatchSpanProcessor(exporter))  # exported off the request path
+    return provider
+
+
+def _exporter(name: str, environ: Mapping[str, str]) -> SpanExporter:
+    if name == "console":
+        return ConsoleSpanExporter()
+    if name != "otlp":
+        raise ConfigError(f"OTEL_TRACES_EXPORTER: unknown exporter '{name}' (one of otlp, console, none)")
+    protocol = environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+    module = _OTLP.get(protocol or "http/protobuf")
+    if module is None:
+        raise ConfigError(f"OTEL_EXPORTER_OTLP_PROTOCOL: unknown protocol '{protocol}' (http/protobuf or grpc)")
+    try:
+        exporter: SpanExporter = importlib.import_module(module).OTLPSpanExporter()
+    except ImportError:
+        raise ConfigError(
+            "OTEL_TRACES_EXPORTER=otlp needs the OTLP exporters: pip install 'switchboard[otlp]'"
+        ) from None
+    return exporter
