@@ -52,6 +52,7 @@ from router.telemetry.logs import RequestLog
 from router.telemetry.logs import configure as configure_logging
 from router.telemetry.metrics import METRICS_DIR_ENV, Metrics, breaker_gauge
 from router.telemetry.tracing import tracer_provider_from_env
+from router.telemetry.windows import TargetWindows
 from router.upstreams.registry import build_upstreams, close_upstreams
 
 log = logging.getLogger(__name__)
@@ -165,12 +166,14 @@ def _initial_state(
     models: ModelList, config: Config, metrics_dir: Path | None, tracer_provider: TracerProvider | None
 ) -> dict[str, object]:
     metrics = Metrics(metrics_dir)
+    windows = TargetWindows()
     return {
+        "windows": windows,
         "tracer": tracer_provider.get_tracer("switchboard") if tracer_provider is not None else None,
         "models_json": _encode(models),
         "max_body_bytes": config.server.max_body_bytes,
         "metrics": metrics,
-        "outcomes": Outcomes([RequestLog(), metrics.recorder], Pricing(config.pricing)),
+        "outcomes": Outcomes([RequestLog(), metrics.recorder, windows], Pricing(config.pricing)),
     }
 
 

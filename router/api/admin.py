@@ -7,10 +7,13 @@ from litestar.datastructures import State
 
 from router.api.responses import request_id_of
 from router.gateway.failover import Gateway
+from router.telemetry.windows import TargetWindows
 
 
 @get("/admin/targets")
 async def list_targets(request: Request[None, None, State]) -> Response[dict[str, object]]:
     gateway: Gateway = request.app.state.gateway
-    body = {"object": "list", "data": gateway.snapshot(), "in_flight": gateway.bulkhead.in_flight}
+    windows: TargetWindows = request.app.state.windows
+    data = [{**target, "recent": windows.figures(str(target["target"]))} for target in gateway.snapshot()]
+    body = {"object": "list", "data": data, "in_flight": gateway.bulkhead.in_flight}
     return Response(body, headers={"x-request-id": request_id_of(request.scope)})
