@@ -418,6 +418,8 @@ async def test_admin_targets_reports_each_target() -> None:
         await h.chat()
         body = (await h.client.get("/admin/targets")).json()
     a = next(t for t in body["data"] if t["target"] == "a/ma")
+    recent = a.pop("recent")
+    assert (recent["calls"], recent["success_rate"]) == (2, 0.0)
     assert a == {
         "target": "a/ma",
         "state": "closed",
