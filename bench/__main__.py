@@ -25,7 +25,11 @@ from bench.upstream import Nginx
 
 PROXY_CPU, LOAD_CPU = 0, 1
 HTTPX_PASSTHROUGHS = ("passthrough-httpx", "passthrough-httpx-aiohttp", "passthrough-direct")
-SUBJECTS = ("direct", *HTTPX_PASSTHROUGHS, "passthrough-aiohttp", "switchboard")
+# switchboard: the proxy at --log-level warning (no request lines); -logged: the defaults, one JSON
+# request line per request (to a file) and the metrics; -traced: that and tracing at 100%
+# sampling, exported by the SDK's console exporter (spans serialised, as for OTLP) to a file.
+TELEMETRY_SUBJECTS = ("switchboard-logged", "switchboard-traced")
+SUBJECTS = ("direct", *HTTPX_PASSTHROUGHS, "passthrough-aiohttp", "switchboard", *TELEMETRY_SUBJECTS)
 SCENARIOS = (("json", 1), ("json", 64), ("stream", 1), ("stream", 64))
 
 
@@ -80,21 +84,28 @@ class Subject:
         self.workdir = workdir
         self.process: subprocess.Popen[bytes] | None = None
 
+    @property
+    def is_switchboard(self) -> bool:
+        return self.name.startswith("switchboard")
+
     def url(self, kind: str) -> str:
-        if self.name == "switchboard":
+        if self.is_switchboard:
             return f"http://127.0.0.1:{self.port}/v1/chat/completions"
         return f"http://127.0.0.1:{self.port}/{kind}/v1/chat/completions"
 
     def model(self, kind: str) -> str:
-        return f"bench-{kind}" if self.name == "switchboard" else "gpt-4o-mini"
+        return f"bench-{kind}" if self.is_switchboard else "gpt-4o-mini"
 
     def __enter__(self) -> Subject:
         env = {**os.environ, "BENCH_UPSTREAM": self.upstream}
-        if self.name == "switchboard":
+        if self.is_switchboard:
             config = self.workdir / "switchboard.yaml"
             config.write_text(switchboard_config(self.upstream))
-            argv = [sys.executable, "-m", "router", "serve", "--config", str(config), "--log-level", "warning"]
-            argv += ["--port", str(self.port)]
+            level = "warning" if self.name == "switchboard" else "info"
+            argv = [sys.executable, "-m", "router", "serve", "--config", str(config), "--log-level", level]
+            argv += ["--port", str(self.port), "--log-format", "json"]
+            if self.name == "switchboard-traced":
+                env.update(OTEL_TRACES_EXPORTER="console", OTEL_TRACES_SAMPLER="always_on")
         else:
             env["BENCH_CLIENT"] = self.name.removeprefix("passthrough-")
             argv = [sys.executable, "-m", "uvicorn", "--factory", "bench.passthrough:create", "--port", str(self.port)]
@@ -235,6 +246,15 @@ def report(results: list[SubjectResult]) -> str:
                 f"| `anthropic` target (every event translated) | {anthropic.rps:,.0f} · {anthropic.p50_ms:.2f} · "
                 f"{anthropic.p99_ms:.2f} ({anthropic.rps / openai.rps:.2f}x, target >= 0.8) |",
             ]
+    if "switchboard" in by_name and any(n in by_name for n in TELEMETRY_SUBJECTS):
+        base = by_name["switchboard"]
+        lines.append("")
+        for name, target in (("switchboard-logged", 0.95), ("switchboard-traced", 0.8)):
+            if name not in by_name:
+                continue
+            for kind in ("json", "stream"):
+                ratio = by_name[name].runs[f"{kind}-c64"].rps / base.runs[f"{kind}-c64"].rps
+                lines.append(f"- {kind}: {name} at 64 clients = {ratio:.2f}x switchboard (target >= {target})")
     if "switchboard" in by_name and any(n in by_name for n in HTTPX_PASSTHROUGHS):
         sb = by_name["switchboard"]
         lines.append("")
