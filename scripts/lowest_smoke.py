@@ -203,6 +203,19 @@ def check_refused(port: int, model: str) -> None:
         raise SmokeFailed(f"{what}: status {status}, expected 502 with an error message: {raw[:500]!r}")
 
 
+def check_metrics(port: int, requests: int) -> None:
+    """The requests made so far, counted in /metrics (prometheus-client, the metrics' floor)."""
+    status, _, raw = request(port, "GET", "/metrics")
+    text = raw.decode("utf-8", "replace")
+    counted = sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("switchboard_requests_total{")
+    )
+    if status != 200 or counted != requests:
+        raise SmokeFailed(
+            f"/metrics: status {status}, {counted:g} requests counted, expected {requests}: {text[:500]!r}"
+        )
+
+
 def stop(server: subprocess.Popen[bytes]) -> None:
     """SIGTERM and wait for a clean exit (the lifespan's shutdown runs); SIGKILL as a last resort.
     uvicorn ≥ 0.29 re-raises the signal once it has shut down, so -SIGTERM is a clean exit too."""
@@ -246,6 +259,7 @@ def serve(python: str, workdir: Path, log: IO[bytes], upstream_port: int) -> Non
         check_completion(port, "upstream", "".join(UPSTREAM_TEXT))
         check_stream(port, "upstream", "".join(UPSTREAM_TEXT))
         check_refused(port, "down")
+        check_metrics(port, 5)
         stop(server)
     finally:
         if server.poll() is None:

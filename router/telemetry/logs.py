@@ -4,7 +4,9 @@ and upstream messages in it were redacted where they were received."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
 from typing import Any, Final
 
@@ -42,22 +44,36 @@ def request_fields(outcome: Outcome) -> dict[str, Any]:
 
 
 class RequestLog:
-    """The Outcome listener that writes the per-request line (at INFO on ``switchboard.requests``)."""
+    """The Outcome listener that writes the per-request line (at INFO on ``switchboard.requests``).
+    The record is made directly: ``logger.info`` would walk the stack to find its caller, which
+    this line, written from one place, has no use for."""
 
     def __init__(self, logger: logging.Logger | None = None) -> None:
         self._log = logger or logging.getLogger(REQUEST_LOGGER)
 
     def __call__(self, outcome: Outcome) -> None:
-        if self._log.isEnabledFor(logging.INFO):
-            self._log.info("request", extra={"fields": request_fields(outcome)})
+        log = self._log
+        if log.isEnabledFor(logging.INFO):
+            record = log.makeRecord(
+                log.name, logging.INFO, __file__, 0, "request", (), None, extra={"fields": request_fields(outcome)}
+            )
+            log.handle(record)
 
 
 class JSONFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, and a record's ``fields``."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._second = -1
+        self._stamp = ""  # the current second, formatted once
+
     def format(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        if second != self._second:
+            self._second, self._stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         line: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "ts": f"{self._stamp}.{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -84,9 +100,38 @@ class TextFormatter(logging.Formatter):
         return text
 
 
+class LazyFlushHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes each line to the stream's buffer and flushes it every ``FLUSH_S`` (from a thread) or
+    when the buffer fills, instead of a system call per line: a line per request must not cost one."""
+
+    FLUSH_S: Final = 0.2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._stop = threading.Event()
+        threading.Thread(target=self._flush_forever, name="log-flush", daemon=True).start()
+
+    def flush(self) -> None:
+        return None  # StreamHandler flushes after every line: not here
+
+    def _flush_forever(self) -> None:
+        while not self._stop.wait(self.FLUSH_S):
+            self.flush_now()
+
+    def flush_now(self) -> None:
+        # A stream closed under us at exit is not worth a traceback.
+        with self.lock or contextlib.nullcontext(), contextlib.suppress(ValueError, OSError):
+            self.stream.flush()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.flush_now()
+        super().close()
+
+
 def configure(level: str, fmt: str) -> None:
     """The root handler every Switchboard line goes through (the CLI calls this once)."""
-    handler = logging.StreamHandler()
+    handler = LazyFlushHandler()
     handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
