@@ -5,7 +5,9 @@ and upstream messages in it were redacted where they were received."""
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
+import sys
 import threading
 import time
 from typing import Any, Final
@@ -55,7 +57,7 @@ class RequestLog:
         log = self._log
         if log.isEnabledFor(logging.INFO):
             record = log.makeRecord(
-                log.name, logging.INFO, __file__, 0, "request", (), None, extra={"fields": request_fields(outcome)}
+                log.name, logging.INFO, "", 0, "request", (), None, extra={"fields": request_fields(outcome)}
             )
             log.handle(record)
 
@@ -107,7 +109,10 @@ class LazyFlushHandler(logging.StreamHandler):  # type: ignore[type-arg]
     FLUSH_S: Final = 0.2
 
     def __init__(self) -> None:
-        super().__init__()
+        # Python's stderr is line-buffered even into a file or a pipe: a write per line. This
+        # handler writes to stderr's file through a buffer of its own.
+        buffered = io.BufferedWriter(io.FileIO(sys.stderr.fileno(), "w", closefd=False), 1 << 16)
+        super().__init__(io.TextIOWrapper(buffered, encoding="utf-8", errors="backslashreplace"))
         self._stop = threading.Event()
         threading.Thread(target=self._flush_forever, name="log-flush", daemon=True).start()
 
@@ -131,6 +136,8 @@ class LazyFlushHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 def configure(level: str, fmt: str) -> None:
     """The root handler every Switchboard line goes through (the CLI calls this once)."""
+    # No line uses the thread or process names: not worth looking up for every record.
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     handler = LazyFlushHandler()
     handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
