@@ -85,7 +85,9 @@ def test_a_client_that_stops_reading_is_cut_off_and_the_upstream_closed(
                 assert closed_by_server(sock)
             finally:
                 sock.close()
-            log = (tmp_path / "proxy.log").read_text()
+            deadline = time.monotonic() + 5  # log lines are flushed every 0.2 s
+            while "client-stalled" not in (log := (tmp_path / "proxy.log").read_text()) and time.monotonic() < deadline:
+                time.sleep(0.05)
             assert "client-stalled" in log
             assert "Traceback" not in log
             assert "ASGI callable returned without completing response" not in log

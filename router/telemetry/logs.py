@@ -10,7 +10,7 @@ import logging
 import sys
 import threading
 import time
-from typing import Any, Final
+from typing import Any, Final, TextIO
 
 import msgspec
 
@@ -109,10 +109,7 @@ class LazyFlushHandler(logging.StreamHandler):  # type: ignore[type-arg]
     FLUSH_S: Final = 0.2
 
     def __init__(self) -> None:
-        # Python's stderr is line-buffered even into a file or a pipe: a write per line. This
-        # handler writes to stderr's file through a buffer of its own.
-        buffered = io.BufferedWriter(io.FileIO(sys.stderr.fileno(), "w", closefd=False), 1 << 16)
-        super().__init__(io.TextIOWrapper(buffered, encoding="utf-8", errors="backslashreplace"))
+        super().__init__(_buffered_stderr())
         self._stop = threading.Event()
         threading.Thread(target=self._flush_forever, name="log-flush", daemon=True).start()
 
@@ -132,6 +129,18 @@ class LazyFlushHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self._stop.set()
         self.flush_now()
         super().close()
+
+
+def _buffered_stderr() -> TextIO:
+    """Python's stderr is line-buffered even into a file or a pipe: a write per line. Lines go to
+    stderr's file through a buffer of their own, where stderr has a file (not under a test's
+    capture, where they go to it as they are)."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
+        return sys.stderr
+    buffered = io.BufferedWriter(io.FileIO(fd, "w", closefd=False), 1 << 16)
+    return io.TextIOWrapper(buffered, encoding="utf-8", errors="backslashreplace")
 
 
 def configure(level: str, fmt: str) -> None:
