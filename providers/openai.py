@@ -146,11 +146,20 @@ class OpenAIStream:
                     self._saw_finish = True
                     if self._report.finish_reason is None:
                         self._report.finish_reason = choice.finish_reason
-        if len(view.usage) > 4:  # neither absent nor `null`, as most chunks of a usage-asking stream have it
+        if view.usage:
+            return self._usage(view, data)
+        return (data,)  # one line even if it came as several: the stream's parser joins them with a space
+
+    def _usage(self, view: _ChunkView, data: bytes) -> Sequence[bytes]:
+        if len(view.usage) > 4:  # not `null`: the usage chunk
             self._report.usage = usage_of(view.usage) or self._report.usage
             if self._hide_usage and not view.choices:
                 return _NOTHING  # the usage chunk Switchboard asked for, not the client
-        return (data,)  # one line even if it came as several: the stream's parser joins them with a space
+        elif self._hide_usage:
+            # Asked for usage, OpenAI adds `"usage":null` to every chunk: not what the client asked
+            # for. (In a JSON string the quotes would be escaped, so content cannot match.)
+            return (data.replace(b',"usage":null', b""),)
+        return (data,)
 
     def _first_view(self, data: bytes) -> _ChunkView:
         self._first = False

@@ -50,7 +50,7 @@ from router.resilience.retry import RetryPolicy, Sleep
 from router.resilience.targets import registry_from_config
 from router.telemetry.logs import RequestLog
 from router.telemetry.logs import configure as configure_logging
-from router.telemetry.metrics import METRICS_DIR_ENV, Metrics, breaker_gauge
+from router.telemetry.metrics import METRICS_DIR_ENV, Metrics, Names, breaker_gauge
 from router.telemetry.tracing import tracer_provider_from_env
 from router.telemetry.windows import TargetWindows
 from router.upstreams.registry import build_upstreams, close_upstreams
@@ -131,7 +131,7 @@ def create_app(
         gateway: Gateway = app.state.gateway
         metrics.gauges = lambda: {
             "switchboard_active_streams": {(): float(gateway.active_streams)},
-            "switchboard_breaker_state": breaker_gauge(gateway.targets.states()),
+            "switchboard_breaker_state": breaker_gauge(gateway.targets.states(), metrics.names),
         }
         metrics.start()
         # Everything alive now (the app, the price table's thousands of objects) lives as long as
@@ -140,10 +140,12 @@ def create_app(
         try:
             yield
         finally:
-            await metrics.stop()
-            await close_upstreams(upstreams)
-            if tracer_provider is not None:
-                tracer_provider.shutdown()  # exports what is still batched
+            try:
+                await metrics.stop()
+            finally:
+                await close_upstreams(upstreams)
+                if tracer_provider is not None:
+                    tracer_provider.shutdown()  # exports what is still batched
 
     models = ModelList(data=[ModelCard(id=alias) for alias in config.models])
     return Litestar(
@@ -165,8 +167,9 @@ def create_app(
 def _initial_state(
     models: ModelList, config: Config, metrics_dir: Path | None, tracer_provider: TracerProvider | None
 ) -> dict[str, object]:
-    metrics = Metrics(metrics_dir)
-    windows = TargetWindows()
+    configured = [f"{t.provider}/{t.model}" for m in config.models.values() for t in m.targets]
+    metrics = Metrics(Names(config.models, configured), metrics_dir)
+    windows = TargetWindows(configured)
     return {
         "windows": windows,
         "tracer": tracer_provider.get_tracer("switchboard") if tracer_provider is not None else None,

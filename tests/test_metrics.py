@@ -59,6 +59,8 @@ async def test_metrics_count_what_the_outcomes_say() -> None:
         await http.post("/v1/chat/completions", json={"model": "m", "messages": HELLO, "stream": True})
         await http.post("/v1/chat/completions", json={"model": "dark", "messages": HELLO})
         await http.post("/v1/chat/completions", json={"model": "nope", "messages": HELLO})
+        for i in range(5):  # direct routes: the client names them, so they share one label
+            await http.post("/v1/chat/completions", json={"model": f"up/invented-{i}", "messages": HELLO})
         response = await http.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
@@ -83,7 +85,8 @@ async def test_metrics_count_what_the_outcomes_say() -> None:
         ]
         == 1
     )
-    assert got[("switchboard_failovers_total", (("alias", "m"), ("reason", "UpstreamServerError")))] == 8  # 2 tries x 4
+    # once per request that moved on from `down` (after its two tries), not once per try
+    assert got[("switchboard_failovers_total", (("alias", "m"), ("reason", "UpstreamServerError")))] == 4
     assert got[("switchboard_retries_total", (("target", "down/x"),))] == 4
     assert got[("switchboard_skips_total", (("alias", "dark"), ("reason", "unavailable")))] == 1
     assert got[("switchboard_tokens_total", (("alias", "m"), ("target", "up/gpt-4o-mini"), ("type", "input")))] == 4 * 9
@@ -100,9 +103,12 @@ async def test_metrics_count_what_the_outcomes_say() -> None:
         if name == "gen_ai_client_operation_duration_seconds_count" and set(genai) <= set(labels)
     ]
     assert sum(durations) == 4
-    assert got[("switchboard_overhead_seconds_count", ())] == 6
+    assert got[("switchboard_overhead_seconds_count", ())] == 6 + 5
     assert got[("switchboard_active_streams", ())] == 0
     assert got[("switchboard_breaker_state", (("target", "down/x"),))] == 0
+    direct = (("alias", "direct"), ("code", ""), ("status", "200"), ("target", "up/other"))
+    assert got[("switchboard_requests_total", direct)] == 5
+    assert "invented" not in response.text
     assert "req_" not in response.text  # no request ids, no client input in labels
 
 

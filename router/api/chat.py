@@ -59,6 +59,9 @@ async def chat_completions(scope: HTTPScope, receive: Receive, send: Send) -> No
     except Exception:
         exchange.finish(500, "internal_error")
         raise
+    except BaseException:  # cancelled: the server is shutting down
+        exchange.finish(503, "cancelled")
+        raise
     await response(scope, receive, send)
     # A stream has finished its own exchange (this is then a no-op); a 499 is a client gone.
     exchange.finish(response.status, "client_disconnected" if exchange.client_disconnected else None)

@@ -95,9 +95,11 @@ class SSEResponse:
             lease.abandoned()  # a no-op when the lease already ended
             watch.close()
             self._gateway.bulkhead.leave()
-            await self._opened.upstream.aclose()
-            exchange.reported(self._opened.upstream.report)
-            exchange.finish(200, code)
+            try:
+                await self._opened.upstream.aclose()
+            finally:
+                exchange.reported(self._opened.upstream.report)
+                exchange.finish(200, code)
 
     async def _relay(self, send: Send) -> SwitchboardError | None:
         """Relay until the end; the upstream's failure, if it failed mid-way (already sent as an

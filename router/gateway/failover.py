@@ -135,12 +135,15 @@ class Run:
         if self.trace is not None:
             self.trace.event("target_skipped", {"switchboard.target": target.label, "switchboard.reason": code})
 
-    def tried(self, target: Target, error: SwitchboardError | None, duration_s: float, retry: bool) -> None:
+    def tried(self, target: Target, kind: str, error: SwitchboardError | None, duration_s: float, retry: bool) -> None:
         if error is None:
-            record = AttemptRecord(target=target.label, result="ok", status=200, duration_s=duration_s, retry=retry)
+            record = AttemptRecord(
+                target=target.label, result="ok", provider=kind, status=200, duration_s=duration_s, retry=retry
+            )
         else:
             record = AttemptRecord(
                 target=target.label,
+                provider=kind,
                 result="failed" if error.trips_breaker or error.retryable else "rejected",
                 error=type(error).__name__,
                 status=getattr(error, "upstream_status", None),
@@ -298,15 +301,15 @@ class Gateway:
             raise TargetSkipped(lease)
         run.calls += 1
         trace, span = run.trace, None
+        kind = self.upstreams[attempt.target.provider].kind
         if trace is not None:
-            kind = self.upstreams[attempt.target.provider].kind
             span = trace.attempt(attempt.target.label, kind, attempt.target.model, request)
         started = time.perf_counter()
         try:
             result = await once(attempt, request, lease, run)
         except SwitchboardError as exc:
             lease.failed(exc)
-            run.tried(attempt.target, exc, time.perf_counter() - started, retry)
+            run.tried(attempt.target, kind, exc, time.perf_counter() - started, retry)
             if trace is not None and span is not None:
                 trace.attempt_failed(span, type(exc).__name__, getattr(exc, "upstream_status", None))
             raise
@@ -317,13 +320,14 @@ class Gateway:
             run.records.append(
                 AttemptRecord(
                     target=attempt.target.label,
+                    provider=kind,
                     result="abandoned",
                     duration_s=time.perf_counter() - started,
                     retry=retry,
                 )
             )
             raise
-        run.tried(attempt.target, None, time.perf_counter() - started, retry)
+        run.tried(attempt.target, kind, None, time.perf_counter() - started, retry)
         if trace is not None and span is not None:
             trace.attempt_answered(span)
         return result

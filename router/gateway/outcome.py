@@ -68,6 +68,7 @@ class AttemptRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 
     target: str
     result: AttemptResult
+    provider: str | None = None  # the target's provider type (openai, azure, anthropic, gemini, mock)
     error: str | None = None  # the failure's class (UpstreamTimeout…) or the skip's reason code
     status: int | None = None  # the upstream's HTTP status, when it answered one
     detail: str = ""  # for people: the upstream's (redacted) message or why it was skipped
@@ -200,7 +201,11 @@ class Exchange:
             return None
         self._done = True
         usage = self.usage
-        cost_usd = self._outcomes.pricing.cost(self.provider, self.model, self.response_model, usage) if usage else None
+        try:
+            cost_usd = self._outcomes.pricing.cost(self.provider, self.model, self.response_model, usage)
+        except Exception:  # a price table surprise must not cost the request its record
+            log.exception("pricing failed")
+            cost_usd = None
         outcome = Outcome(
             request_id=self.request_id,
             alias=self.alias,
@@ -220,6 +225,9 @@ class Exchange:
             client_disconnected=self.client_disconnected,
         )
         if self.trace is not None:
-            self.trace.finish(outcome)
+            try:
+                self.trace.finish(outcome)
+            except Exception:
+                log.exception("tracing failed")
         self._outcomes.emit(outcome)
         return outcome

@@ -5,12 +5,13 @@ and upstream messages in it were redacted where they were received."""
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
+import os
+import select
 import sys
 import threading
 import time
-from typing import Any, Final, TextIO
+from typing import Any, Final
 
 import msgspec
 
@@ -102,45 +103,67 @@ class TextFormatter(logging.Formatter):
         return text
 
 
-class LazyFlushHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes each line to the stream's buffer and flushes it every ``FLUSH_S`` (from a thread) or
-    when the buffer fills, instead of a system call per line: a line per request must not cost one."""
+class LazyFlushHandler(logging.Handler):
+    """Collects whole lines and writes them to stderr every ``FLUSH_S`` (from a thread) in writes
+    of at most ``PIPE_BUF`` bytes that end on a line, instead of a system call per line: a line per
+    request must not cost one, and the workers sharing one stderr pipe must not split each
+    other's lines (a pipe write up to PIPE_BUF is atomic). Under a test's captured stderr, which
+    has no file, lines go to it as they come."""
 
     FLUSH_S: Final = 0.2
 
     def __init__(self) -> None:
-        super().__init__(_buffered_stderr())
+        super().__init__()
+        try:
+            self._fd: int | None = sys.stderr.fileno()
+        except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
+            self._fd = None
+        self._pending: list[bytes] = []
         self._stop = threading.Event()
-        threading.Thread(target=self._flush_forever, name="log-flush", daemon=True).start()
+        if self._fd is not None:
+            threading.Thread(target=self._flush_forever, name="log-flush", daemon=True).start()
 
-    def flush(self) -> None:
-        return None  # StreamHandler flushes after every line: not here
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + "\n"
+        except Exception:
+            self.handleError(record)
+            return
+        if self._fd is None:
+            sys.stderr.write(line)
+            return
+        self._pending.append(line.encode("utf-8", "backslashreplace"))  # list.append is atomic
 
     def _flush_forever(self) -> None:
         while not self._stop.wait(self.FLUSH_S):
-            self.flush_now()
+            self.flush()
 
-    def flush_now(self) -> None:
-        # A stream closed under us at exit is not worth a traceback.
-        with self.lock or contextlib.nullcontext(), contextlib.suppress(ValueError, OSError):
-            self.stream.flush()
+    def flush(self) -> None:
+        if self._fd is None or not self._pending:
+            return
+        with self.lock or contextlib.nullcontext():
+            lines, self._pending = self._pending, []
+            chunk: list[bytes] = []
+            size = 0
+            for line in lines:
+                if chunk and size + len(line) > select.PIPE_BUF:
+                    self._write(b"".join(chunk))
+                    chunk, size = [], 0
+                chunk.append(line)
+                size += len(line)
+            if chunk:
+                self._write(b"".join(chunk))
+
+    def _write(self, data: bytes) -> None:
+        assert self._fd is not None
+        with contextlib.suppress(OSError):  # stderr closed under us at exit: nothing to tell
+            while data:
+                data = data[os.write(self._fd, data) :]
 
     def close(self) -> None:
         self._stop.set()
-        self.flush_now()
+        self.flush()
         super().close()
-
-
-def _buffered_stderr() -> TextIO:
-    """Python's stderr is line-buffered even into a file or a pipe: a write per line. Lines go to
-    stderr's file through a buffer of their own, where stderr has a file (not under a test's
-    capture, where they go to it as they are)."""
-    try:
-        fd = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
-        return sys.stderr
-    buffered = io.BufferedWriter(io.FileIO(fd, "w", closefd=False), 1 << 16)
-    return io.TextIOWrapper(buffered, encoding="utf-8", errors="backslashreplace")
 
 
 def configure(level: str, fmt: str) -> None:

@@ -18,7 +18,7 @@ import bisect
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Final, Literal
 
@@ -26,7 +26,7 @@ import msgspec
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from router.gateway.outcome import GENAI_PROVIDERS, Outcome
+from router.gateway.outcome import GENAI_PROVIDERS, AttemptRecord, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -161,35 +161,103 @@ class Figures:
         return Snapshot(os.getpid(), series)
 
 
-class Recorder:
-    """The Outcome listener. Label values are bounded: aliases and targets come from the config
-    (or the bounded registry of direct targets), codes and reasons from Switchboard's own lists."""
+# Codes Switchboard itself gives; an upstream's own code (a 4xx passed back) is "upstream_error".
+OWN_CODES: Final = frozenset(
+    {
+        "invalid_json",
+        "invalid_type",
+        "invalid_value",
+        "missing_required_parameter",
+        "request_too_large",
+        "model_not_found",
+        "not_found",
+        "method_not_allowed",
+        "unsupported_parameter",
+        "unsupported_for_target",
+        "no_target_available",
+        "upstream_failed",
+        "upstream_auth_failed",
+        "rate_limit_exceeded",
+        "timeout",
+        "gateway_overloaded",
+        "internal_error",
+        "client_disconnected",
+        "request_header_fields_too_large",
+        "request_timeout",
+        "invalid_http_request",
+    }
+)
+DIRECT: Final = "direct"  # the label of every `provider/model` route the config does not name
+_FAILED: Final = frozenset({"failed", "abandoned", "rejected"})
 
-    def __init__(self, figures: Figures) -> None:
+
+class Names:
+    """Label values a client cannot make up: configured aliases and targets as they are; any other
+    (a direct `provider/model` route) as ``direct`` and ``<provider>/other``."""
+
+    def __init__(self, aliases: Iterable[str], targets: Iterable[str]) -> None:
+        self._aliases = frozenset(aliases)
+        self._targets = frozenset(targets)
+
+    def alias(self, alias: str | None) -> str:
+        if alias is None:
+            return ""
+        return alias if alias in self._aliases else DIRECT
+
+    def target(self, target: str | None) -> str:
+        if target is None:
+            return ""
+        return target if target in self._targets else target.partition("/")[0] + "/other"
+
+    def configured(self, target: str) -> bool:
+        return target in self._targets
+
+    def model(self, target: str) -> str:
+        return target.partition("/")[2] if target in self._targets else "other"
+
+
+def _moved_on(attempts: Sequence[AttemptRecord], i: int) -> bool:
+    """A failover: this was the target's last try, and the request went on to another target."""
+    later = attempts[i + 1 :]
+    target = attempts[i].target
+    return not any(a.target == target for a in later) and any(a.result != "skipped" for a in later)
+
+
+class Recorder:
+    """The Outcome listener. Label values are bounded: aliases and targets from the config (see
+    ``Names``), codes and reasons from Switchboard's own lists."""
+
+    def __init__(self, figures: Figures, names: Names) -> None:
         self._figures = figures
+        self._names = names
 
     def __call__(self, outcome: Outcome) -> None:
-        f = self._figures
-        alias, target = outcome.alias or "", outcome.target or ""
-        f.add("switchboard_requests", (alias, target, str(outcome.status), outcome.code or ""))
+        f, names = self._figures, self._names
+        alias, target = names.alias(outcome.alias), names.target(outcome.target)
+        code = outcome.code if outcome.code is None or outcome.code in OWN_CODES else "upstream_error"
+        f.add("switchboard_requests", (alias, target, str(outcome.status), code or ""))
         if outcome.client_disconnected:
             f.add("switchboard_client_disconnects", ())
-        if outcome.code == "gateway_overloaded":
+        if code == "gateway_overloaded":
             f.add("switchboard_bulkhead_rejections", ())
         waited = 0.0
-        for attempt in outcome.attempts:
+        attempts = outcome.attempts
+        for i, attempt in enumerate(attempts):
             if attempt.result == "skipped":
                 f.add("switchboard_skips", (alias, attempt.error or "unavailable"))
                 continue
             waited += attempt.duration_s
+            label = names.target(attempt.target)
             if attempt.retry:
-                f.add("switchboard_retries", (attempt.target,))
-            if attempt.result in ("failed", "abandoned") and attempt.target != target:
+                f.add("switchboard_retries", (label,))
+            failed = attempt.result in _FAILED
+            if failed and _moved_on(attempts, i):
                 f.add("switchboard_failovers", (alias, attempt.error or attempt.result))
-            provider, _, model = attempt.target.partition("/")
             answered = (outcome.response_model or "") if attempt.result == "ok" else ""
-            genai = ("chat", GENAI_PROVIDERS.get(outcome.provider or "", provider), model, answered)
-            f.observe("gen_ai_client_operation_duration_seconds", (*genai, attempt.error or ""), attempt.duration_s)
+            provider = GENAI_PROVIDERS.get(attempt.provider or "", attempt.provider or "")
+            genai = ("chat", provider, names.model(attempt.target), answered)
+            error = (attempt.error or attempt.result) if failed else ""
+            f.observe("gen_ai_client_operation_duration_seconds", (*genai, error), attempt.duration_s)
         self._answered(outcome, alias, target)
         # Overhead: the request's time not spent waiting on an upstream (for a stream, up to its
         # first chunk; after it the relay waits on the upstream or the client).
@@ -200,8 +268,8 @@ class Recorder:
         f = self._figures
         if not target:
             return
-        provider, _, model = target.partition("/")
-        genai = ("chat", GENAI_PROVIDERS.get(outcome.provider or "", provider), model, outcome.response_model or "")
+        provider = GENAI_PROVIDERS.get(outcome.provider or "", outcome.provider or "")
+        genai = ("chat", provider, self._names.model(outcome.target or ""), outcome.response_model or "")
         if outcome.stream and outcome.ttft_s is not None:
             f.observe("gen_ai_client_operation_time_to_first_chunk_seconds", genai, outcome.ttft_s)
         usage = outcome.usage
@@ -223,9 +291,10 @@ class Metrics:
     """One process's metrics: its figures, its live gauges, and (with several workers) the files
     of the others."""
 
-    def __init__(self, directory: Path | None = None) -> None:
+    def __init__(self, names: Names, directory: Path | None = None) -> None:
+        self.names = names
         self.figures = Figures()
-        self.recorder = Recorder(self.figures)
+        self.recorder = Recorder(self.figures, names)
         self.gauges: Gauges = dict  # the app sets what its live gauges read
         self._dir = directory
         self._task: asyncio.Task[None] | None = None
@@ -240,7 +309,10 @@ class Metrics:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            self._write()  # a last word, so an exiting worker's counts stay in the totals
+            try:
+                self._write()  # a last word, so an exiting worker's counts stay in the totals
+            except OSError:
+                log.warning("metrics: cannot write this worker's last figures to %s", self._dir)
 
     async def _flush_forever(self) -> None:
         while True:
@@ -350,5 +422,6 @@ def _split(key: str, spec: Spec) -> list[str]:
     return key.split(_SEP) if spec.labels else []
 
 
-def breaker_gauge(states: Iterable[tuple[str, str]]) -> dict[Labels, float]:
-    return {(target,): float(BREAKER_STATES.get(state, 0)) for target, state in states}
+def breaker_gauge(states: Iterable[tuple[str, str]], names: Names) -> dict[Labels, float]:
+    """Configured targets only: the breakers of direct routes are the client's to name."""
+    return {(target,): float(BREAKER_STATES.get(state, 0)) for target, state in states if names.configured(target)}

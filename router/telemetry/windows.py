@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Iterable
 from typing import Final
 
 from router.gateway.outcome import Outcome
@@ -25,13 +26,16 @@ class _Call:
 
 
 class TargetWindows:
-    def __init__(self) -> None:
+    """Only configured targets are kept: direct `provider/model` routes are the client's to name."""
+
+    def __init__(self, targets: Iterable[str]) -> None:
+        self._targets = frozenset(targets)
         self._calls: dict[str, deque[_Call]] = {}
 
     def __call__(self, outcome: Outcome) -> None:
         now = time.monotonic()
         for attempt in outcome.attempts:
-            if attempt.result in ("skipped", "abandoned", "rejected"):
+            if attempt.result in ("skipped", "abandoned", "rejected") or attempt.target not in self._targets:
                 continue
             ok = attempt.result == "ok"
             ttft = outcome.ttft_s if ok and attempt.target == outcome.target else None
