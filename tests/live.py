@@ -90,3 +90,22 @@ def running_proxy(config: Path, env: dict[str, str], log: Path, workers: int = 1
     finally:
         process.terminate()
         process.wait(10)
+
+
+def chat_scope(body: bytes, *headers: tuple[bytes, bytes]) -> dict[str, object]:
+    """The ASGI scope of a POST /v1/chat/completions with ``body``, for driving the app directly."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 2),
+        "state": {},
+    }

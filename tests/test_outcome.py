@@ -20,7 +20,7 @@ from router.config import settings_from_dict
 from router.gateway.outcome import Outcome
 from router.telemetry.logs import REQUEST_LOGGER, JSONFormatter, TextFormatter
 from tests.conftest import fixture_bytes
-from tests.live import running_proxy
+from tests.live import chat_scope, running_proxy
 
 HELLO = [{"role": "user", "content": "hi"}]
 COMPLETION = fixture_bytes("openai", "completion.json")
@@ -167,21 +167,7 @@ async def test_a_client_gone_mid_stream_is_one_outcome_marked_disconnected() -> 
             if chunks == 3:
                 gone.set()
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/chat/completions",
-        "raw_path": b"/v1/chat/completions",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"content-length", str(len(body)).encode()), (b"x-request-id", b"client-7")],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 2),
-        "state": {},
-    }
+    scope = chat_scope(body, (b"x-request-id", b"client-7"))
     async with AsyncTestClient(app=app), asyncio.timeout(5):
         await app(scope, receive, send)  # type: ignore[arg-type]
     (outcome,) = seen

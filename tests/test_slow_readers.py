@@ -20,7 +20,7 @@ from litestar.testing import AsyncTestClient
 from router.app import create_app
 from router.config import ServerConfig, settings_from_dict
 from tests.fakes import running_upstream
-from tests.live import LiveServer, running_proxy
+from tests.live import LiveServer, chat_scope, running_proxy
 
 CONFIG = """
 server: {{write_timeout_s: {write_s}}}
@@ -232,21 +232,7 @@ async def test_a_write_that_outlasts_the_idle_window_is_not_a_stall() -> None:
             if not message.get("more_body"):
                 done.set()
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/chat/completions",
-        "raw_path": b"/v1/chat/completions",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 2),
-        "state": {},
-    }
+    scope = chat_scope(body)
     async with AsyncTestClient(app=app):  # runs the app's lifespan
         async with asyncio.timeout(10):
             await app(scope, receive, send)  # type: ignore[arg-type]
