@@ -50,10 +50,6 @@ class TokenUsage(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     cached: int = 0
     reasoning: int = 0
 
-    @property
-    def total(self) -> int:
-        return self.prompt + self.completion
-
 
 class Report(msgspec.Struct, kw_only=True, gc=False):
     """What an answer said about itself, for the request's record: the usage the upstream

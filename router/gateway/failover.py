@@ -57,6 +57,7 @@ class Attempt:
     adapter: Provider
     transport: httpx.AsyncBaseTransport
     state: TargetState
+    kind: str  # the provider's type (openai, azure, anthropic, gemini, mock)
     drop_unsupported: bool = True
 
 
@@ -232,7 +233,11 @@ class Gateway:
                 entries.append(upstream.unavailable or "unavailable")
             else:
                 state = self.targets.get(target.provider, target.model)
-                entries.append(Attempt(target, upstream.adapter, upstream.transport, state, upstream.drop_unsupported))
+                entries.append(
+                    Attempt(
+                        target, upstream.adapter, upstream.transport, state, upstream.kind, upstream.drop_unsupported
+                    )
+                )
         return Prepared(group, tuple(entries))
 
     def candidates(self, route: Route, run: Run) -> Iterator[Attempt]:
@@ -254,7 +259,7 @@ class Gateway:
                     continue
                 yield attempt
 
-    async def _walk(self, call: Inbound, once: Once[T], exchange: Exchange) -> tuple[T, Target, Run]:
+    async def _walk(self, call: Inbound, once: Once[T], exchange: Exchange) -> tuple[T, Attempt, Run]:
         route = self.router.resolve(call.chat.model)
         exchange.alias = route.alias
         run = Run(route.alias, self.timeouts.total_s, exchange.attempts, exchange.trace)
@@ -266,7 +271,7 @@ class Gateway:
             # Built before any lease: a request the target cannot express fails without touching it.
             request = attempt.adapter.build_request(call, attempt.target.model)
             try:
-                return await self._on_target(attempt, request, run, once), attempt.target, run
+                return await self._on_target(attempt, request, run, once), attempt, run
             except TargetSkipped as skipped:
                 run.skipped(attempt.target, str(skipped))
             except UpstreamRejected:
@@ -300,8 +305,7 @@ class Gateway:
         if isinstance(lease, str):
             raise TargetSkipped(lease)
         run.calls += 1
-        trace, span = run.trace, None
-        kind = self.upstreams[attempt.target.provider].kind
+        trace, span, kind = run.trace, None, attempt.kind
         if trace is not None:
             span = trace.attempt(attempt.target.label, kind, attempt.target.model, request)
         started = time.perf_counter()
@@ -333,22 +337,17 @@ class Gateway:
         return result
 
     async def complete(self, call: Inbound, exchange: Exchange) -> Answer:
-        parsed, target, run = await self._walk(call, self._complete_once, exchange)
-        self._answered(exchange, target)
+        parsed, attempt, run = await self._walk(call, self._complete_once, exchange)
+        _answered(exchange, attempt)
         exchange.reported(parsed.report)
-        return Answer(parsed.body, target, run.calls, run.dropped)
+        return Answer(parsed.body, attempt.target, run.calls, run.dropped)
 
     async def open_stream(self, call: Inbound, exchange: Exchange) -> OpenStream:
         """Start a stream and wait for its first chunk, so that a failure before it can still move
         on to the next target, or become an HTTP error."""
-        opened, target, _ = await self._walk(call, partial(self._open_once, call), exchange)
-        self._answered(exchange, target)
+        opened, attempt, _ = await self._walk(call, partial(self._open_once, call), exchange)
+        _answered(exchange, attempt)
         return opened
-
-    def _answered(self, exchange: Exchange, target: Target) -> None:
-        exchange.target = target.label
-        exchange.model = target.model
-        exchange.provider = self.upstreams[target.provider].kind
 
     async def _complete_once(self, attempt: Attempt, request: httpx.Request, lease: Lease, run: Run) -> Parsed:
         adapter, provider = attempt.adapter, attempt.target.provider
@@ -357,10 +356,7 @@ class Gateway:
         started = loop.time()
         try:
             async with asyncio.timeout(budget):
-                response = await attempt.transport.handle_async_request(request)
-                status = response.status_code
-                if status != 200:  # 3xx, 204, 1xx: not an answer, whatever the body
-                    raise await _refusal(adapter, response, provider)
+                response = await _send(attempt, request)
                 body = await read_body(response, self.max_answer_bytes, provider)
         except TimeoutError:
             raise UpstreamTimeout(f"provider '{provider}' did not answer within {budget:g}s") from None
@@ -381,10 +377,7 @@ class Gateway:
         upstream: UpstreamStream | None = None
         try:
             async with asyncio.timeout(budget):
-                response = await attempt.transport.handle_async_request(request)
-                status = response.status_code
-                if status != 200:  # 3xx, 204, 1xx: not an answer, whatever the body
-                    raise await _refusal(adapter, response, provider)
+                response = await _send(attempt, request)
                 upstream = UpstreamStream(response, adapter.stream_translator(call), provider, self.max_event_bytes)
                 first = await upstream.pull()
         except TimeoutError:
@@ -401,6 +394,12 @@ class Gateway:
 
     def snapshot(self) -> list[dict[str, object]]:
         return self.targets.snapshot()
+
+
+def _answered(exchange: Exchange, attempt: Attempt) -> None:
+    exchange.target = attempt.target.label
+    exchange.model = attempt.target.model
+    exchange.provider = attempt.kind
 
 
 def _unsupported(call: Inbound, attempt: Attempt) -> Sequence[str]:
@@ -446,6 +445,14 @@ async def read_upto(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
     finally:
         await response.aclose()
     return b"".join(chunks), True
+
+
+async def _send(attempt: Attempt, request: httpx.Request) -> httpx.Response:
+    """The upstream's response, if it is an answer; a 3xx, 204 or 1xx is not, whatever its body."""
+    response = await attempt.transport.handle_async_request(request)
+    if response.status_code != 200:
+        raise await _refusal(attempt.adapter, response, attempt.target.provider)
+    return response
 
 
 async def _refusal(adapter: Provider, response: httpx.Response, provider: str) -> UpstreamError:

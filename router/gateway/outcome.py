@@ -180,9 +180,6 @@ class Exchange:
         self.first_chunk_s: float | None = None
         self.client_disconnected = False
 
-    def elapsed(self) -> float:
-        return time.perf_counter() - self._started
-
     def reported(self, report: Report) -> None:
         """What the answer said about itself: usage (None stays unknown), finish reason, model."""
         self.usage = report.usage
