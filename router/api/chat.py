@@ -17,7 +17,7 @@ from router.api.disconnect import ClientWatch
 from router.api.responses import CLIENT_GONE, JSONBody
 from router.api.streams import SSEResponse
 from router.errors import InvalidRequest, MethodNotAllowed, PayloadTooLarge
-from router.gateway.failover import Gateway
+from router.gateway.failover import Gateway, OpenStream
 from router.gateway.outcome import REQUEST_ID_KEY, Exchange
 from router.gateway.routing import Target
 from router.gateway.tracing import RequestTrace
@@ -52,7 +52,7 @@ async def chat_completions(scope: HTTPScope, receive: Receive, send: Send) -> No
     try:
         call = decode_call(await read_body(scope, receive, state.max_body_bytes))
         exchange.stream = call.chat.is_stream
-        response = await _answer(state.gateway, call, receive, exchange)
+        status, code = await _serve(state.gateway, call, scope, receive, send, exchange)
     except SwitchboardError as exc:
         exchange.finish(exc.status, exc.code)
         raise
@@ -62,9 +62,7 @@ async def chat_completions(scope: HTTPScope, receive: Receive, send: Send) -> No
     except BaseException:  # cancelled: the server is shutting down
         exchange.finish(503, "cancelled")
         raise
-    await response(scope, receive, send)
-    # A stream has finished its own exchange (this is then a no-op); a 499 is a client gone.
-    exchange.finish(response.status, "client_disconnected" if exchange.client_disconnected else None)
+    exchange.finish(status, code)
 
 
 async def read_body(scope: HTTPScope, receive: Receive, limit: int) -> bytes:
@@ -88,29 +86,45 @@ async def read_body(scope: HTTPScope, receive: Receive, limit: int) -> bytes:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def _answer(gateway: Gateway, call: Inbound, receive: Receive, exchange: Exchange) -> JSONBody | SSEResponse:
+async def _serve(
+    gateway: Gateway, call: Inbound, scope: HTTPScope, receive: Receive, send: Send, exchange: Exchange
+) -> tuple[int, str | None]:
+    """Answer the request; the status and code it ended with. This is the one owner of what a
+    request holds: the bulkhead slot, the client watch and, for a stream, the upstream response
+    and its target's lease are each released here, once, however the request ends (the relay
+    only reports to the lease how the stream went)."""
     gateway.bulkhead.enter()
     watch = ClientWatch(receive)
-    handed_over = False
+    opened: OpenStream | None = None
     rid = (REQUEST_ID_HEADER, exchange.request_id.encode())
     try:
         if call.chat.is_stream:
             opened = await gateway.open_stream(call, exchange)
-            handed_over = True  # the response ends the lease, the watch and the bulkhead slot
             headers = _headers([*SSE_HEADERS, rid], opened.target, opened.calls, opened.dropped)
-            return SSEResponse(opened, headers, watch, gateway, exchange)
+            relay = SSEResponse(opened, headers, watch, gateway, exchange)
+            await relay(scope, receive, send)
+            return 200, relay.code
         answer = await gateway.complete(call, exchange)
-        await watch.stop()
+        await watch.stop()  # the answer is in: the end of the response would read as a disconnect
         exchange.first_chunk()
-        return JSONBody(answer.body, _headers([rid], answer.target, answer.calls, answer.dropped))
+        await JSONBody(answer.body, _headers([rid], answer.target, answer.calls, answer.dropped))(scope, receive, send)
+        return 200, None
     except asyncio.CancelledError:
-        if watch.absorb():
-            exchange.client_disconnected = True
-            return CLIENT_GONE
-        raise
+        if not watch.absorb():
+            raise
+        exchange.client_disconnected = True
+        await CLIENT_GONE(scope, receive, send)
+        return CLIENT_GONE.status, "client_disconnected"
     finally:
-        if not handed_over:
-            watch.close()
+        watch.close()
+        try:
+            if opened is not None:
+                opened.lease.abandoned()  # a no-op when the relay has ended it
+                try:
+                    await opened.upstream.aclose()
+                finally:
+                    exchange.reported(opened.upstream.report)
+        finally:
             gateway.bulkhead.leave()
 
 

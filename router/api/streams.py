@@ -38,17 +38,16 @@ def error_frame(exc: SwitchboardError) -> bytes:
 
 
 class SSEResponse:
-    """The client's side of a stream, as a plain ASGI app (Litestar sends it as it is).
+    """The client's side of a stream, as a plain ASGI app.
 
     It writes each batch of chunks as it arrives and holds nothing once written. The request's
-    ``ClientWatch`` cancels the relay when the client disconnects, which closes the upstream. At
-    the end it tells the target's lease how the stream went: whole, failed (which counts against
-    the breaker), or abandoned by the client (which does not).
+    ``ClientWatch`` cancels the relay when the client disconnects, which closes the upstream. It
+    tells the target's lease how the stream went: whole, failed (which counts against the
+    breaker), or abandoned by the client (which does not); ``code`` says it for the record. What
+    the stream holds is released by its owner (``router.api.chat``), not here.
     """
 
-    __slots__ = ("_exchange", "_first", "_gateway", "_headers", "_opened", "_watch")
-
-    status = 200
+    __slots__ = ("_exchange", "_first", "_gateway", "_headers", "_opened", "_watch", "code")
 
     def __init__(
         self,
@@ -64,10 +63,10 @@ class SSEResponse:
         self._headers = headers
         self._watch = watch
         self._gateway = gateway
+        self.code: str | None = "client_disconnected"  # until the stream ends otherwise
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         watch, lease, exchange = self._watch, self._opened.lease, self._exchange
-        code: str | None = "client_disconnected"
         self._gateway.active_streams += 1
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self._headers})
@@ -80,10 +79,10 @@ class SSEResponse:
                 return
             if failure is None:
                 lease.succeeded()
-                code = None
+                self.code = None
             else:
                 lease.failed(failure)
-                code = failure.code or "upstream_failed"
+                self.code = failure.code or "upstream_failed"
             await watch.stop()
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
@@ -92,14 +91,6 @@ class SSEResponse:
                 raise
         finally:
             self._gateway.active_streams -= 1
-            lease.abandoned()  # a no-op when the lease already ended
-            watch.close()
-            self._gateway.bulkhead.leave()
-            try:
-                await self._opened.upstream.aclose()
-            finally:
-                exchange.reported(self._opened.upstream.report)
-                exchange.finish(200, code)
 
     async def _relay(self, send: Send) -> SwitchboardError | None:
         """Relay until the end; the upstream's failure, if it failed mid-way (already sent as an
