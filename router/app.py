@@ -48,9 +48,10 @@ from router.resilience.breaker import Clock, utc_now
 from router.resilience.bulkhead import Bulkhead
 from router.resilience.retry import RetryPolicy, Sleep
 from router.resilience.targets import registry_from_config
+from router.telemetry.export import MetricExport, export_interval_s, metric_exporter_from_env
 from router.telemetry.logs import RequestLog
 from router.telemetry.logs import configure as configure_logging
-from router.telemetry.metrics import METRICS_DIR_ENV, Metrics, Names, breaker_gauge
+from router.telemetry.metrics import METRICS_DIR_ENV, Metrics, Names, breaker_gauge, breaker_transitions
 from router.telemetry.tracing import tracer_provider_from_env
 from router.telemetry.windows import TargetWindows
 from router.upstreams.registry import build_upstreams, close_upstreams
@@ -106,6 +107,7 @@ def create_app(
     seed: int | None = None,
     metrics_dir: Path | None = None,
     tracer_provider: TracerProvider | None = None,
+    metric_export: MetricExport | None = None,
 ) -> Litestar:
     """The tests' seams: ``transport`` replaces the network for every HTTP provider, ``clock``
     drives the breakers, ``sleep`` the retry waits, ``seed`` the load balancer's choices."""
@@ -129,9 +131,10 @@ def create_app(
         app.state.outcomes.pricing.warm()
         metrics: Metrics = app.state.metrics
         gateway: Gateway = app.state.gateway
-        metrics.gauges = lambda: {
+        metrics.live = lambda: {
             "switchboard_active_streams": {(): float(gateway.active_streams)},
             "switchboard_breaker_state": breaker_gauge(gateway.targets.states(), metrics.names),
+            "switchboard_breaker_transitions": breaker_transitions(gateway.targets.transitions(), metrics.names),
         }
         metrics.start()
         # Everything alive now (the app, the price table's thousands of objects) lives as long as
@@ -156,7 +159,7 @@ def create_app(
             HTTPException: _on_http_exception,
             Exception: _on_unexpected,
         },
-        state=State(_initial_state(models, config, metrics_dir, tracer_provider)),
+        state=State(_initial_state(models, config, metrics_dir, tracer_provider, metric_export)),
         request_max_body_size=config.server.max_body_bytes,
         openapi_config=None,
         logging_config=None,  # logging is the CLI's (and the tests') to set up, not the app's
@@ -165,10 +168,14 @@ def create_app(
 
 
 def _initial_state(
-    models: ModelList, config: Config, metrics_dir: Path | None, tracer_provider: TracerProvider | None
+    models: ModelList,
+    config: Config,
+    metrics_dir: Path | None,
+    tracer_provider: TracerProvider | None,
+    metric_export: MetricExport | None,
 ) -> dict[str, object]:
     configured = [f"{t.provider}/{t.model}" for m in config.models.values() for t in m.targets]
-    metrics = Metrics(Names(config.models, configured), metrics_dir)
+    metrics = Metrics(Names(config.models, configured), metrics_dir, metric_export)
     windows = TargetWindows(configured)
     return {
         "windows": windows,
@@ -185,8 +192,10 @@ def app_from_env() -> Litestar:
     if fmt := os.environ.get("SWITCHBOARD_LOG_FORMAT"):
         configure_logging(os.environ.get("SWITCHBOARD_LOG_LEVEL", "info"), fmt)
     shared = os.environ.get(METRICS_DIR_ENV)
+    exporter = metric_exporter_from_env()
     return create_app(
         load_settings(default_config_path(os.environ)),
         metrics_dir=Path(shared) if shared else None,
         tracer_provider=tracer_provider_from_env(),
+        metric_export=MetricExport(exporter, export_interval_s()) if exporter is not None else None,
     )

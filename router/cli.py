@@ -13,8 +13,10 @@ from typing import Final, TextIO
 
 from router.config import ConfigError, Settings, default_config_path, load_settings
 from router.gateway.routing import Router
+from router.telemetry.export import export_interval_s, metric_exporter_from_env
 from router.telemetry.logs import configure as configure_logging
 from router.telemetry.metrics import METRICS_DIR_ENV
+from router.telemetry.tracing import tracer_provider_from_env
 from router.upstreams.registry import Upstream, build_upstreams
 
 SIGPIPE_STATUS: Final = 141  # what a shell reports for a writer killed by SIGPIPE, as `cat` would be
@@ -74,6 +76,7 @@ def _check(path: str) -> int:
 
 def _serve(args: argparse.Namespace, path: str) -> int:
     settings = load_settings(path)  # fail here, once, rather than in every worker
+    _check_otel_env()
     server = settings.config.server
     os.environ["SWITCHBOARD_CONFIG"] = os.path.abspath(path)
     # Worker processes start afresh: they set up logging from these, in app_from_env.
@@ -94,6 +97,17 @@ def _serve(args: argparse.Namespace, path: str) -> int:
         if shared is not None:
             shutil.rmtree(shared, ignore_errors=True)
     return 0
+
+
+def _check_otel_env() -> None:
+    """A wrong ``OTEL_*`` variable stops the server here, once, not in every worker."""
+    provider = tracer_provider_from_env()
+    if provider is not None:
+        provider.shutdown()
+    exporter = metric_exporter_from_env()
+    if exporter is not None:
+        export_interval_s()
+        exporter.shutdown()
 
 
 def _run_uvicorn(args: argparse.Namespace, settings: Settings, host: str, port: int, workers: int) -> None:

@@ -112,6 +112,30 @@ async def test_metrics_count_what_the_outcomes_say() -> None:
     assert "req_" not in response.text  # no request ids, no client input in labels
 
 
+async def test_breaker_state_and_transitions_per_target() -> None:
+    settings = settings_from_dict(
+        {
+            "providers": {
+                "up": {"type": "openai", "base_url": "http://up.test/v1"},
+                "down": {"type": "openai", "base_url": "http://down.test/v1"},
+            },
+            "models": {"m": {"targets": [{"provider": "down", "model": "x"}, {"provider": "up", "model": "y"}]}},
+            "resilience": {"retry": {"max_attempts": 1}, "breaker": {"fail_max": 2, "reset_timeout_s": 600}},
+        },
+        {},
+    )
+    app = create_app(settings, transport=httpx.MockTransport(upstream))
+    async with AsyncTestClient(app=app) as http:
+        for _ in range(4):
+            assert (await http.post("/v1/chat/completions", json={"model": "m", "messages": HELLO})).status_code == 200
+        got = samples((await http.get("/metrics")).text)
+    assert got[("switchboard_breaker_state", (("target", "down/x"),))] == 2
+    assert got[("switchboard_breaker_state", (("target", "up/y"),))] == 0
+    assert got[("switchboard_breaker_transitions_total", (("state", "open"), ("target", "down/x")))] == 1
+    assert not [k for k in got if k[0] == "switchboard_breaker_transitions_total" and ("target", "up/y") in k[1]]
+    assert got[("switchboard_skips_total", (("alias", "m"), ("reason", "circuit_open")))] == 2
+
+
 def test_merging_workers_sums_counters_and_histograms_and_keeps_the_worst_breaker() -> None:
     def snapshot(pid: int, requests: float, state: float, streams: float) -> Snapshot:
         return Snapshot(

@@ -65,22 +65,38 @@ class _StateLog(pybreaker.CircuitBreakerListener):
 _STATE_LOG: Final = _StateLog()
 
 
+class _Transitions(pybreaker.CircuitBreakerListener):
+    """Counts one breaker's transitions by the state entered (for the metrics)."""
+
+    def __init__(self, counts: dict[str, int]) -> None:
+        self._counts = counts
+
+    def state_change(
+        self,
+        cb: pybreaker.CircuitBreaker,
+        old_state: pybreaker.CircuitBreakerState | None,
+        new_state: pybreaker.CircuitBreakerState,
+    ) -> None:
+        self._counts[new_state.name] = self._counts.get(new_state.name, 0) + 1
+
+
 class Breaker:
     """One target's breaker: pybreaker keeps the state machine and counters; this adapter admits
     requests from asyncio. pybreaker alone would let every concurrent request through while
     half-open; here at most ``half_open_max_calls`` probes are in flight and the rest skip."""
 
-    __slots__ = ("_cb", "_clock", "_probe_limit", "_probes", "_reset", "_storage", "config")
+    __slots__ = ("_cb", "_clock", "_probe_limit", "_probes", "_reset", "_storage", "config", "transitions")
 
     def __init__(self, name: str, cfg: BreakerConfig, clock: Clock = utc_now) -> None:
         self.config = cfg
         self._storage = _ClockedStorage(clock)
+        self.transitions: dict[str, int] = {}  # state entered → how many times
         self._cb = pybreaker.CircuitBreaker(
             fail_max=cfg.fail_max,
             reset_timeout=cfg.reset_timeout_s,
             success_threshold=cfg.success_threshold,
             state_storage=self._storage,
-            listeners=[_STATE_LOG],
+            listeners=[_STATE_LOG, _Transitions(self.transitions)],
             name=name,
         )
         self._clock = clock

@@ -148,6 +148,14 @@ class TargetRegistry:
         """Each target's label and breaker state."""
         return [(state.label, state.breaker.state) for state in (*self._declared.values(), *self._ad_hoc.values())]
 
+    def transitions(self) -> list[tuple[str, str, int]]:
+        """Each target's breaker transitions so far: label, state entered, count."""
+        return [
+            (state.label, entered, count)
+            for state in (*self._declared.values(), *self._ad_hoc.values())
+            for entered, count in state.breaker.transitions.items()
+        ]
+
 
 def registry_from_config(config: Config, clock: Clock = utc_now) -> TargetRegistry:
     """Breaker settings per target: ``resilience.breaker``, then the provider's ``breaker:``, then

@@ -20,13 +20,16 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 import msgspec
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from router.gateway.outcome import GENAI_PROVIDERS, AttemptRecord, Outcome
+
+if TYPE_CHECKING:
+    from router.telemetry.export import MetricExport
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,9 @@ class Spec(msgspec.Struct, frozen=True):
     labels: tuple[str, ...] = ()
     buckets: tuple[float, ...] = ()
     merge: Literal["sum", "max"] = "sum"  # for gauges across workers
+    live: bool = False  # read from the app's state when scraped, not recorded from Outcomes
+    otel: str = ""  # the OpenTelemetry instrument's name (OTLP export), and its unit
+    unit: str = ""
 
 
 SPECS: Final = {
@@ -62,6 +68,8 @@ SPECS: Final = {
             "GenAI operation duration, per upstream call",
             (*GENAI_LABELS, "error_type"),
             DURATION_BUCKETS,
+            otel="gen_ai.client.operation.duration",
+            unit="s",
         ),
         Spec(
             "gen_ai_client_token_usage",
@@ -69,6 +77,8 @@ SPECS: Final = {
             "Tokens used per answer",
             (*GENAI_LABELS, "gen_ai_token_type"),
             TOKEN_BUCKETS,
+            otel="gen_ai.client.token.usage",
+            unit="{token}",
         ),
         Spec(
             "gen_ai_client_operation_time_to_first_chunk_seconds",
@@ -76,39 +86,106 @@ SPECS: Final = {
             "Time to a stream's first chunk",
             GENAI_LABELS,
             DURATION_BUCKETS,
+            otel="gen_ai.client.operation.time_to_first_chunk",
+            unit="s",
         ),
         Spec(
             "switchboard_requests",
             "counter",
             "Requests by alias, answering target, status and error code",
             ("alias", "target", "status", "code"),
+            otel="switchboard.requests",
+            unit="{request}",
         ),
         Spec(
             "switchboard_failovers",
             "counter",
             "Upstream calls that failed and sent the request on",
             ("alias", "reason"),
+            otel="switchboard.failovers",
+            unit="{call}",
         ),
-        Spec("switchboard_retries", "counter", "Second and later tries at one target", ("target",)),
-        Spec("switchboard_skips", "counter", "Targets passed over, by reason", ("alias", "reason")),
-        Spec("switchboard_client_disconnects", "counter", "Requests whose client left before the end"),
-        Spec("switchboard_bulkhead_rejections", "counter", "Requests refused at resilience.max_concurrent"),
-        Spec("switchboard_tokens", "counter", "Tokens by alias, target and type", ("alias", "target", "type")),
-        Spec("switchboard_cost_usd", "counter", "Cost of the answers, USD", ("alias", "target")),
+        Spec(
+            "switchboard_retries",
+            "counter",
+            "Second and later tries at one target",
+            ("target",),
+            otel="switchboard.retries",
+            unit="{call}",
+        ),
+        Spec(
+            "switchboard_skips",
+            "counter",
+            "Targets passed over, by reason",
+            ("alias", "reason"),
+            otel="switchboard.skips",
+            unit="{target}",
+        ),
+        Spec(
+            "switchboard_client_disconnects",
+            "counter",
+            "Requests whose client left before the end",
+            otel="switchboard.client_disconnects",
+            unit="{request}",
+        ),
+        Spec(
+            "switchboard_bulkhead_rejections",
+            "counter",
+            "Requests refused at resilience.max_concurrent",
+            otel="switchboard.bulkhead_rejections",
+            unit="{request}",
+        ),
+        Spec(
+            "switchboard_tokens",
+            "counter",
+            "Tokens by alias, target and type",
+            ("alias", "target", "type"),
+            otel="switchboard.tokens",
+            unit="{token}",
+        ),
+        Spec(
+            "switchboard_cost_usd",
+            "counter",
+            "Cost of the answers, USD",
+            ("alias", "target"),
+            otel="switchboard.cost_usd",
+            unit="USD",
+        ),
         Spec(
             "switchboard_overhead_seconds",
             "histogram",
             "Time in Switchboard itself, not waiting on an upstream",
             (),
             OVERHEAD_BUCKETS,
+            otel="switchboard.overhead",
+            unit="s",
         ),
-        Spec("switchboard_active_streams", "gauge", "Streams being relayed now"),
+        Spec(
+            "switchboard_active_streams",
+            "gauge",
+            "Streams being relayed now",
+            live=True,
+            otel="switchboard.active_streams",
+            unit="{stream}",
+        ),
         Spec(
             "switchboard_breaker_state",
             "gauge",
             "Breaker state per target: 0 closed, 1 half-open, 2 open",
             ("target",),
             merge="max",
+            live=True,
+            otel="switchboard.breaker.state",
+            unit="1",
+        ),
+        Spec(
+            "switchboard_breaker_transitions",
+            "counter",
+            "Breaker transitions per target, by the state entered",
+            ("target", "state"),
+            live=True,
+            otel="switchboard.breaker.transitions",
+            unit="{transition}",
         ),
     )
 }
@@ -126,39 +203,59 @@ class Snapshot(msgspec.Struct):
     series: dict[str, Series]
 
 
-_SEP: Final = "\x1f"
+SEP: Final = "\x1f"
 _encode = msgspec.json.Encoder().encode
 _decode_snapshot = msgspec.json.Decoder(Snapshot).decode
 
 
+Cell = list[float]  # a counter: [value]; a histogram: [count per bucket…, +Inf count, sum, count]
+
+
 class Figures:
-    """This process's counters and histograms, added to on every Outcome."""
+    """This process's counters and histograms. The recorder keeps references to the cells it
+    adds to, so an Outcome costs list additions, not a dictionary lookup per figure."""
 
     def __init__(self) -> None:
-        self.values: dict[str, dict[Labels, float]] = {n: {} for n, s in SPECS.items() if s.kind == "counter"}
-        self.buckets: dict[str, dict[Labels, list[float]]] = {n: {} for n, s in SPECS.items() if s.kind == "histogram"}
+        self.values: dict[str, dict[Labels, Cell]] = {
+            n: {} for n, s in SPECS.items() if s.kind == "counter" and not s.live
+        }
+        self.buckets: dict[str, dict[Labels, Cell]] = {n: {} for n, s in SPECS.items() if s.kind == "histogram"}
+
+    def counter(self, name: str, labels: Labels) -> Cell:
+        series = self.values[name]
+        cell = series.get(labels)
+        if cell is None:
+            cell = series[labels] = [0.0]
+        return cell
+
+    def histogram(self, name: str, labels: Labels) -> Cell:
+        series = self.buckets[name]
+        cell = series.get(labels)
+        if cell is None:
+            cell = series[labels] = [0.0] * (len(SPECS[name].buckets) + 3)
+        return cell
 
     def add(self, name: str, labels: Labels, amount: float = 1.0) -> None:
-        series = self.values[name]
-        series[labels] = series.get(labels, 0.0) + amount
+        self.counter(name, labels)[0] += amount
 
     def observe(self, name: str, labels: Labels, value: float) -> None:
-        series = self.buckets[name]
-        counts = series.get(labels)
-        bounds = SPECS[name].buckets
-        if counts is None:
-            counts = series[labels] = [0.0] * (len(bounds) + 3)
-        counts[bisect.bisect_left(bounds, value)] += 1
-        counts[-2] += value
-        counts[-1] += 1
+        _observe(self.histogram(name, labels), SPECS[name].buckets, value)
 
-    def snapshot(self, gauges: Mapping[str, Mapping[Labels, float]]) -> Snapshot:
+    def snapshot(self, live: Mapping[str, Mapping[Labels, float]]) -> Snapshot:
         series: dict[str, Series] = {}
-        for name, values in (*self.values.items(), *gauges.items()):
-            series[name] = Series(values={_SEP.join(k): v for k, v in values.items()})
+        for name, values in self.values.items():
+            series[name] = Series(values={SEP.join(k): v[0] for k, v in values.items()})
+        for name, now in live.items():
+            series[name] = Series(values={SEP.join(k): v for k, v in now.items()})
         for name, buckets in self.buckets.items():
-            series[name] = Series(buckets={_SEP.join(k): list(v) for k, v in buckets.items()})
+            series[name] = Series(buckets={SEP.join(k): list(v) for k, v in buckets.items()})
         return Snapshot(os.getpid(), series)
+
+
+def _observe(cell: Cell, bounds: tuple[float, ...], value: float) -> None:
+    cell[bisect.bisect_left(bounds, value)] += 1
+    cell[-2] += value
+    cell[-1] += 1
 
 
 # Codes Switchboard itself gives; an upstream's own code (a 4xx passed back) is "upstream_error".
@@ -223,23 +320,68 @@ def _moved_on(attempts: Sequence[AttemptRecord], i: int) -> bool:
     return not any(a.target == target for a in later) and any(a.result != "skipped" for a in later)
 
 
+class _AnswerCells:
+    """The cells one answering (alias, target, provider, response model) adds to, each made when
+    first needed: a series exists only once it has something to count (no 0 for unknown)."""
+
+    __slots__ = ("_alias", "_f", "_genai", "_target", "cost", "ttft", "usage")
+
+    def __init__(self, f: Figures, alias: str, target: str, genai: Labels) -> None:
+        self._f, self._alias, self._target, self._genai = f, alias, target, genai
+        self.ttft: Cell | None = None
+        self.usage: tuple[Cell, ...] | None = None  # input, output histograms; the four counters
+        self.cost: Cell | None = None
+
+    def ttft_cell(self) -> Cell:
+        self.ttft = self._f.histogram("gen_ai_client_operation_time_to_first_chunk_seconds", self._genai)
+        return self.ttft
+
+    def usage_cells(self) -> tuple[Cell, ...]:
+        f, genai, labels = self._f, self._genai, (self._alias, self._target)
+        self.usage = (
+            f.histogram("gen_ai_client_token_usage", (*genai, "input")),
+            f.histogram("gen_ai_client_token_usage", (*genai, "output")),
+            *(f.counter("switchboard_tokens", (*labels, kind)) for kind in ("input", "output", "cached", "reasoning")),
+        )
+        return self.usage
+
+    def cost_cell(self) -> Cell:
+        self.cost = self._f.counter("switchboard_cost_usd", (self._alias, self._target))
+        return self.cost
+
+
 class Recorder:
     """The Outcome listener. Label values are bounded: aliases and targets from the config (see
-    ``Names``), codes and reasons from Switchboard's own lists."""
+    ``Names``), codes and reasons from Switchboard's own lists. The cells an Outcome adds to are
+    found once per combination of labels and kept (as many as the series they name)."""
 
     def __init__(self, figures: Figures, names: Names) -> None:
         self._figures = figures
         self._names = names
+        self._requests: dict[tuple[str, str, int, str], Cell] = {}
+        self._answers: dict[tuple[str, str, str | None, str | None], _AnswerCells] = {}
+        self._calls: dict[tuple[str, str | None, str, str], Cell] = {}
+        self._overhead = figures.histogram("switchboard_overhead_seconds", ())
+        self._disconnects = figures.counter("switchboard_client_disconnects", ())
+        self._rejections = figures.counter("switchboard_bulkhead_rejections", ())
 
     def __call__(self, outcome: Outcome) -> None:
         f, names = self._figures, self._names
         alias, target = names.alias(outcome.alias), names.target(outcome.target)
-        code = outcome.code if outcome.code is None or outcome.code in OWN_CODES else "upstream_error"
-        f.add("switchboard_requests", (alias, target, str(outcome.status), code or ""))
+        code = outcome.code
+        if code is None:
+            code = ""
+        elif code not in OWN_CODES:
+            code = "upstream_error"
+        key = (alias, target, outcome.status, code)
+        cell = self._requests.get(key)
+        if cell is None:
+            cell = self._requests[key] = f.counter("switchboard_requests", (alias, target, str(outcome.status), code))
+        cell[0] += 1
         if outcome.client_disconnected:
-            f.add("switchboard_client_disconnects", ())
+            self._disconnects[0] += 1
         if code == "gateway_overloaded":
-            f.add("switchboard_bulkhead_rejections", ())
+            self._rejections[0] += 1
         waited = 0.0
         attempts = outcome.attempts
         for i, attempt in enumerate(attempts):
@@ -247,64 +389,82 @@ class Recorder:
                 f.add("switchboard_skips", (alias, attempt.error or "unavailable"))
                 continue
             waited += attempt.duration_s
-            label = names.target(attempt.target)
             if attempt.retry:
-                f.add("switchboard_retries", (label,))
+                f.add("switchboard_retries", (names.target(attempt.target),))
             failed = attempt.result in _FAILED
             if failed and _moved_on(attempts, i):
                 f.add("switchboard_failovers", (alias, attempt.error or attempt.result))
-            answered = (outcome.response_model or "") if attempt.result == "ok" else ""
-            provider = GENAI_PROVIDERS.get(attempt.provider or "", attempt.provider or "")
-            genai = ("chat", provider, names.model(attempt.target), answered)
-            error = (attempt.error or attempt.result) if failed else ""
-            f.observe("gen_ai_client_operation_duration_seconds", (*genai, error), attempt.duration_s)
-        self._answered(outcome, alias, target)
+            self._call_cell(attempt, outcome, failed)
+        if target:
+            self._answered(outcome, alias, target)
         # Overhead: the request's time not spent waiting on an upstream (for a stream, up to its
         # first chunk; after it the relay waits on the upstream or the client).
         spent = outcome.ttft_s if outcome.stream and outcome.ttft_s is not None else outcome.duration_s
-        f.observe("switchboard_overhead_seconds", (), max(0.0, spent - waited))
+        _observe(self._overhead, OVERHEAD_BUCKETS, max(0.0, spent - waited))
+
+    def _call_cell(self, attempt: AttemptRecord, outcome: Outcome, failed: bool) -> None:
+        label = self._names.target(attempt.target)
+        answered = (outcome.response_model or "") if attempt.result == "ok" else ""
+        error = (attempt.error or attempt.result) if failed else ""
+        key = (label, attempt.provider, answered, error)
+        cell = self._calls.get(key)
+        if cell is None:
+            provider = GENAI_PROVIDERS.get(attempt.provider or "", attempt.provider or "")
+            genai = ("chat", provider, self._names.model(attempt.target), answered, error)
+            cell = self._calls[key] = self._figures.histogram("gen_ai_client_operation_duration_seconds", genai)
+        _observe(cell, DURATION_BUCKETS, attempt.duration_s)
 
     def _answered(self, outcome: Outcome, alias: str, target: str) -> None:
-        f = self._figures
-        if not target:
-            return
-        provider = GENAI_PROVIDERS.get(outcome.provider or "", outcome.provider or "")
-        genai = ("chat", provider, self._names.model(outcome.target or ""), outcome.response_model or "")
+        key = (alias, target, outcome.provider, outcome.response_model)
+        cells = self._answers.get(key)
+        if cells is None:
+            provider = GENAI_PROVIDERS.get(outcome.provider or "", outcome.provider or "")
+            genai = ("chat", provider, self._names.model(outcome.target or ""), outcome.response_model or "")
+            cells = self._answers[key] = _AnswerCells(self._figures, alias, target, genai)
         if outcome.stream and outcome.ttft_s is not None:
-            f.observe("gen_ai_client_operation_time_to_first_chunk_seconds", genai, outcome.ttft_s)
+            _observe(cells.ttft or cells.ttft_cell(), DURATION_BUCKETS, outcome.ttft_s)
         usage = outcome.usage
         if usage is not None:
-            f.observe("gen_ai_client_token_usage", (*genai, "input"), usage.prompt)
-            f.observe("gen_ai_client_token_usage", (*genai, "output"), usage.completion)
-            f.add("switchboard_tokens", (alias, target, "input"), usage.prompt)
-            f.add("switchboard_tokens", (alias, target, "output"), usage.completion)
-            f.add("switchboard_tokens", (alias, target, "cached"), usage.cached)
-            f.add("switchboard_tokens", (alias, target, "reasoning"), usage.reasoning)
+            input_hist, output_hist, prompt, completion, cached, reasoning = cells.usage or cells.usage_cells()
+            _observe(input_hist, TOKEN_BUCKETS, usage.prompt)
+            _observe(output_hist, TOKEN_BUCKETS, usage.completion)
+            prompt[0] += usage.prompt
+            completion[0] += usage.completion
+            cached[0] += usage.cached
+            reasoning[0] += usage.reasoning
         if outcome.cost_usd is not None:
-            f.add("switchboard_cost_usd", (alias, target), outcome.cost_usd)
+            (cells.cost or cells.cost_cell())[0] += outcome.cost_usd
 
 
-Gauges = Callable[[], Mapping[str, Mapping[Labels, float]]]
+Live = Callable[[], Mapping[str, Mapping[Labels, float]]]
 
 
 class Metrics:
-    """One process's metrics: its figures, its live gauges, and (with several workers) the files
+    """One process's metrics: its figures, its live series, and (with several workers) the files
     of the others."""
 
-    def __init__(self, names: Names, directory: Path | None = None) -> None:
+    def __init__(self, names: Names, directory: Path | None = None, export: MetricExport | None = None) -> None:
         self.names = names
+        self.export = export
         self.figures = Figures()
         self.recorder = Recorder(self.figures, names)
-        self.gauges: Gauges = dict  # the app sets what its live gauges read
+        self.live: Live = dict  # the app sets what its live series read
         self._dir = directory
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
+        if self.export is not None:
+            self.export.start(lambda: self.figures.snapshot(self.live()))
         if self._dir is not None:
             self._dir.mkdir(parents=True, exist_ok=True)
             self._task = asyncio.get_running_loop().create_task(self._flush_forever())
 
     async def stop(self) -> None:
+        if self.export is not None:
+            try:
+                await self.export.stop()
+            except Exception:
+                log.warning("metrics: the last export failed", exc_info=True)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -327,11 +487,11 @@ class Metrics:
             return
         path = self._dir / f"{os.getpid()}.json"
         temporary = path.with_suffix(".tmp")
-        temporary.write_bytes(_encode(self.figures.snapshot(self.gauges())))
+        temporary.write_bytes(_encode(self.figures.snapshot(self.live())))
         os.replace(temporary, path)
 
     def render(self) -> bytes:
-        mine = self.figures.snapshot(self.gauges())
+        mine = self.figures.snapshot(self.live())
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Collector(merge([mine, *self._others()])))
         return generate_latest(registry)
@@ -419,9 +579,13 @@ class _Collector:
 
 
 def _split(key: str, spec: Spec) -> list[str]:
-    return key.split(_SEP) if spec.labels else []
+    return key.split(SEP) if spec.labels else []
 
 
 def breaker_gauge(states: Iterable[tuple[str, str]], names: Names) -> dict[Labels, float]:
     """Configured targets only: the breakers of direct routes are the client's to name."""
     return {(target,): float(BREAKER_STATES.get(state, 0)) for target, state in states if names.configured(target)}
+
+
+def breaker_transitions(transitions: Iterable[tuple[str, str, int]], names: Names) -> dict[Labels, float]:
+    return {(target, state): float(count) for target, state, count in transitions if names.configured(target)}
