@@ -262,3 +262,80 @@ def test_the_server_logs_one_json_line_per_request(tmp_path: Path) -> None:
     assert request["prompt_tokens"] == 1
     assert any(r["logger"].startswith("uvicorn") for r in records)  # uvicorn's lines in the same format
     assert all(line.startswith(b"{") for line in log.read_bytes().splitlines()[1:])  # after the banner
+
+
+def _outcomes() -> list[Outcome]:
+    from providers.base import TokenUsage
+    from router.gateway.outcome import AttemptRecord
+
+    ok = AttemptRecord(target="up/y", result="ok", provider="openai", duration_s=0.01)
+    failed = AttemptRecord(target="down/x", result="failed", provider="openai", error="UpstreamServerError")
+    skipped = AttemptRecord(target="dark/x", result="skipped", error="breaker_open")
+    base = Outcome(
+        request_id="r1",
+        alias="m",
+        stream=True,
+        status=200,
+        code=None,
+        attempts=(ok,),
+        target="up/y",
+        provider="openai",
+        response_model="y-1",
+        response_id="chatcmpl-1",
+        finish_reason="stop",
+        usage=TokenUsage(prompt=3, completion=5, cached=1, reasoning=2),
+        cost_usd=0.000125,
+        ttft_s=0.0123456,
+        duration_s=0.456789,
+        client_disconnected=False,
+    )
+    return [
+        base,
+        msgspec.structs.replace(base, attempts=(skipped, failed, ok), usage=None, cost_usd=None, ttft_s=None),
+        msgspec.structs.replace(base, attempts=(failed,), status=502, code="upstream_failed", target=None),
+        msgspec.structs.replace(base, attempts=(), alias=None, status=400, code="invalid_json", stream=False),
+    ]
+
+
+@pytest.mark.parametrize("outcome", _outcomes())
+def test_the_direct_request_line_is_the_formatters_line(outcome: Outcome) -> None:
+    """With Switchboard's own JSON handler, the line is encoded without a LogRecord: it must be
+    the very line the formatter writes from a record (the time aside)."""
+    from router.telemetry.logs import LazyFlushHandler, RequestLog, request_fields
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    handler = LazyFlushHandler()
+    handler.setFormatter(JSONFormatter())
+    handler._fd = 2  # as when stderr is a file: lines wait in the handler's buffer
+    try:
+        root.handlers[:] = [handler]
+        root.setLevel(logging.INFO)
+        RequestLog()(outcome)
+        (direct,) = handler._pending
+        handler._pending.clear()
+    finally:
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+        handler.close()
+    record = logging.getLogger(REQUEST_LOGGER).makeRecord(
+        REQUEST_LOGGER, logging.INFO, "", 0, "request", (), None, extra={"fields": request_fields(outcome)}
+    )
+    expected = msgspec.json.decode(JSONFormatter().format(record))
+    line = msgspec.json.decode(direct)
+    assert direct.endswith(b"\n")
+    assert direct.count(b"\n") == 1
+    assert list(line) == list(expected)  # same fields in the same order
+    assert {k: v for k, v in line.items() if k != "ts"} == {k: v for k, v in expected.items() if k != "ts"}
+    assert line["ts"].endswith("Z")
+    assert len(line["ts"]) == len(expected["ts"])
+
+
+def test_another_logging_setup_gets_an_ordinary_record(caplog: pytest.LogCaptureFixture) -> None:
+    from router.telemetry.logs import RequestLog
+
+    caplog.set_level(logging.INFO, logger=REQUEST_LOGGER)
+    RequestLog()(_outcomes()[1])
+    (record,) = [r for r in caplog.records if r.name == REQUEST_LOGGER]
+    assert record.fields["skipped"] == ["dark/x:breaker_open"]  # type: ignore[attr-defined]
+    assert record.fields["attempts"] == 2  # type: ignore[attr-defined]

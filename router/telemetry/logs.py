@@ -21,6 +21,14 @@ REQUEST_LOGGER: Final = "switchboard.requests"
 _encode = msgspec.json.Encoder().encode
 
 
+def _failures(outcome: Outcome) -> list[str] | None:
+    return [f"{a.target}:{a.error}" for a in outcome.attempts if a.result not in ("ok", "skipped")] or None
+
+
+def _skipped(outcome: Outcome) -> list[str] | None:
+    return [f"{a.target}:{a.error}" for a in outcome.attempts if a.result == "skipped"] or None
+
+
 def request_fields(outcome: Outcome) -> dict[str, Any]:
     """The per-request line's fields (a contract: dashboards parse them)."""
     usage = outcome.usage
@@ -31,7 +39,7 @@ def request_fields(outcome: Outcome) -> dict[str, Any]:
         "status": outcome.status,
         "code": outcome.code,
         "stream": outcome.stream,
-        "attempts": len([a for a in outcome.attempts if a.result != "skipped"]),
+        "attempts": sum(1 for a in outcome.attempts if a.result != "skipped"),
         "latency_ms": round(outcome.duration_s * 1000, 2),
         "ttft_ms": round(outcome.ttft_s * 1000, 2) if outcome.ttft_s is not None else None,
         "prompt_tokens": usage.prompt if usage is not None else None,
@@ -41,26 +49,111 @@ def request_fields(outcome: Outcome) -> dict[str, Any]:
         "cost_usd": outcome.cost_usd,
         "finish_reason": outcome.finish_reason,
         "client_disconnected": outcome.client_disconnected,
-        "failures": [f"{a.target}:{a.error}" for a in outcome.attempts if a.result not in ("ok", "skipped")] or None,
-        "skipped": [f"{a.target}:{a.error}" for a in outcome.attempts if a.result == "skipped"] or None,
+        "failures": _failures(outcome),
+        "skipped": _skipped(outcome),
     }
+
+
+class RequestLine(msgspec.Struct, gc=False):
+    """The JSON request line as ``JSONFormatter`` writes it, field for field, encoded in one step."""
+
+    ts: str
+    level: str
+    logger: str
+    message: str
+    request_id: str
+    alias: str | None
+    target: str | None
+    status: int
+    code: str | None
+    stream: bool
+    attempts: int
+    latency_ms: float
+    ttft_ms: float | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    cached_tokens: int | None
+    reasoning_tokens: int | None
+    cost_usd: float | None
+    finish_reason: str | None
+    client_disconnected: bool
+    failures: list[str] | None
+    skipped: list[str] | None
+
+
+def request_line(outcome: Outcome, ts: str, logger: str) -> RequestLine:
+    usage = outcome.usage
+    attempts = outcome.attempts
+    plain = all(a.result == "ok" for a in attempts)  # the common case: nothing failed or skipped
+    return RequestLine(
+        ts,
+        "info",
+        logger,
+        "request",
+        outcome.request_id,
+        outcome.alias,
+        outcome.target,
+        outcome.status,
+        outcome.code,
+        outcome.stream,
+        len(attempts) if plain else sum(1 for a in attempts if a.result != "skipped"),
+        round(outcome.duration_s * 1000, 2),
+        round(outcome.ttft_s * 1000, 2) if outcome.ttft_s is not None else None,
+        usage.prompt if usage is not None else None,
+        usage.completion if usage is not None else None,
+        usage.cached if usage is not None else None,
+        usage.reasoning if usage is not None else None,
+        outcome.cost_usd,
+        outcome.finish_reason,
+        outcome.client_disconnected,
+        None if plain else _failures(outcome),
+        None if plain else _skipped(outcome),
+    )
 
 
 class RequestLog:
     """The Outcome listener that writes the per-request line (at INFO on ``switchboard.requests``).
-    The record is made directly: ``logger.info`` would walk the stack to find its caller, which
-    this line, written from one place, has no use for."""
+
+    Where the line would end in Switchboard's own JSON handler anyway (the logger and the root
+    filter nothing, and the root's one handler is ``LazyFlushHandler`` with ``JSONFormatter``),
+    it is encoded straight into that handler: no ``LogRecord``, no dictionary, no str round trip
+    (a third of the line's cost). Any other logging setup gets an ordinary record."""
 
     def __init__(self, logger: logging.Logger | None = None) -> None:
         self._log = logger or logging.getLogger(REQUEST_LOGGER)
 
     def __call__(self, outcome: Outcome) -> None:
         log = self._log
-        if log.isEnabledFor(logging.INFO):
-            record = log.makeRecord(
-                log.name, logging.INFO, "", 0, "request", (), None, extra={"fields": request_fields(outcome)}
-            )
-            log.handle(record)
+        if not log.isEnabledFor(logging.INFO):
+            return
+        handler = self._direct()
+        if handler is not None:
+            formatter = handler.formatter
+            assert isinstance(formatter, JSONFormatter)
+            handler.append(_encode(request_line(outcome, formatter.stamp(time.time()), log.name)) + b"\n")
+            return
+        record = log.makeRecord(
+            log.name, logging.INFO, "", 0, "request", (), None, extra={"fields": request_fields(outcome)}
+        )
+        log.handle(record)
+
+    def _direct(self) -> LazyFlushHandler | None:
+        log = self._log
+        if log.handlers or log.filters or not log.propagate or log.parent is not logging.root:
+            return None
+        root = logging.root
+        handlers = root.handlers
+        if len(handlers) != 1 or root.filters:
+            return None
+        handler = handlers[0]
+        if (
+            type(handler) is LazyFlushHandler
+            and type(handler.formatter) is JSONFormatter
+            and handler.level <= logging.INFO
+            and not handler.filters
+        ):
+            return handler
+        return None
 
 
 class JSONFormatter(logging.Formatter):
@@ -71,12 +164,15 @@ class JSONFormatter(logging.Formatter):
         self._second = -1
         self._stamp = ""  # the current second, formatted once
 
-    def format(self, record: logging.LogRecord) -> str:
-        second = int(record.created)
+    def stamp(self, created: float) -> str:
+        second = int(created)
         if second != self._second:
             self._second, self._stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._stamp}.{int((created - second) * 1000):03d}Z"
+
+    def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "ts": f"{self._stamp}.{int(record.msecs):03d}Z",
+            "ts": self.stamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -133,6 +229,13 @@ class LazyFlushHandler(logging.Handler):
             sys.stderr.write(line)
             return
         self._pending.append(line.encode("utf-8", "backslashreplace"))  # list.append is atomic
+
+    def append(self, line: bytes) -> None:
+        """A whole line, already formatted and encoded (``RequestLog``'s direct path)."""
+        if self._fd is None:
+            sys.stderr.write(line.decode())
+            return
+        self._pending.append(line)
 
     def _flush_forever(self) -> None:
         while not self._stop.wait(self.FLUSH_S):
