@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import msgspec
 
+from bench.discard import entry_point_dir
 from bench.load import LoadResult, hold_streams, run_wrk
 from bench.upstream import Nginx
 
@@ -27,9 +28,13 @@ PROXY_CPU, LOAD_CPU = 0, 1
 HTTPX_PASSTHROUGHS = ("passthrough-httpx", "passthrough-httpx-aiohttp", "passthrough-direct")
 # switchboard: the proxy at --log-level warning (no request lines); -logged: the defaults, one JSON
 # request line per request (to a file) and the metrics; -traced: that and tracing at 100%
-# sampling, exported by the SDK's console exporter (spans serialised, as for OTLP) to a file.
-TELEMETRY_SUBJECTS = ("switchboard-logged", "switchboard-traced")
-SUBJECTS = ("direct", *HTTPX_PASSTHROUGHS, "passthrough-aiohttp", "switchboard", *TELEMETRY_SUBJECTS)
+# sampling to an in-process exporter that drops the spans (tracing's own cost); -traced-otlp: the
+# same exported over OTLP/HTTP (protobuf) to a sink in nginx (the SDK's encoder on the same CPU);
+# baseline: the build named by --baseline, by default the last one before telemetry, which the
+# telemetry targets compare with.
+TELEMETRY_SUBJECTS = ("switchboard-logged", "switchboard-traced", "switchboard-traced-otlp")
+SUBJECTS = ("direct", *HTTPX_PASSTHROUGHS, "passthrough-aiohttp", "switchboard", *TELEMETRY_SUBJECTS, "baseline")
+BEFORE_TELEMETRY = "7e899d7"  # the end of issue #7: Switchboard before the Outcome, metrics, logs and traces
 SCENARIOS = (("json", 1), ("json", 64), ("stream", 1), ("stream", 64))
 
 
@@ -77,8 +82,9 @@ def switchboard_config(upstream: str) -> str:
 class Subject:
     """A server under test, started pinned to the proxy CPU."""
 
-    def __init__(self, name: str, upstream: str, workdir: Path) -> None:
+    def __init__(self, name: str, upstream: str, workdir: Path, baseline: str = BEFORE_TELEMETRY) -> None:
         self.name = name
+        self.baseline = baseline
         self.port = free_port()
         self.upstream = upstream
         self.workdir = workdir
@@ -86,7 +92,7 @@ class Subject:
 
     @property
     def is_switchboard(self) -> bool:
-        return self.name.startswith("switchboard")
+        return self.name.startswith("switchboard") or self.name == "baseline"
 
     def url(self, kind: str) -> str:
         if self.is_switchboard:
@@ -101,11 +107,27 @@ class Subject:
         if self.is_switchboard:
             config = self.workdir / "switchboard.yaml"
             config.write_text(switchboard_config(self.upstream))
-            level = "warning" if self.name == "switchboard" else "info"
+            level = "warning" if self.name in ("switchboard", "baseline") else "info"
             argv = [sys.executable, "-m", "router", "serve", "--config", str(config), "--log-level", level]
-            argv += ["--port", str(self.port), "--log-format", "json"]
+            argv += ["--port", str(self.port)]
+            if self.name == "baseline":
+                env["PYTHONPATH"] = str(self._checkout())
+            else:
+                argv += ["--log-format", "json"]
             if self.name == "switchboard-traced":
-                env.update(OTEL_TRACES_EXPORTER="console", OTEL_TRACES_SAMPLER="always_on")
+                entry = entry_point_dir(self.workdir / "entry-points")
+                env.update(
+                    PYTHONPATH=os.pathsep.join([str(entry), str(Path(__file__).resolve().parent.parent)]),
+                    OTEL_TRACES_EXPORTER="discard",
+                    OTEL_TRACES_SAMPLER="always_on",
+                )
+            if self.name == "switchboard-traced-otlp":
+                env.update(
+                    OTEL_TRACES_EXPORTER="otlp",
+                    OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+                    OTEL_EXPORTER_OTLP_ENDPOINT=self.upstream,
+                    OTEL_TRACES_SAMPLER="always_on",
+                )
         else:
             env["BENCH_CLIENT"] = self.name.removeprefix("passthrough-")
             argv = [sys.executable, "-m", "uvicorn", "--factory", "bench.passthrough:create", "--port", str(self.port)]
@@ -123,6 +145,14 @@ class Subject:
             except httpx.TransportError:
                 time.sleep(0.1)
         raise RuntimeError(f"{self.name} did not start: see {self.workdir / self.name}.log")
+
+    def _checkout(self) -> Path:
+        """The baseline build's sources (git archive of the ref), run with this venv's packages."""
+        tree = self.workdir / "baseline"
+        tree.mkdir(exist_ok=True)
+        archive = subprocess.run(["git", "archive", self.baseline], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+        return tree
 
     def rss_kb(self) -> int:
         assert self.process is not None
@@ -246,15 +276,17 @@ def report(results: list[SubjectResult]) -> str:
                 f"| `anthropic` target (every event translated) | {anthropic.rps:,.0f} · {anthropic.p50_ms:.2f} · "
                 f"{anthropic.p99_ms:.2f} ({anthropic.rps / openai.rps:.2f}x, target >= 0.8) |",
             ]
-    if "switchboard" in by_name and any(n in by_name for n in TELEMETRY_SUBJECTS):
-        base = by_name["switchboard"]
+    reference = "baseline" if "baseline" in by_name else "switchboard"
+    if reference in by_name and any(n in by_name for n in TELEMETRY_SUBJECTS):
+        base = by_name[reference]
         lines.append("")
-        for name, target in (("switchboard-logged", 0.95), ("switchboard-traced", 0.8)):
+        for name, target in (("switchboard-logged", 0.95), ("switchboard-traced", 0.8), ("switchboard-traced-otlp", 0)):
             if name not in by_name:
                 continue
             for kind in ("json", "stream"):
                 ratio = by_name[name].runs[f"{kind}-c64"].rps / base.runs[f"{kind}-c64"].rps
-                lines.append(f"- {kind}: {name} at 64 clients = {ratio:.2f}x switchboard (target >= {target})")
+                goal = f" (target >= {target})" if target else ""
+                lines.append(f"- {kind}: {name} at 64 clients = {ratio:.2f}x {reference}{goal}")
     if "switchboard" in by_name and any(n in by_name for n in HTTPX_PASSTHROUGHS):
         sb = by_name["switchboard"]
         lines.append("")
@@ -277,6 +309,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="runs per scenario and subject (the median is reported)")
     parser.add_argument("--streams", type=int, default=500, help="slow streams held open for the memory test (0: skip)")
     parser.add_argument("--subjects", nargs="*", default=list(SUBJECTS), choices=SUBJECTS)
+    parser.add_argument("--baseline", default=BEFORE_TELEMETRY, help="git ref of the baseline subject's build")
     parser.add_argument("--out", type=Path, default=Path("bench/results/latest.json"))
     args = parser.parse_args()
     if len(os.sched_getaffinity(0)) < 2:
@@ -291,7 +324,9 @@ def main() -> int:
         for name in args.subjects:
             print(f"bench: starting {name}…", file=sys.stderr)
             subjects.append(
-                Direct(upstream) if name == "direct" else stack.enter_context(Subject(name, upstream, workdir))
+                Direct(upstream)
+                if name == "direct"
+                else stack.enter_context(Subject(name, upstream, workdir, args.baseline))
             )
         results = measure(subjects, args, workdir)
     text = report(results)

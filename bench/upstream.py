@@ -129,6 +129,8 @@ http {{
         location /stream/ {{ default_type text/event-stream; }}
         location /anthropic/ {{ default_type text/event-stream; }}
         location /slow/ {{ default_type text/event-stream; limit_rate 400; }}
+        # An OTLP/HTTP sink for the traced subject: takes every export, keeps nothing.
+        location /v1/ {{ client_max_body_size 64m; return 200 ''; }}
         location /flaky-json/ {{
             default_type application/json;
             if ($flaky = "fail") {{ return 503 '{{"error":{{"message":"injected","type":"server_error"}}}}'; }}

@@ -4,7 +4,8 @@ skips, W3C traceparent in from the client and out to the upstream; off by defaul
 
 from __future__ import annotations
 
-import importlib.util
+import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,8 +16,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from bench.discard import DiscardSpanExporter, entry_point_dir
 from router.app import create_app
 from router.config import ConfigError, settings_from_dict
+from router.telemetry.export import metric_exporter_from_env
 from router.telemetry.tracing import tracer_provider_from_env
 from tests.conftest import fixture_bytes
 
@@ -160,9 +163,29 @@ def test_the_provider_comes_from_the_standard_variables() -> None:
         tracer_provider_from_env({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "carrier-pigeon"})
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("opentelemetry.exporter") is not None, reason="the OTLP exporters are installed"
-)
-def test_otlp_without_its_exporters_says_how_to_get_them() -> None:
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_otlp_without_its_exporters_says_how_to_get_them(protocol: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # As on an install without the otlp extra: the exporter modules cannot be imported.
+    for kind in ("http", "grpc"):
+        monkeypatch.setitem(sys.modules, f"opentelemetry.exporter.otlp.proto.{kind}.trace_exporter", None)
+        monkeypatch.setitem(sys.modules, f"opentelemetry.exporter.otlp.proto.{kind}.metric_exporter", None)
+    env = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": protocol}
     with pytest.raises(ConfigError, match=r"switchboard\[otlp\]"):
-        tracer_provider_from_env({"OTEL_TRACES_EXPORTER": "otlp"})
+        tracer_provider_from_env(env)
+    with pytest.raises(ConfigError, match=r"switchboard\[otlp\]"):
+        metric_exporter_from_env({"OTEL_METRICS_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": protocol})
+
+
+def test_an_exporter_registered_by_an_installed_package_is_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the SDK's own configuration does: OTEL_TRACES_EXPORTER names an entry point in the
+    `opentelemetry_traces_exporter` group (here the benchmark's exporter that drops spans)."""
+    monkeypatch.syspath_prepend(str(entry_point_dir(tmp_path)))
+    provider = tracer_provider_from_env({"OTEL_TRACES_EXPORTER": "discard"})
+    assert provider is not None
+    try:
+        processor = provider._active_span_processor._span_processors[0]
+        assert isinstance(processor._batch_processor._exporter, DiscardSpanExporter)  # type: ignore[attr-defined]
+    finally:
+        provider.shutdown()

@@ -10,12 +10,15 @@ Message content is never recorded.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Final
 
 import httpx
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from router.gateway.outcome import GENAI_PROVIDERS, Outcome
+
+_PROPAGATED: Final = frozenset({b"traceparent", b"tracestate", b"baggage"})
 
 
 class RequestTrace:
@@ -24,7 +27,7 @@ class RequestTrace:
     __slots__ = ("_answering", "_context", "_server", "_tracer")
 
     def __init__(self, tracer: Tracer, headers: Iterable[tuple[bytes, bytes]], path: str) -> None:
-        carrier = {name.decode("latin-1"): value.decode("latin-1") for name, value in headers}
+        carrier = {name.decode("latin-1"): value.decode("latin-1") for name, value in headers if name in _PROPAGATED}
         parent = propagate.extract(carrier)  # the client's W3C traceparent, if it sent one
         self._tracer = tracer
         self._server = tracer.start_span(
@@ -58,16 +61,16 @@ class RequestTrace:
         return span
 
     def attempt_failed(self, span: Span, error: str, status: int | None) -> None:
-        span.set_attribute("error.type", error)
         if status is not None:
-            span.set_attribute("http.response.status_code", status)
+            span.set_attributes({"error.type": error, "http.response.status_code": status})
+        else:
+            span.set_attribute("error.type", error)
         span.set_status(Status(StatusCode.ERROR))
         span.end()
 
     def attempt_answered(self, span: Span) -> None:
         """The call that answered: its span ends with the request, when its usage and finish
         reason are known (for a stream, at its end)."""
-        span.set_attribute("http.response.status_code", 200)
         self._answering = span
 
     def event(self, name: str, attributes: Mapping[str, str | int | float]) -> None:
@@ -79,32 +82,37 @@ class RequestTrace:
             _answer_attributes(answering, outcome)
             answering.end()
         server = self._server
-        server.set_attribute("http.response.status_code", outcome.status)
-        server.set_attribute("switchboard.request_id", outcome.request_id)
+        attributes: dict[str, str | int] = {
+            "http.response.status_code": outcome.status,
+            "switchboard.request_id": outcome.request_id,
+        }
         if outcome.alias:
-            server.set_attribute("gen_ai.request.model", outcome.alias)
-        if outcome.client_disconnected:
-            server.add_event("client_disconnected")
+            attributes["gen_ai.request.model"] = outcome.alias
         if outcome.code is not None:
-            server.set_attribute("error.type", outcome.code)
+            attributes["error.type"] = outcome.code
             if outcome.status >= 500:
                 server.set_status(Status(StatusCode.ERROR))
+        server.set_attributes(attributes)  # one lock and one pass, not one per attribute
+        if outcome.client_disconnected:
+            server.add_event("client_disconnected")
         server.end()
 
 
 def _answer_attributes(span: Span, outcome: Outcome) -> None:
+    attributes: dict[str, str | int | list[str]] = {"http.response.status_code": 200}
     if outcome.response_model:
-        span.set_attribute("gen_ai.response.model", outcome.response_model)
+        attributes["gen_ai.response.model"] = outcome.response_model
     if outcome.response_id:
-        span.set_attribute("gen_ai.response.id", outcome.response_id)
+        attributes["gen_ai.response.id"] = outcome.response_id
     if outcome.finish_reason:
-        span.set_attribute("gen_ai.response.finish_reasons", [outcome.finish_reason])
+        attributes["gen_ai.response.finish_reasons"] = [outcome.finish_reason]
     usage = outcome.usage
     if usage is not None:
-        span.set_attribute("gen_ai.usage.input_tokens", usage.prompt)
-        span.set_attribute("gen_ai.usage.output_tokens", usage.completion)
-        span.set_attribute("gen_ai.usage.cache_read.input_tokens", usage.cached)
-        span.set_attribute("gen_ai.usage.reasoning.output_tokens", usage.reasoning)
+        attributes["gen_ai.usage.input_tokens"] = usage.prompt
+        attributes["gen_ai.usage.output_tokens"] = usage.completion
+        attributes["gen_ai.usage.cache_read.input_tokens"] = usage.cached
+        attributes["gen_ai.usage.reasoning.output_tokens"] = usage.reasoning
     if outcome.code is not None and outcome.status == 200:  # the stream failed after it started
-        span.set_attribute("error.type", outcome.code)
+        attributes["error.type"] = outcome.code
         span.set_status(Status(StatusCode.ERROR))
+    span.set_attributes(attributes)

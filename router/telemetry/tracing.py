@@ -2,7 +2,8 @@
 
 Off unless ``OTEL_TRACES_EXPORTER`` names an exporter: ``console`` (stderr), or ``otlp`` over
 ``OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`` / ``OTEL_EXPORTER_OTLP_PROTOCOL`` (``http/protobuf``, the
-default, or ``grpc``; the exporters come with ``pip install 'switchboard[otlp]'``). The SDK reads
+default, or ``grpc``; the exporters come with ``pip install 'switchboard[otlp]'``), or any other
+that an installed package registers under the ``opentelemetry_traces_exporter`` entry point. The SDK reads
 the rest itself: ``OTEL_SERVICE_NAME`` (default here ``switchboard``), ``OTEL_RESOURCE_ATTRIBUTES``,
 ``OTEL_TRACES_SAMPLER`` and its argument, and the exporters' endpoint, headers and timeout.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Mapping
+from importlib.metadata import entry_points
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -43,15 +45,19 @@ def _exporter(name: str, environ: Mapping[str, str]) -> SpanExporter:
     if name == "console":
         return ConsoleSpanExporter()
     if name != "otlp":
+        # Any other exporter an installed package registers, as the SDK's own configuration finds them.
+        for entry in entry_points(group="opentelemetry_traces_exporter", name=name):
+            exporter: SpanExporter = entry.load()()
+            return exporter
         raise ConfigError(f"OTEL_TRACES_EXPORTER: unknown exporter '{name}' (one of otlp, console, none)")
     protocol = environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
     module = _OTLP.get(protocol or "http/protobuf")
     if module is None:
         raise ConfigError(f"OTEL_EXPORTER_OTLP_PROTOCOL: unknown protocol '{protocol}' (http/protobuf or grpc)")
     try:
-        exporter: SpanExporter = importlib.import_module(module).OTLPSpanExporter()
+        otlp: SpanExporter = importlib.import_module(module).OTLPSpanExporter()
     except ImportError:
         raise ConfigError(
             "OTEL_TRACES_EXPORTER=otlp needs the OTLP exporters: pip install 'switchboard[otlp]'"
         ) from None
-    return exporter
+    return otlp
