@@ -18,7 +18,6 @@ from litestar import Litestar, Request, Response
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
-from opentelemetry.sdk.trace import TracerProvider
 
 from providers.errors import SwitchboardError
 from providers.schema import ModelCard, ModelList
@@ -44,6 +43,7 @@ from router.gateway.failover import Gateway
 from router.gateway.outcome import Outcomes
 from router.gateway.pricing import Pricing
 from router.gateway.routing import Router
+from router.gateway.tracing import Tracing
 from router.resilience.breaker import Clock, utc_now
 from router.resilience.bulkhead import Bulkhead
 from router.resilience.retry import RetryPolicy, Sleep
@@ -52,7 +52,7 @@ from router.telemetry.export import MetricExport, export_interval_s, metric_expo
 from router.telemetry.logs import RequestLog
 from router.telemetry.logs import configure as configure_logging
 from router.telemetry.metrics import METRICS_DIR_ENV, Metrics, Names, breaker_gauge, breaker_transitions
-from router.telemetry.tracing import tracer_provider_from_env
+from router.telemetry.tracing import tracing_from_env
 from router.telemetry.windows import TargetWindows
 from router.upstreams.registry import build_upstreams, close_upstreams
 
@@ -63,12 +63,13 @@ ATTEMPTS_HEADER: Final = "x-switchboard-attempts"
 
 
 def error_response(exc: SwitchboardError, request: Request[Any, Any, State]) -> Response[bytes]:
-    headers = {"x-request-id": request_id_of(request.scope)}
+    rid = request_id_of(request.scope)
+    headers = {"x-request-id": rid}
     if exc.retry_after is not None:
         headers["retry-after"] = str(max(1, math.ceil(exc.retry_after)))
     if isinstance(exc, AllTargetsFailed):
         headers[ATTEMPTS_HEADER] = str(exc.calls)
-    return Response(encode_error(exc), status_code=exc.status, media_type=JSON, headers=headers)
+    return Response(encode_error(exc, rid), status_code=exc.status, media_type=JSON, headers=headers)
 
 
 def _on_switchboard_error(request: Request[Any, Any, State], exc: SwitchboardError) -> Response[bytes]:
@@ -106,7 +107,7 @@ def create_app(
     sleep: Sleep = asyncio.sleep,
     seed: int | None = None,
     metrics_dir: Path | None = None,
-    tracer_provider: TracerProvider | None = None,
+    tracing: Tracing | None = None,
     metric_export: MetricExport | None = None,
 ) -> Litestar:
     """The tests' seams: ``transport`` replaces the network for every HTTP provider, ``clock``
@@ -147,8 +148,8 @@ def create_app(
                 await metrics.stop()
             finally:
                 await close_upstreams(upstreams)
-                if tracer_provider is not None:
-                    tracer_provider.shutdown()  # exports what is still batched
+                if tracing is not None:
+                    tracing.shutdown()  # exports what is still batched
 
     models = ModelList(data=[ModelCard(id=alias) for alias in config.models])
     return Litestar(
@@ -159,7 +160,7 @@ def create_app(
             HTTPException: _on_http_exception,
             Exception: _on_unexpected,
         },
-        state=State(_initial_state(models, config, metrics_dir, tracer_provider, metric_export)),
+        state=State(_initial_state(models, config, metrics_dir, tracing, metric_export)),
         request_max_body_size=config.server.max_body_bytes,
         openapi_config=None,
         logging_config=None,  # logging is the CLI's (and the tests') to set up, not the app's
@@ -171,7 +172,7 @@ def _initial_state(
     models: ModelList,
     config: Config,
     metrics_dir: Path | None,
-    tracer_provider: TracerProvider | None,
+    tracing: Tracing | None,
     metric_export: MetricExport | None,
 ) -> dict[str, object]:
     configured = [f"{t.provider}/{t.model}" for m in config.models.values() for t in m.targets]
@@ -179,7 +180,7 @@ def _initial_state(
     windows = TargetWindows(configured)
     return {
         "windows": windows,
-        "tracer": tracer_provider.get_tracer("switchboard") if tracer_provider is not None else None,
+        "tracing": tracing,
         "models_json": _encode(models),
         "max_body_bytes": config.server.max_body_bytes,
         "metrics": metrics,
@@ -196,6 +197,6 @@ def app_from_env() -> Litestar:
     return create_app(
         load_settings(default_config_path(os.environ)),
         metrics_dir=Path(shared) if shared else None,
-        tracer_provider=tracer_provider_from_env(),
+        tracing=tracing_from_env(),
         metric_export=MetricExport(exporter, export_interval_s()) if exporter is not None else None,
     )

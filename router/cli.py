@@ -16,7 +16,7 @@ from router.gateway.routing import Router
 from router.telemetry.export import export_interval_s, metric_exporter_from_env
 from router.telemetry.logs import configure as configure_logging
 from router.telemetry.metrics import METRICS_DIR_ENV
-from router.telemetry.tracing import tracer_provider_from_env
+from router.telemetry.tracing import tracing_from_env
 from router.upstreams.registry import Upstream, build_upstreams
 
 SIGPIPE_STATUS: Final = 141  # what a shell reports for a writer killed by SIGPIPE, as `cat` would be
@@ -101,9 +101,9 @@ def _serve(args: argparse.Namespace, path: str) -> int:
 
 def _check_otel_env() -> None:
     """A wrong ``OTEL_*`` variable stops the server here, once, not in every worker."""
-    provider = tracer_provider_from_env()
-    if provider is not None:
-        provider.shutdown()
+    tracing = tracing_from_env()
+    if tracing is not None:
+        tracing.shutdown()
     exporter = metric_exporter_from_env()
     if exporter is not None:
         export_interval_s()

@@ -106,12 +106,14 @@ class Overloaded(SwitchboardError):
     retry_after = 1.0
 
 
-def error_body(exc: SwitchboardError) -> ErrorEnvelope:
-    return ErrorEnvelope(ErrorBody(message=exc.message, type=exc.error_type, param=exc.param, code=exc.code))
+def error_body(exc: SwitchboardError, request_id: str | None = None) -> ErrorEnvelope:
+    """OpenAI's four keys; the request id goes in the message, as OpenAI's own errors put theirs."""
+    message = exc.message if request_id is None else f"{exc.message} (request id {request_id})"
+    return ErrorEnvelope(ErrorBody(message=message, type=exc.error_type, param=exc.param, code=exc.code))
 
 
-def encode_error(exc: SwitchboardError) -> bytes:
-    return _encode(error_body(exc))
+def encode_error(exc: SwitchboardError, request_id: str | None = None) -> bytes:
+    return _encode(error_body(exc, request_id))
 
 
 def internal_error() -> SwitchboardError:

@@ -211,7 +211,8 @@ async def test_the_clients_bad_request_goes_straight_back(code: int, stream: boo
         response = await h.chat(stream)
         targets = await h.targets()
     assert response.status_code == code
-    assert response.json()["error"]["message"] == "bad param"
+    # the upstream's message, and the request id, as every error body carries it
+    assert response.json()["error"]["message"] == f"bad param (request id {response.headers['x-request-id']})"
     assert h.upstreams.calls == {"a": 1}
     assert targets["a/ma"]["consecutive_failures"] == 0
 

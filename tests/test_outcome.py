@@ -127,6 +127,30 @@ async def test_skipped_targets_are_recorded_with_a_bounded_reason() -> None:
     assert "NOPE" in attempt.detail
 
 
+async def test_a_stream_error_event_names_the_request() -> None:
+    """After the first chunk an error is an event in the stream: it carries the request id too."""
+    broken = STREAM.split(b"\n\n")[0] + b"\n\n" + b'data: {"error":{"message":"boom","type":"server_error"}}\n\n'
+
+    def upstream_breaks(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=broken, headers={"content-type": "text/event-stream"})
+
+    settings = settings_from_dict(
+        {
+            "providers": {"up": {"type": "openai", "base_url": "http://up.test/v1"}},
+            "models": {"m": {"targets": [{"provider": "up", "model": "y"}]}},
+        },
+        {},
+    )
+    async with AsyncTestClient(app=create_app(settings, transport=httpx.MockTransport(upstream_breaks))) as http:
+        answer = await http.post(
+            "/v1/chat/completions",
+            json={"model": "m", "messages": HELLO, "stream": True},
+            headers={"x-request-id": "rq-9"},
+        )
+    (event,) = [line for line in answer.text.splitlines() if line.startswith('data: {"error"')]
+    assert msgspec.json.decode(event[6:])["error"]["message"].endswith(" (request id rq-9)")
+
+
 async def test_a_client_gone_mid_stream_is_one_outcome_marked_disconnected() -> None:
     seen: list[Outcome] = []
 
@@ -202,6 +226,8 @@ async def test_every_answer_carries_a_request_id(sent: str | None, echoed: bool)
             assert rid != sent
             assert rid.startswith("req_")
             assert len(rid) == 28  # req_ + 16 hex of the process + 8 of the count
+        if answer.status_code >= 400:  # and in the error body, where OpenAI puts its own
+            assert answer.json()["error"]["message"].endswith(f" (request id {rid})")
     assert len({a.headers["x-request-id"] for a in answers}) == (1 if echoed else len(answers))
 
 

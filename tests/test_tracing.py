@@ -11,16 +11,18 @@ from typing import Any
 import httpx
 import pytest
 from litestar.testing import AsyncTestClient
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, DEFAULT_ON, Sampler
 from opentelemetry.trace import SpanKind, StatusCode
 
 from bench.discard import DiscardSpanExporter, entry_point_dir
 from router.app import create_app
 from router.config import ConfigError, settings_from_dict
+from router.gateway.tracing import Tracing
 from router.telemetry.export import metric_exporter_from_env
-from router.telemetry.tracing import tracer_provider_from_env
+from router.telemetry.tracing import tracing_from_env
 from tests.conftest import fixture_bytes
 
 HELLO = [{"role": "user", "content": "hi"}]
@@ -41,7 +43,7 @@ class Upstream:
         return httpx.Response(200, content=fixture_bytes("openai", "completion.json"))
 
 
-def traced(upstream: Upstream, exporter: InMemorySpanExporter | None) -> AsyncTestClient[Any]:
+def traced(upstream: Upstream, exporter: InMemorySpanExporter | None, capture: bool = False) -> AsyncTestClient[Any]:
     settings = settings_from_dict(
         {
             "providers": {
@@ -62,11 +64,9 @@ def traced(upstream: Upstream, exporter: InMemorySpanExporter | None) -> AsyncTe
         },
         {},
     )
-    provider = None
-    if exporter is not None:
-        provider = TracerProvider()
-        provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return AsyncTestClient(app=create_app(settings, transport=httpx.MockTransport(upstream), tracer_provider=provider))
+    tracing = Tracing(SimpleSpanProcessor(exporter), capture_content=capture) if exporter is not None else None
+    app = create_app(settings, transport=httpx.MockTransport(upstream), tracing=tracing)
+    return AsyncTestClient(app=app)
 
 
 def by_kind(spans: tuple[ReadableSpan, ...], kind: SpanKind) -> list[ReadableSpan]:
@@ -149,18 +149,21 @@ async def test_tracing_is_off_by_default() -> None:
 
 
 def test_the_provider_comes_from_the_standard_variables() -> None:
-    assert tracer_provider_from_env({}) is None
-    assert tracer_provider_from_env({"OTEL_TRACES_EXPORTER": "none"}) is None
-    provider = tracer_provider_from_env({"OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "gw"})
-    assert provider is not None
-    assert provider.resource.attributes["service.name"] == "gw"
-    default = tracer_provider_from_env({"OTEL_TRACES_EXPORTER": "console"})
+    assert tracing_from_env({}) is None
+    assert tracing_from_env({"OTEL_TRACES_EXPORTER": "none"}) is None
+    tracing = tracing_from_env({"OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "gw"})
+    assert tracing is not None
+    assert tracing.resource.attributes["service.name"] == "gw"
+    assert not tracing.capture_content
+    tracing.shutdown()
+    default = tracing_from_env({"OTEL_TRACES_EXPORTER": "console"})
     assert default is not None
     assert default.resource.attributes["service.name"] == "switchboard"
+    default.shutdown()
     with pytest.raises(ConfigError, match="unknown exporter"):
-        tracer_provider_from_env({"OTEL_TRACES_EXPORTER": "zipkin-ish"})
+        tracing_from_env({"OTEL_TRACES_EXPORTER": "zipkin-ish"})
     with pytest.raises(ConfigError, match="unknown protocol"):
-        tracer_provider_from_env({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "carrier-pigeon"})
+        tracing_from_env({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "carrier-pigeon"})
 
 
 @pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
@@ -171,7 +174,7 @@ def test_otlp_without_its_exporters_says_how_to_get_them(protocol: str, monkeypa
         monkeypatch.setitem(sys.modules, f"opentelemetry.exporter.otlp.proto.{kind}.metric_exporter", None)
     env = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": protocol}
     with pytest.raises(ConfigError, match=r"switchboard\[otlp\]"):
-        tracer_provider_from_env(env)
+        tracing_from_env(env)
     with pytest.raises(ConfigError, match=r"switchboard\[otlp\]"):
         metric_exporter_from_env({"OTEL_METRICS_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": protocol})
 
@@ -182,10 +185,112 @@ def test_an_exporter_registered_by_an_installed_package_is_found(
     """As the SDK's own configuration does: OTEL_TRACES_EXPORTER names an entry point in the
     `opentelemetry_traces_exporter` group (here the benchmark's exporter that drops spans)."""
     monkeypatch.syspath_prepend(str(entry_point_dir(tmp_path)))
-    provider = tracer_provider_from_env({"OTEL_TRACES_EXPORTER": "discard"})
-    assert provider is not None
+    tracing = tracing_from_env({"OTEL_TRACES_EXPORTER": "discard"})
+    assert tracing is not None
     try:
-        processor = provider._active_span_processor._span_processors[0]
-        assert isinstance(processor._batch_processor._exporter, DiscardSpanExporter)  # type: ignore[attr-defined]
+        processor = tracing.processor._span_processors[0]  # type: ignore[attr-defined]
+        assert isinstance(processor._batch_processor._exporter, DiscardSpanExporter)
     finally:
-        provider.shutdown()
+        tracing.shutdown()
+
+
+def _answer_text(stream: bool) -> str:
+    import msgspec
+
+    if not stream:
+        return str(msgspec.json.decode(fixture_bytes("openai", "completion.json"))["choices"][0]["message"]["content"])
+    text = ""
+    for line in fixture_bytes("openai", "stream_text.sse").splitlines():
+        if line.startswith(b"data: {"):
+            for choice in msgspec.json.decode(line[6:])["choices"]:
+                text += choice.get("delta", {}).get("content") or ""
+    return text
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_message_content_is_recorded_only_when_turned_on(stream: bool) -> None:
+    import msgspec
+
+    asked = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "secret-prompt-7731"}]
+    for capture in (False, True):
+        exporter = InMemorySpanExporter()
+        async with traced(Upstream(), exporter, capture) as http:
+            answer = await http.post("/v1/chat/completions", json={"model": "m", "messages": asked, "stream": stream})
+            assert answer.status_code == 200
+        spans = exporter.get_finished_spans()
+        values = [str(v) for s in spans for v in (s.attributes or {}).values()]
+        values += [str(v) for s in spans for e in s.events for v in (e.attributes or {}).values()]
+        if not capture:
+            assert not any("secret-prompt-7731" in v for v in values)
+            assert not any("gen_ai.input.messages" in (s.attributes or {}) for s in spans)
+            continue
+        calls = by_kind(spans, SpanKind.CLIENT)
+        assert len(calls) == 3  # down twice, then up
+        for call in calls:
+            sent = msgspec.json.decode(str((call.attributes or {})["gen_ai.input.messages"]))
+            assert sent == [
+                {"role": "system", "parts": [{"type": "text", "content": "Be brief."}]},
+                {"role": "user", "parts": [{"type": "text", "content": "secret-prompt-7731"}]},
+            ]
+        answered = [c for c in calls if "gen_ai.output.messages" in (c.attributes or {})]
+        assert answered == [calls[-1]]  # only the call that answered has an answer
+        (output,) = msgspec.json.decode(str((calls[-1].attributes or {})["gen_ai.output.messages"]))
+        assert output["role"] == "assistant"
+        assert output["finish_reason"] == "stop"
+        assert output["parts"] == [{"type": "text", "content": _answer_text(stream)}]
+
+
+def test_streamed_tool_calls_are_put_together() -> None:
+    import msgspec
+
+    from router.gateway.content import StreamedOutput
+
+    chunks = [
+        b'{"choices":[{"index":0,"delta":{"role":"assistant","tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"get_weather","arguments":""}}]}}]}',
+        b'{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\\"city\\":"}}]}}]}',
+        b'{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"\\"Oslo\\"}"}}]}}]}',
+        b'{"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}',
+        b"not json",
+    ]
+    content = StreamedOutput()
+    content.add(chunks[:2])
+    content.add(chunks[2:])
+    (message,) = msgspec.json.decode(content.messages())
+    assert message == {
+        "role": "assistant",
+        "parts": [{"type": "tool_call", "id": "call_1", "name": "get_weather", "arguments": '{"city":"Oslo"}'}],
+        "finish_reason": "tool_calls",
+    }
+
+
+@pytest.mark.parametrize(
+    ("sampler", "client_flags", "recorded"),
+    [
+        (ALWAYS_OFF, None, False),
+        (DEFAULT_ON, "00", False),  # parent-based: the client's unsampled trace stays unsampled
+        (DEFAULT_ON, "01", True),
+        (DEFAULT_ON, None, True),
+    ],
+)
+async def test_the_sdks_sampler_decides(sampler: Sampler, client_flags: str | None, recorded: bool) -> None:
+    """An unsampled request writes no span, but its upstream calls still carry the trace, flagged
+    unsampled, so the rest of the system agrees."""
+    exporter = InMemorySpanExporter()
+    upstream = Upstream()
+    settings = settings_from_dict(
+        {
+            "providers": {"up": {"type": "openai", "base_url": "http://up.test/v1"}},
+            "models": {"m": {"targets": [{"provider": "up", "model": "x"}]}},
+        },
+        {},
+    )
+    tracing = Tracing(SimpleSpanProcessor(exporter), sampler=sampler)
+    headers = {"traceparent": f"00-{CLIENT_TRACE}-{CLIENT_PARENT}-{client_flags}"} if client_flags else {}
+    async with AsyncTestClient(
+        app=create_app(settings, transport=httpx.MockTransport(upstream), tracing=tracing)
+    ) as http:
+        answer = await http.post("/v1/chat/completions", json={"model": "m", "messages": HELLO}, headers=headers)
+        assert answer.status_code == 200
+    assert bool(exporter.get_finished_spans()) is recorded
+    (sent,) = [h["traceparent"] for h in upstream.headers]
+    assert sent.endswith("-01" if recorded else "-00")

@@ -47,11 +47,14 @@ async def chat_completions(scope: HTTPScope, receive: Receive, send: Send) -> No
     outcomes = state.outcomes
     exchange = Exchange(outcomes, outcomes.ids.of(scope["headers"]))
     scope["state"][REQUEST_ID_KEY] = exchange.request_id  # for the error handlers
-    if state.tracer is not None:
-        exchange.trace = RequestTrace(state.tracer, scope["headers"], CHAT_PATH)
+    tracing = state.tracing
+    if tracing is not None:
+        exchange.trace = RequestTrace(tracing, scope["headers"], CHAT_PATH, tracing.capture_content)
     try:
         call = decode_call(await read_body(scope, receive, state.max_body_bytes))
         exchange.stream = call.chat.is_stream
+        if exchange.trace is not None:
+            exchange.trace.inputs(call.chat.messages)
         status, code = await _serve(state.gateway, call, scope, receive, send, exchange)
     except SwitchboardError as exc:
         exchange.finish(exc.status, exc.code)
@@ -107,6 +110,8 @@ async def _serve(
         answer = await gateway.complete(call, exchange)
         await watch.stop()  # the answer is in: the end of the response would read as a disconnect
         exchange.first_chunk()
+        if exchange.trace is not None:
+            exchange.trace.answer(answer.body)
         await JSONBody(answer.body, _headers([rid], answer.target, answer.calls, answer.dropped))(scope, receive, send)
         return 200, None
     except asyncio.CancelledError:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from litestar.types import Receive, Scope, Send
@@ -21,6 +21,7 @@ from router.api.responses import abort_client
 from router.errors import encode_error, internal_error
 from router.gateway.failover import Gateway, OpenStream
 from router.gateway.outcome import Exchange
+from router.gateway.tracing import RequestTrace
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,21 @@ def frame(payloads: Sequence[bytes]) -> bytes:
     return b"".join([b"data: " + p + b"\n\n" for p in payloads])
 
 
-def error_frame(exc: SwitchboardError) -> bytes:
-    return b"data: " + encode_error(exc) + b"\n\n"
+def _framer(trace: RequestTrace | None) -> Callable[[Sequence[bytes]], bytes]:
+    """``frame``, noting each chunk for the answer's span when message content is captured."""
+    content = trace.streamed if trace is not None else None
+    if content is None:
+        return frame
+
+    def framed(payloads: Sequence[bytes]) -> bytes:
+        content.add(payloads)
+        return frame(payloads)
+
+    return framed
+
+
+def error_frame(exc: SwitchboardError, request_id: str | None = None) -> bytes:
+    return b"data: " + encode_error(exc, request_id) + b"\n\n"
 
 
 class SSEResponse:
@@ -104,7 +118,8 @@ class SSEResponse:
         opened = self._opened
         upstream, idle_s, deadline = opened.upstream, self._gateway.timeouts.idle_s, opened.deadline
         loop = asyncio.get_running_loop()
-        pending = frame(self._first) if self._first else None  # the write in progress
+        framed = _framer(self._exchange.trace)
+        pending = framed(self._first) if self._first else None  # the write in progress
         self._exchange.first_chunk()
         self._first = ()  # an open stream holds no more than it is writing
         finished = False
@@ -123,7 +138,7 @@ class SSEResponse:
                         if payloads is None:
                             pending, finished = DONE_FRAME, True
                         else:
-                            pending = frame(payloads)
+                            pending = framed(payloads)
             except TimeoutError:
                 if pending is None:
                     reason = (
@@ -148,7 +163,7 @@ class SSEResponse:
             await upstream.drain()
             return None
         log.warning("stream-failed target=%s reason=%r", opened.target.label, failure.message)
-        if not await self._write_until(send, error_frame(failure), deadline):
+        if not await self._write_until(send, error_frame(failure, self._exchange.request_id), deadline):
             return self._stalled()
         return failure
 

@@ -16,10 +16,12 @@ from collections.abc import Mapping
 from importlib.metadata import entry_points
 
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SynchronousMultiSpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
 from router.config import ConfigError
+from router.gateway.content import capture_from_env
+from router.gateway.tracing import Tracing
 
 _OTLP = {
     "http/protobuf": "opentelemetry.exporter.otlp.proto.http.trace_exporter",
@@ -27,18 +29,26 @@ _OTLP = {
 }
 
 
-def tracer_provider_from_env(env: Mapping[str, str] | None = None) -> TracerProvider | None:
-    """A provider with the exporters the environment names, or None: tracing is off."""
+def tracing_from_env(env: Mapping[str, str] | None = None) -> Tracing | None:
+    """Tracing with the exporters the environment names, or None: tracing is off."""
     environ = os.environ if env is None else env
     names = [n.strip() for n in environ.get("OTEL_TRACES_EXPORTER", "none").split(",") if n.strip()]
     exporters = [_exporter(name, environ) for name in names if name != "none"]
     if not exporters:
         return None
     service = environ.get("OTEL_SERVICE_NAME") or "switchboard"
-    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    # The SDK's provider reads the sampler (OTEL_TRACES_SAMPLER, _ARG) and the resource
+    # (OTEL_RESOURCE_ATTRIBUTES) from the environment; Switchboard takes both from it.
+    provider = TracerProvider(resource=Resource.create({"service.name": service}), shutdown_on_exit=False)
+    processor = SynchronousMultiSpanProcessor()  # type: ignore[no-untyped-call]
     for exporter in exporters:
-        provider.add_span_processor(BatchSpanProcessor(exporter))  # exported off the request path
-    return provider
+        processor.add_span_processor(BatchSpanProcessor(exporter))  # exported off the request path
+    return Tracing(
+        processor,
+        resource=provider.resource,
+        sampler=provider.sampler,
+        capture_content=capture_from_env(environ),
+    )
 
 
 def _exporter(name: str, environ: Mapping[str, str]) -> SpanExporter:
