@@ -43,7 +43,6 @@ from router.gateway.failover import Gateway
 from router.gateway.outcome import Outcomes
 from router.gateway.pricing import Pricing
 from router.gateway.routing import Router
-from router.gateway.tracing import Tracing
 from router.resilience.breaker import Clock, utc_now
 from router.resilience.bulkhead import Bulkhead
 from router.resilience.retry import RetryPolicy, Sleep
@@ -52,6 +51,7 @@ from router.telemetry.export import MetricExport, export_interval_s, metric_expo
 from router.telemetry.logs import RequestLog
 from router.telemetry.logs import configure as configure_logging
 from router.telemetry.metrics import METRICS_DIR_ENV, Metrics, Names, breaker_gauge, breaker_transitions
+from router.telemetry.spans import Tracing
 from router.telemetry.tracing import tracing_from_env
 from router.telemetry.windows import TargetWindows
 from router.upstreams.registry import build_upstreams, close_upstreams

@@ -20,8 +20,8 @@ from opentelemetry.trace import SpanKind, StatusCode
 from bench.discard import DiscardSpanExporter, entry_point_dir
 from router.app import create_app
 from router.config import ConfigError, settings_from_dict
-from router.gateway.tracing import Tracing
 from router.telemetry.export import metric_exporter_from_env
+from router.telemetry.spans import Tracing
 from router.telemetry.tracing import tracing_from_env
 from tests.conftest import fixture_bytes
 

@@ -20,7 +20,7 @@ from router.errors import InvalidRequest, MethodNotAllowed, PayloadTooLarge
 from router.gateway.failover import Gateway, OpenStream
 from router.gateway.outcome import REQUEST_ID_KEY, Exchange
 from router.gateway.routing import Target
-from router.gateway.tracing import RequestTrace
+from router.telemetry.spans import RequestTrace
 
 REQUEST_ID_HEADER: Final = b"x-request-id"
 TARGET_HEADER: Final = b"x-switchboard-target"

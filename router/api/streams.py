@@ -21,7 +21,7 @@ from router.api.responses import abort_client
 from router.errors import encode_error, internal_error
 from router.gateway.failover import Gateway, OpenStream
 from router.gateway.outcome import Exchange
-from router.gateway.tracing import RequestTrace
+from router.gateway.tracing import Trace
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def frame(payloads: Sequence[bytes]) -> bytes:
     return b"".join([b"data: " + p + b"\n\n" for p in payloads])
 
 
-def _framer(trace: RequestTrace | None) -> Callable[[Sequence[bytes]], bytes]:
+def _framer(trace: Trace | None) -> Callable[[Sequence[bytes]], bytes]:
     """``frame``, noting each chunk for the answer's span when message content is captured."""
     content = trace.streamed if trace is not None else None
     if content is None:

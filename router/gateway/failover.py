@@ -34,7 +34,7 @@ from router.errors import AllTargetsFailed, InvalidRequest, NoTargetAvailable
 from router.gateway.balancing import order
 from router.gateway.outcome import AttemptRecord, Exchange
 from router.gateway.routing import Group, Route, Router, Target
-from router.gateway.tracing import RequestTrace
+from router.gateway.tracing import Trace
 from router.gateway.upstream_stream import UpstreamStream
 from router.resilience.bulkhead import Bulkhead
 from router.resilience.retry import RetryPolicy
@@ -111,9 +111,7 @@ class Run:
 
     __slots__ = ("_loop", "alias", "calls", "deadline", "dropped", "last", "records", "trace")
 
-    def __init__(
-        self, alias: str, total_s: float, records: list[AttemptRecord], trace: RequestTrace | None = None
-    ) -> None:
+    def __init__(self, alias: str, total_s: float, records: list[AttemptRecord], trace: Trace | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         self.alias = alias
         self.trace = trace

@@ -23,7 +23,7 @@ import msgspec
 from providers.base import Report, TokenUsage
 
 if TYPE_CHECKING:
-    from router.gateway.tracing import RequestTrace
+    from router.gateway.tracing import Trace
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ class Exchange:
         self.model: str | None = None  # the answering target's upstream model
         self.response_model: str | None = None
         self.response_id: str | None = None
-        self.trace: RequestTrace | None = None  # when tracing is on
+        self.trace: Trace | None = None  # when tracing is on
         self.finish_reason: str | None = None
         self.usage: TokenUsage | None = None
         self.first_chunk_s: float | None = None

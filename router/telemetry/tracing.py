@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 
 from router.config import ConfigError
 from router.gateway.content import capture_from_env
-from router.gateway.tracing import Tracing
+from router.telemetry.spans import Tracing
 
 _OTLP = {
     "http/protobuf": "opentelemetry.exporter.otlp.proto.http.trace_exporter",
