@@ -81,9 +81,10 @@ async def test_a_request_is_a_server_span_with_a_client_span_per_upstream_call(s
         response = await http.post(
             "/v1/chat/completions",
             json={"model": "m", "messages": HELLO, "stream": stream},
-            headers={"traceparent": f"00-{CLIENT_TRACE}-{CLIENT_PARENT}-01"},
+            headers={"traceparent": f"00-{CLIENT_TRACE}-{CLIENT_PARENT}-01", "baggage": "tenant=acme"},
         )
     assert response.status_code == 200
+    assert all(h["baggage"] == "tenant=acme" for h in upstream.headers)  # the client's baggage goes on
     spans = exporter.get_finished_spans()
     (server,) = by_kind(spans, SpanKind.SERVER)
     clients = by_kind(spans, SpanKind.CLIENT)

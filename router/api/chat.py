@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import Sequence
 from typing import Final
@@ -21,6 +22,8 @@ from router.gateway.failover import Gateway, OpenStream
 from router.gateway.outcome import REQUEST_ID_KEY, Exchange
 from router.gateway.routing import Target
 from router.telemetry.spans import RequestTrace
+
+log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER: Final = b"x-request-id"
 TARGET_HEADER: Final = b"x-switchboard-target"
@@ -127,6 +130,8 @@ async def _serve(
                 opened.lease.abandoned()  # a no-op when the relay has ended it
                 try:
                     await opened.upstream.aclose()
+                except Exception:  # the answer is whole or gone: closing must not turn it into an error
+                    log.warning("closing the upstream stream of %s failed", opened.target.label, exc_info=True)
                 finally:
                     exchange.reported(opened.upstream.report)
         finally:

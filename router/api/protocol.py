@@ -22,6 +22,7 @@ import asyncio
 import fcntl
 import functools
 import logging
+import secrets
 import termios
 from typing import Any, Final, cast
 
@@ -259,9 +260,11 @@ class GuardedHttpTools(HttpToolsProtocol):
             cycle.message_event.set()
         if self.transport.is_closing():
             return
-        body = encode_error(error)
+        request_id = "req_" + secrets.token_hex(12)  # refused before it reached the app: an id of its own
+        body = encode_error(error, request_id)
         head = [b"HTTP/1.1 %d %s\r\n" % (error.status, _REASONS.get(error.status, b"Error"))]
         head.extend(name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers)
+        head.append(b"x-request-id: " + request_id.encode() + b"\r\n")
         head.append(b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body))
         self.transport.write(b"".join(head) + body)
         self.transport.close()

@@ -100,9 +100,9 @@ class SSEResponse:
             await watch.stop()
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
-            exchange.client_disconnected = True
             if not watch.absorb():
-                raise
+                raise  # the server is shutting down, not the client leaving
+            exchange.client_disconnected = True
         finally:
             self._gateway.active_streams -= 1
 

@@ -30,6 +30,7 @@ from opentelemetry.sdk.metrics.export import (
     HistogramDataPoint,
     Metric,
     MetricExporter,
+    MetricExportResult,
     MetricsData,
     NumberDataPoint,
     ResourceMetrics,
@@ -156,9 +157,11 @@ def metrics_data(snapshot: Snapshot, resource: Resource, start_ns: int, now_ns: 
 
 
 def _attributes(spec: Spec, key: str) -> dict[str, str]:
+    """An empty label value (no error, no response model) is an absent attribute in OTLP."""
     if not spec.labels:
         return {}
-    return {ATTRIBUTES.get(label, label): value for label, value in zip(spec.labels, key.split(SEP), strict=True)}
+    pairs = zip(spec.labels, key.split(SEP), strict=True)
+    return {ATTRIBUTES.get(label, label): value for label, value in pairs if value}
 
 
 class MetricExport:
@@ -172,6 +175,7 @@ class MetricExport:
         self._start_ns = time.time_ns()
         self._task: asyncio.Task[None] | None = None
         self._read: Callable[[], Snapshot] | None = None
+        self._exporting = asyncio.Lock()  # the last export waits for one still running
 
     def start(self, read: Callable[[], Snapshot]) -> None:
         self._read = read
@@ -195,8 +199,12 @@ class MetricExport:
     async def _export(self) -> None:
         if self._read is None:
             return
-        data = metrics_data(self._read(), self.resource, self._start_ns, time.time_ns())  # on the loop: figures move
-        try:
-            await asyncio.to_thread(self.exporter.export, data)
-        except Exception:  # a collector's trouble must not stop the next export
-            log.warning("metrics: the export failed", exc_info=True)
+        async with self._exporting:
+            data = metrics_data(self._read(), self.resource, self._start_ns, time.time_ns())  # on the loop
+            try:
+                result = await asyncio.to_thread(self.exporter.export, data)
+            except Exception:  # a collector's trouble must not stop the next export
+                log.warning("metrics: the export failed", exc_info=True)
+                return
+            if result is not MetricExportResult.SUCCESS:
+                log.warning("metrics: the exporter could not deliver the figures (%s)", result.name)

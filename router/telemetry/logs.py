@@ -130,7 +130,9 @@ class RequestLog:
         if handler is not None:
             formatter = handler.formatter
             assert isinstance(formatter, JSONFormatter)
-            handler.append(_encode(request_line(outcome, formatter.stamp(time.time()), log.name)) + b"\n")
+            with handler.lock or contextlib.nullcontext():  # as logging holds it around emit
+                line = _encode(request_line(outcome, formatter.stamp(time.time()), log.name)) + b"\n"
+                handler.append(line)
             return
         record = log.makeRecord(
             log.name, logging.INFO, "", 0, "request", (), None, extra={"fields": request_fields(outcome)}

@@ -282,6 +282,7 @@ OWN_CODES: Final = frozenset(
         "request_header_fields_too_large",
         "request_timeout",
         "invalid_http_request",
+        "cancelled",
     }
 )
 DIRECT: Final = "direct"  # the label of every `provider/model` route the config does not name

@@ -35,7 +35,6 @@ from router.gateway.content import StreamedOutput, input_messages, output_messag
 from router.gateway.outcome import GENAI_PROVIDERS, Outcome
 from router.gateway.tracing import CallSpan
 
-_PROPAGATED: Final = frozenset({b"traceparent", b"tracestate", b"baggage"})
 _ERROR: Final = Status(StatusCode.ERROR)
 _UNSET: Final = Status(StatusCode.UNSET)
 Attributes = dict[str, AttributeValue]
@@ -58,6 +57,8 @@ class Tracing:
         self.sampler = sampler
         self.capture_content = capture_content
         self.ids: IdGenerator = RandomIdGenerator()
+        # The headers the configured propagators read (OTEL_PROPAGATORS: W3C by default, or b3…).
+        self.fields = frozenset(f.lower().encode("latin-1") for f in propagate.get_global_textmap().fields)
         self.scope = InstrumentationScope("switchboard")
 
     def shutdown(self) -> None:
@@ -100,7 +101,8 @@ class RequestTrace:
     def __init__(
         self, tracing: Tracing, headers: Iterable[tuple[bytes, bytes]], path: str, capture: bool = False
     ) -> None:
-        carrier = {name.decode("latin-1"): value.decode("latin-1") for name, value in headers if name in _PROPAGATED}
+        fields = tracing.fields
+        carrier = {name.decode("latin-1"): value.decode("latin-1") for name, value in headers if name in fields}
         self._parent_context: Context | None = propagate.extract(carrier) if carrier else None
         parent = trace.get_current_span(self._parent_context).get_span_context() if carrier else None
         self._parent = parent if parent is not None and parent.is_valid else None
@@ -119,7 +121,7 @@ class RequestTrace:
         self.capture = capture  # message content on the spans (opt-in)
         self._input: str | None = None
         self._output: str | None = None
-        self.streamed: StreamedOutput | None = StreamedOutput() if capture else None
+        self.streamed: StreamedOutput | None = StreamedOutput() if capture and self.sampled else None
 
     @property
     def sampled(self) -> bool:
@@ -154,7 +156,8 @@ class RequestTrace:
         call = _Call(f"chat {model}", context, attributes)
         self._calls.append(call)
         carrier: dict[str, str] = {}
-        propagate.inject(carrier, context=trace.set_span_in_context(NonRecordingSpan(context)))
+        # On the client's context, so its baggage travels on with the trace.
+        propagate.inject(carrier, context=trace.set_span_in_context(NonRecordingSpan(context), self._parent_context))
         for name, value in carrier.items():
             request.headers[name] = value
         return call
