@@ -21,7 +21,10 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from providers.errors import SwitchboardError
 from providers.schema import ModelCard, ModelList
-from router.api.admin import list_targets
+from router.access.guard import Guard
+from router.admin.keys import ROUTES as ADMIN_ROUTES
+from router.admin.targets import list_targets
+from router.admin.usage import usage_report
 from router.api.chat import chat_completions
 from router.api.health import live, ready
 from router.api.metrics import metrics_endpoint
@@ -34,6 +37,7 @@ from router.errors import (
     InvalidRequest,
     MethodNotAllowed,
     PayloadTooLarge,
+    Refused,
     RouteNotFound,
     encode_error,
     internal_error,
@@ -47,6 +51,8 @@ from router.resilience.breaker import Clock, utc_now
 from router.resilience.bulkhead import Bulkhead
 from router.resilience.retry import RetryPolicy, Sleep
 from router.resilience.targets import registry_from_config
+from router.store.database import Database
+from router.store.url import async_url
 from router.telemetry.export import MetricExport, export_interval_s, metric_exporter_from_env
 from router.telemetry.logs import RequestLog
 from router.telemetry.logs import configure as configure_logging
@@ -69,6 +75,8 @@ def error_response(exc: SwitchboardError, request: Request[Any, Any, State]) -> 
         headers["retry-after"] = str(max(1, math.ceil(exc.retry_after)))
     if isinstance(exc, AllTargetsFailed):
         headers[ATTEMPTS_HEADER] = str(exc.calls)
+    if isinstance(exc, Refused):
+        headers.update(exc.headers)
     return Response(encode_error(exc, rid), status_code=exc.status, media_type=JSON, headers=headers)
 
 
@@ -117,6 +125,10 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        guard = await _guard(settings)
+        app.state.guard = guard
+        if guard.ledger is not None:
+            app.state.outcomes.listeners.append(guard.ledger)  # spend, from every request's record
         upstreams = build_upstreams(settings, transport)
         app.state.gateway = Gateway(
             Router(config),
@@ -148,12 +160,24 @@ def create_app(
                 await metrics.stop()
             finally:
                 await close_upstreams(upstreams)
+                await guard.stop()
+                if guard.database is not None:
+                    await guard.database.close()
                 if tracing is not None:
                     tracing.shutdown()  # exports what is still batched
 
     models = ModelList(data=[ModelCard(id=alias) for alias in config.models])
     return Litestar(
-        route_handlers=[chat_completions, list_models, live, ready, list_targets, metrics_endpoint],
+        route_handlers=[
+            chat_completions,
+            list_models,
+            live,
+            ready,
+            list_targets,
+            metrics_endpoint,
+            usage_report,
+            *ADMIN_ROUTES,
+        ],
         lifespan=[lifespan],
         exception_handlers={
             SwitchboardError: _on_switchboard_error,
@@ -166,6 +190,27 @@ def create_app(
         logging_config=None,  # logging is the CLI's (and the tests') to set up, not the app's
         debug=False,
     )
+
+
+async def _guard(settings: Settings) -> Guard:
+    """Keys from the database (created and migrated here on first start) when a master key is set;
+    otherwise Switchboard runs open, and says so."""
+    config = settings.config
+    if not config.auth.master_key:
+        log.warning(
+            "auth: no master key (auth.master_key / SWITCHBOARD_MASTER_KEY): Switchboard runs OPEN, "
+            "anyone who reaches it spends the provider keys; the admin API only reads, from loopback"
+        )
+        return Guard(config, None)
+    database = Database(async_url(config.database.url, settings.base_dir))
+    try:
+        await database.migrate()
+        guard = Guard(config, database)
+        await guard.start()
+    except BaseException:
+        await database.close()
+        raise
+    return guard
 
 
 def _initial_state(
@@ -182,6 +227,7 @@ def _initial_state(
         "windows": windows,
         "tracing": tracing,
         "models_json": _encode(models),
+        "aliases": list(config.models),
         "max_body_bytes": config.server.max_body_bytes,
         "metrics": metrics,
         "outcomes": Outcomes([RequestLog(), metrics.recorder, windows], Pricing(config.pricing)),

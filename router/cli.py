@@ -1,4 +1,4 @@
-"""``switchboard serve | check | --version`` (also ``python -m router``)."""
+"""``switchboard serve | check | keys | teams | --version`` (also ``python -m router``)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from importlib import metadata
 from typing import Final, TextIO
 
+from router.admin.commands import add_commands
+from router.admin.commands import run as run_admin_command
 from router.config import ConfigError, Settings, default_config_path, load_settings
 from router.gateway.routing import Router
 from router.telemetry.export import export_interval_s, metric_exporter_from_env
@@ -48,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")
     check = commands.add_parser("check", help="validate the config and print the route table")
     check.add_argument("--config", help=config_help)
+    add_commands(commands, config_help)
     return parser
 
 
@@ -58,6 +61,14 @@ def describe(settings: Settings, upstreams: dict[str, Upstream], out: TextIO) ->
     for name, upstream in upstreams.items():
         state = f"unavailable — {upstream.unavailable}" if upstream.unavailable else "available"
         print(f"  {name:<16} {upstream.kind:<10} {state}", file=out)
+    if config.auth.master_key:
+        print(f"auth: master key set; keys and teams in {_database(config.database.url)}", file=out)
+    else:
+        print(
+            "auth: OPEN — no master key (auth.master_key / SWITCHBOARD_MASTER_KEY): anyone who reaches "
+            "Switchboard spends its provider keys",
+            file=out,
+        )
     print("models:", file=out)
     for alias, route in Router(config).routes.items():
         targets = ", ".join(
@@ -65,6 +76,11 @@ def describe(settings: Settings, upstreams: dict[str, Upstream], out: TextIO) ->
         )
         fallbacks = f"  fallbacks: {', '.join(route.fallbacks)}" if route.fallbacks else ""
         print(f"  {alias:<24} → {targets}{fallbacks}", file=out)
+
+
+def _database(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}://…@{rest.split('@', 1)[1]}" if sep and "@" in rest else url
 
 
 def _check(path: str) -> int:
@@ -147,6 +163,8 @@ def _run(argv: Sequence[str] | None) -> int:
     try:
         if args.command == "check":
             return _check(path)
+        if args.command in ("keys", "teams"):
+            return run_admin_command(args, load_settings(path))
         return _serve(args, path)
     except ConfigError as exc:
         _report(exc)

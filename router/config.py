@@ -10,6 +10,7 @@ A value that came from the environment or from a key field is never echoed: it m
 from __future__ import annotations
 
 import difflib
+import hashlib
 import os
 import re
 import types
@@ -24,13 +25,18 @@ import yaml
 from router.config_schema import (
     PROVIDER_TYPES,
     AnthropicProviderConfig,
+    AuthConfig,
     AzureProviderConfig,
     BreakerConfig,
     BreakerOverride,
+    BudgetPeriod,
     Config,
     ConfigError,
+    DatabaseConfig,
+    DeclaredKey,
     GeminiProviderConfig,
     HTTPProviderConfig,
+    KeyLimits,
     MockProviderConfig,
     ModelConfig,
     OpenAIProviderConfig,
@@ -52,13 +58,18 @@ from router.config_schema import (
 __all__ = [
     "PROVIDER_TYPES",
     "AnthropicProviderConfig",
+    "AuthConfig",
     "AzureProviderConfig",
     "BreakerConfig",
     "BreakerOverride",
+    "BudgetPeriod",
     "Config",
     "ConfigError",
+    "DatabaseConfig",
+    "DeclaredKey",
     "GeminiProviderConfig",
     "HTTPProviderConfig",
+    "KeyLimits",
     "MockProviderConfig",
     "ModelConfig",
     "OpenAIProviderConfig",
@@ -84,7 +95,7 @@ __all__ = [
 _VAR: Final = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _MSGSPEC_AT: Final = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
 # Paths whose values are credentials: never printed, whether typed inline or interpolated.
-_SECRET_PATH: Final = re.compile(r"(?:^|\.)(?:api_key|headers)(?:$|[.\[])")
+_SECRET_PATH: Final = re.compile(r"(?:^|\.)(?:api_key|headers|master_key|url)(?:$|[.\[])")
 _QUOTED: Final = re.compile(r"'[^']*'|\"[^\"]*\"")
 _TOKEN: Final = re.compile(r"'(?:<[a-z ]+>|[^']{0,2})'")  # '<stream end>', ':', '\\t': the parser's own words
 
@@ -276,6 +287,30 @@ def _check_sections(raw: dict[str, Any], report: _Report, servable: bool) -> Non
         report.add("", "no models are configured (add a `models:` section)")
 
 
+def _declared_keys(value: Any, report: _Report, env: Mapping[str, str]) -> list[DeclaredKey]:
+    """Keys from config.yaml. One given by ``key_env`` is hashed here from its variable (the
+    secret is not kept); one whose variable is unset or empty keeps no hash and is left out by the
+    guard, with a warning."""
+    if not isinstance(value, list):
+        report.add("keys", f"expected a list, got {_kind(value)}")
+        return []
+    declared: list[DeclaredKey] = []
+    names: set[str] = set()
+    for i, item in enumerate(value):
+        key = _build(item, DeclaredKey, f"keys[{i}]", report)
+        if key is None:
+            continue
+        if (key.key_env is None) == (key.key_hash is None):
+            report.add(f"keys[{i}]", "give exactly one of key_env (the variable holding the key) and key_hash")
+        elif key.key_env is not None and (secret := env.get(key.key_env, "").strip()):
+            key = msgspec.structs.replace(key, key_hash=hashlib.sha256(secret.encode()).hexdigest())
+        if key.name in names:
+            report.add(f"keys[{i}].name", f"'{key.name}' is declared twice")
+        names.add(key.name)
+        declared.append(key)
+    return declared
+
+
 def _collect(data: dict[str, Any], env: Mapping[str, str], report: _Report, servable: bool) -> Config | None:
     raw: dict[str, Any] = _interpolate(data, env, "", report)
     _check_sections(raw, report, servable)
@@ -290,9 +325,15 @@ def _collect(data: dict[str, Any], env: Mapping[str, str], report: _Report, serv
         name: _build(value, PriceConfig, f"pricing.{name}", report)
         for name, value in _mapping(raw, "pricing", report).items()
     }
-    if report.errors or server is None or resilience is None:
+    auth = _build(raw.get("auth") or {}, AuthConfig, "auth", report)
+    database = _build(raw.get("database") or {}, DatabaseConfig, "database", report)
+    keys = _declared_keys(raw.get("keys") or [], report, env)
+    if report.errors or server is None or resilience is None or auth is None or database is None:
         return None
     return Config(
+        auth=auth,
+        database=database,
+        keys=keys,
         server=server,
         providers={name: p for name, p in providers.items() if p is not None},
         models={name: m for name, m in models.items() if m is not None},
@@ -301,7 +342,9 @@ def _collect(data: dict[str, Any], env: Mapping[str, str], report: _Report, serv
     )
 
 
-def settings_from_dict(data: Any, env: Mapping[str, str] | None = None, *, servable: bool = False) -> Settings:
+def settings_from_dict(
+    data: Any, env: Mapping[str, str] | None = None, *, servable: bool = False, base_dir: Path | None = None
+) -> Settings:
     """Validate a parsed YAML document (before interpolation) against the schema, reporting every
     mistake at once. ``servable`` also requires a provider and a model (``check`` and ``serve``)."""
     if data is None:
@@ -318,7 +361,7 @@ def settings_from_dict(data: Any, env: Mapping[str, str] | None = None, *, serva
         template = value.get("api_key") if isinstance(value, dict) else None
         if isinstance(template, str):
             key_vars[str(name)] = tuple(m.group(1) for m in _VAR.finditer(template))
-    return Settings(config=config, key_vars=key_vars)
+    return Settings(config=config, key_vars=key_vars, base_dir=base_dir)
 
 
 def _unknown_name(path: str, value: object, noun: str, names: Collection[str], report: _Report) -> None:
@@ -383,7 +426,7 @@ def load_settings(path: str | os.PathLike[str], env: Mapping[str, str] | None = 
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{file}: {_yaml_problem(exc)}") from None
-    return settings_from_dict(data, env, servable=True)
+    return settings_from_dict(data, env, servable=True, base_dir=file.resolve().parent)
 
 
 def default_config_path(env: Mapping[str, str] | None = None) -> str:

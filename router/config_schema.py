@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Final, Literal
 
 import msgspec
@@ -164,12 +165,44 @@ class PriceConfig(Strict, frozen=True, kw_only=True):
     cached_input: NonNegative | None = None
 
 
+class AuthConfig(Strict, frozen=True, kw_only=True):
+    master_key: str = ""  # empty: open mode (no keys checked; the admin API reads only, from loopback)
+
+
+class DatabaseConfig(Strict, frozen=True, kw_only=True):
+    url: str = "sqlite:///switchboard.db"  # a relative path is beside the config file
+
+
+BudgetPeriod = Literal["daily", "weekly", "monthly", "total"]
+ModelPattern = Annotated[str, Meta(min_length=1, max_length=256)]
+
+
+class KeyLimits(Strict, frozen=True, kw_only=True):
+    models: list[ModelPattern] = []  # aliases, `provider/model` and globs; empty: every model
+    rpm: PositiveInt | None = None
+    tpm: PositiveInt | None = None
+    max_parallel: PositiveInt | None = None
+    budget_usd: NonNegative | None = None
+    budget_period: BudgetPeriod | None = None
+
+
+class DeclaredKey(KeyLimits, frozen=True, kw_only=True):
+    """A key kept in config.yaml: its secret in an environment variable, or only its SHA-256."""
+
+    name: Annotated[str, Meta(min_length=1, max_length=200)]
+    key_env: str | None = None
+    key_hash: Annotated[str, Meta(pattern="^[0-9a-f]{64}$")] | None = None
+
+
 class Config(Strict, frozen=True, kw_only=True):
     server: ServerConfig = ServerConfig()
     providers: dict[str, ProviderConfig] = {}
     models: dict[str, ModelConfig] = {}
     resilience: ResilienceConfig = ResilienceConfig()
     pricing: dict[str, PriceConfig] = {}  # upstream model → its price, over the price table
+    auth: AuthConfig = AuthConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    keys: list[DeclaredKey] = []
 
 
 @dataclass(frozen=True)
@@ -179,3 +212,4 @@ class Settings:
 
     config: Config
     key_vars: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    base_dir: Path | None = None  # the config file's directory (a relative database path is beside it)

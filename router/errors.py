@@ -15,13 +15,18 @@ from providers.schema import ErrorBody, ErrorEnvelope
 
 __all__ = [
     "AllTargetsFailed",
+    "AuthenticationFailed",
+    "Forbidden",
     "HeadersTooLarge",
     "InvalidRequest",
     "MethodNotAllowed",
+    "ModelNotAllowed",
     "ModelNotFound",
     "NoTargetAvailable",
     "Overloaded",
     "PayloadTooLarge",
+    "QuotaExceeded",
+    "Refused",
     "RequestTimeout",
     "RouteNotFound",
     "SwitchboardError",
@@ -73,6 +78,49 @@ class RouteNotFound(ClientError):
 class MethodNotAllowed(ClientError):
     status = 405
     code = "method_not_allowed"
+
+
+class AuthenticationFailed(ClientError):
+    """No key, or one that is unknown, revoked, disabled or expired: one answer for all, so that
+    it tells nothing about which."""
+
+    status = 401
+    code = "invalid_api_key"
+
+
+class Forbidden(ClientError):
+    status = 403
+    code = "forbidden"
+
+
+class ModelNotAllowed(ClientError):
+    status = 403
+    code = "model_not_allowed"
+
+
+class Refused(ClientError):
+    """A refusal that carries headers of its own (rate-limit state, retry advice)."""
+
+    status = 429
+    error_type = "rate_limit_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str,
+        retry_after: float | None = None,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+        self.headers = headers
+
+
+class QuotaExceeded(Refused):
+    """A key or team over its budget: OpenAI's ``insufficient_quota``, not worth retrying soon."""
+
+    error_type = "insufficient_quota"
 
 
 class NoTargetAvailable(SwitchboardError):

@@ -2,7 +2,9 @@
 one streamed chat completion to the offline mock model ``demo``, then the same two to ``upstream``,
 an ``openai`` provider pointed at a fake OpenAI server in this process (the real HTTP path:
 aiohttp, gzip, SSE pass-through), and one to ``down``, whose provider refuses connections (the
-transport's error mapping answers 502, not 500).
+transport's error mapping answers 502, not 500). The server runs with a master key: it creates
+its SQLite database, and a virtual key made through the admin API answers (SQLAlchemy, Alembic,
+aiosqlite).
 
 ``./dev test`` runs it with ``.venv-lowest``, a venv holding the lowest versions that
 ``pyproject.toml`` admits, so a floor the code cannot run on fails the build. Standard library
@@ -43,7 +45,10 @@ models:
     targets: [{provider: down, model: fake}]
 resilience:
   retry: {max_attempts: 1}
+auth: {master_key: %s}
+database: {url: "sqlite:///keys.db"}
 """
+MASTER_KEY = "smoke-master-key"
 PROMPT = "hello from the lowest-versions smoke"
 UPSTREAM_TEXT = ["Hello", " from", " the", " fake", " upstream"]
 STARTUP_S = 30.0  # the server answers /health/live within this
@@ -117,12 +122,15 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
-def request(port: int, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, str, bytes]:
+def request(
+    port: int, method: str, path: str, body: dict[str, Any] | None = None, key: str = MASTER_KEY
+) -> tuple[int, str, bytes]:
     """Status, content type and the whole body (chunked bodies are read to their end)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=REQUEST_S)
     try:
         payload = json.dumps(body).encode() if body is not None else None
         headers = {"content-type": "application/json"} if payload is not None else {}
+        headers["authorization"] = f"Bearer {key}"
         conn.request(method, path, body=payload, headers=headers)
         response = conn.getresponse()
         return response.status, response.getheader("content-type", ""), response.read()
@@ -216,6 +224,21 @@ def check_metrics(port: int, requests: int) -> None:
         )
 
 
+def check_virtual_key(port: int) -> None:
+    """A key made through the admin API (stored in SQLite) answers; no key is refused with 401."""
+    status, _, raw = request(port, "POST", "/admin/keys", {"name": "smoke", "models": ["demo"], "rpm": 100})
+    if status != 201:
+        raise SmokeFailed(f"POST /admin/keys: status {status}: {raw[:500]!r}")
+    key = json.loads(raw)["key"]
+    body = {"model": "demo", "messages": [{"role": "user", "content": PROMPT}]}
+    status, _, raw = request(port, "POST", "/v1/chat/completions", body, key=key)
+    if status != 200:
+        raise SmokeFailed(f"a virtual key: status {status}: {raw[:500]!r}")
+    status, _, raw = request(port, "POST", "/v1/chat/completions", body, key="sk-sb-000000000000-wrong")
+    if status != 401:
+        raise SmokeFailed(f"a wrong key: status {status}, expected 401: {raw[:500]!r}")
+
+
 def stop(server: subprocess.Popen[bytes]) -> None:
     """SIGTERM and wait for a clean exit (the lifespan's shutdown runs); SIGKILL as a last resort.
     uvicorn ≥ 0.29 re-raises the signal once it has shut down, so -SIGTERM is a clean exit too."""
@@ -248,7 +271,7 @@ def smoke(python: str, workdir: Path, log: IO[bytes]) -> None:
 def serve(python: str, workdir: Path, log: IO[bytes], upstream_port: int) -> None:
     config = workdir / "config.yaml"
     port, refused_port = free_ports(2)
-    config.write_text(CONFIG % (upstream_port, refused_port))
+    config.write_text(CONFIG % (upstream_port, refused_port, MASTER_KEY))
     command = [python, "-m", "router", "serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
     env = {k: v for k, v in os.environ.items() if k not in {"SWITCHBOARD_CONFIG", "PYTHONPATH", "VIRTUAL_ENV"}}
     server = subprocess.Popen(command, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, env=env)  # noqa: S603
@@ -260,6 +283,7 @@ def serve(python: str, workdir: Path, log: IO[bytes], upstream_port: int) -> Non
         check_stream(port, "upstream", "".join(UPSTREAM_TEXT))
         check_refused(port, "down")
         check_metrics(port, 5)
+        check_virtual_key(port)
         stop(server)
     finally:
         if server.poll() is None:
@@ -270,6 +294,7 @@ def serve(python: str, workdir: Path, log: IO[bytes], upstream_port: int) -> Non
 def installed_versions(python: str) -> str:
     names = ["litestar", "httpx", "aiohttp", "msgspec", "pybreaker", "tenacity", "opentelemetry-sdk"]
     names += ["PyYAML", "uvicorn", "uvloop", "httptools", "genai-prices", "prometheus-client"]
+    names += ["SQLAlchemy", "alembic", "aiosqlite", "asyncpg"]
     code = "import sys, importlib.metadata as m; print(' '.join(f'{n}=={m.version(n)}' for n in sys.argv[1:]))"
     result = subprocess.run([python, "-c", code, *names], capture_output=True, text=True, check=False, timeout=30)  # noqa: S603
     return result.stdout.strip() or result.stderr.strip()

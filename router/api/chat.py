@@ -13,6 +13,8 @@ from litestar.types import HTTPScope, Receive, Send
 
 from providers.base import Inbound
 from providers.errors import SwitchboardError
+from router.access.guard import Guard, key_id_of_caller
+from router.access.limits import Admission, estimate_tokens
 from router.api.decode import decode_call
 from router.api.disconnect import ClientWatch
 from router.api.responses import CLIENT_GONE, JSONBody
@@ -53,22 +55,42 @@ async def chat_completions(scope: HTTPScope, receive: Receive, send: Send) -> No
     tracing = state.tracing
     if tracing is not None:
         exchange.trace = RequestTrace(tracing, scope["headers"], CHAT_PATH, tracing.capture_content)
+    guard: Guard = state.guard
+    admission: Admission | None = None
     try:
+        caller = guard.authenticate(scope["headers"])  # before the body is read
+        exchange.key_id = key_id_of_caller(caller)
+        exchange.team_id = caller.team.id if caller.team is not None else None
         call = decode_call(await read_body(scope, receive, state.max_body_bytes))
         exchange.stream = call.chat.is_stream
+        if caller.restricted:
+            guard.check_model(caller, call.chat.model)
+            exchange.allows = caller.allows  # and the fallbacks it may reach
+        admission = guard.admit(caller, estimate_tokens(call.chat))
         if exchange.trace is not None:
             exchange.trace.inputs(call.chat.messages)
-        status, code = await _serve(state.gateway, call, scope, receive, send, exchange)
+        extra = admission.headroom.headers() if admission is not None else []
+        status, code = await _serve(state.gateway, call, scope, receive, send, exchange, extra)
     except SwitchboardError as exc:
-        exchange.finish(exc.status, exc.code)
+        _finish(exchange, admission, exc.status, exc.code)
         raise
     except Exception:
-        exchange.finish(500, "internal_error")
+        _finish(exchange, admission, 500, "internal_error")
         raise
     except BaseException:  # cancelled: the server is shutting down
-        exchange.finish(503, "cancelled")
+        _finish(exchange, admission, 503, "cancelled")
         raise
-    exchange.finish(status, code)
+    _finish(exchange, admission, status, code)
+
+
+def _finish(exchange: Exchange, admission: Admission | None, status: int, code: str | None) -> None:
+    """End the request's record, then true up its limits with what it really used."""
+    try:
+        exchange.finish(status, code)
+    finally:
+        if admission is not None:
+            usage = exchange.usage
+            admission.settle(usage.prompt + usage.completion if usage is not None else None)
 
 
 async def read_body(scope: HTTPScope, receive: Receive, limit: int) -> bytes:
@@ -93,7 +115,13 @@ async def read_body(scope: HTTPScope, receive: Receive, limit: int) -> bytes:
 
 
 async def _serve(
-    gateway: Gateway, call: Inbound, scope: HTTPScope, receive: Receive, send: Send, exchange: Exchange
+    gateway: Gateway,
+    call: Inbound,
+    scope: HTTPScope,
+    receive: Receive,
+    send: Send,
+    exchange: Exchange,
+    extra: list[tuple[bytes, bytes]],
 ) -> tuple[int, str | None]:
     """Answer the request; the status and code it ended with. This is the one owner of what a
     request holds: the bulkhead slot, the client watch and, for a stream, the upstream response
@@ -102,11 +130,11 @@ async def _serve(
     gateway.bulkhead.enter()
     watch = ClientWatch(receive)
     opened: OpenStream | None = None
-    rid = (REQUEST_ID_HEADER, exchange.request_id.encode())
+    base = [(REQUEST_ID_HEADER, exchange.request_id.encode()), *extra]
     try:
         if call.chat.is_stream:
             opened = await gateway.open_stream(call, exchange)
-            headers = _headers([*SSE_HEADERS, rid], opened.target, opened.calls, opened.dropped)
+            headers = _headers([*SSE_HEADERS, *base], opened.target, opened.calls, opened.dropped)
             relay = SSEResponse(opened, headers, watch, gateway, exchange)
             await relay(scope, receive, send)
             return 200, relay.code
@@ -115,7 +143,7 @@ async def _serve(
         exchange.first_chunk()
         if exchange.trace is not None:
             exchange.trace.answer(answer.body)
-        await JSONBody(answer.body, _headers([rid], answer.target, answer.calls, answer.dropped))(scope, receive, send)
+        await JSONBody(answer.body, _headers(base, answer.target, answer.calls, answer.dropped))(scope, receive, send)
         return 200, None
     except asyncio.CancelledError:
         if not watch.absorb():

@@ -191,6 +191,8 @@ def skip_code(reason: str) -> str:
         return "at_capacity"
     if reason.startswith("deadline"):
         return "deadline"
+    if reason.startswith("not allowed"):
+        return "model_not_allowed"
     return "unavailable"
 
 
@@ -238,14 +240,19 @@ class Gateway:
                 )
         return Prepared(group, tuple(entries))
 
-    def candidates(self, route: Route, run: Run) -> Iterator[Attempt]:
-        """The targets to try, in order; unavailable ones are noted and passed over."""
+    def candidates(self, route: Route, run: Run, allows: Callable[[str], bool] | None = None) -> Iterator[Attempt]:
+        """The targets to try, in order; unavailable ones are noted and passed over, and so are
+        fallback models the caller's key may not use."""
         prepared = self._prepared.get(route.alias)
         if prepared is None or route is not self.router.routes.get(route.alias):
             prepared = tuple(self._prepare(group) for group in route.groups)  # a direct route: not cached
         seen: set[Target] = set()
-        for entry in prepared:
+        for n, entry in enumerate(prepared):
             group = entry.group
+            if n and allows is not None and not allows(group.alias):
+                for target in group.targets:
+                    run.skipped(target, f"not allowed for this key (fallback model '{group.alias}')")
+                continue
             for i in entry.order(self.rng):
                 target = group.targets[i]
                 if target in seen:
@@ -261,7 +268,7 @@ class Gateway:
         route = self.router.resolve(call.chat.model)
         exchange.alias = route.alias
         run = Run(route.alias, self.timeouts.total_s, exchange.attempts, exchange.trace)
-        for attempt in self.candidates(route, run):
+        for attempt in self.candidates(route, run, exchange.allows):
             if run.remaining() <= 0:
                 run.skipped(attempt.target, "deadline passed before this target")
                 break

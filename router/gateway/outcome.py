@@ -98,6 +98,8 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     ttft_s: float | None  # time to the first chunk sent (streams) or to the whole answer
     duration_s: float
     client_disconnected: bool
+    key_id: str | None = None  # the caller's virtual key ("" for the master key; None when open)
+    team_id: str | None = None
 
 
 Listener = Callable[[Outcome], None]
@@ -146,10 +148,12 @@ class Exchange:
         "_outcomes",
         "_started",
         "alias",
+        "allows",
         "attempts",
         "client_disconnected",
         "finish_reason",
         "first_chunk_s",
+        "key_id",
         "model",
         "provider",
         "request_id",
@@ -157,6 +161,7 @@ class Exchange:
         "response_model",
         "stream",
         "target",
+        "team_id",
         "trace",
         "usage",
     )
@@ -168,6 +173,7 @@ class Exchange:
         self.request_id = request_id
         self.stream = stream
         self.alias: str | None = None
+        self.allows: Callable[[str], bool] | None = None  # the models the caller's key may use
         self.attempts: list[AttemptRecord] = []
         self.target: str | None = None
         self.provider: str | None = None
@@ -179,6 +185,8 @@ class Exchange:
         self.usage: TokenUsage | None = None
         self.first_chunk_s: float | None = None
         self.client_disconnected = False
+        self.key_id: str | None = None
+        self.team_id: str | None = None
 
     def reported(self, report: Report) -> None:
         """What the answer said about itself: usage (None stays unknown), finish reason, model."""
@@ -220,6 +228,8 @@ class Exchange:
             ttft_s=self.first_chunk_s,
             duration_s=time.perf_counter() - self._started,
             client_disconnected=self.client_disconnected,
+            key_id=self.key_id,
+            team_id=self.team_id,
         )
         if self.trace is not None:
             try:

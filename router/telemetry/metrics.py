@@ -282,7 +282,11 @@ OWN_CODES: Final = frozenset(
         "request_header_fields_too_large",
         "request_timeout",
         "invalid_http_request",
+        "invalid_api_key",
         "cancelled",
+        "forbidden",
+        "model_not_allowed",
+        "insufficient_quota",
     }
 )
 DIRECT: Final = "direct"  # the label of every `provider/model` route the config does not name

@@ -1,0 +1,1 @@
+"""Who may call: keys, teams, the models they may use, their limits; the guard the API calls."""

@@ -1,0 +1,267 @@
+"""The guard the API calls: who is calling (``authenticate``), whether they may use a model, and
+whether their limits admit the request now (``admit``).
+
+Keys are served from memory. With a database, every worker reads its change counter every
+``REFRESH_S`` and reloads keys and teams when it moved, so a revocation, an expiry or an edit made
+through any worker or replica takes effect everywhere within a second; the request path never
+waits on the database.
+
+Without ``auth.master_key`` Switchboard runs open: every caller is let through unchecked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Final
+
+from router.access.limits import Admission, Budget, Limiter
+from router.access.secrets import digest, key_id_of, matches, same_secret
+from router.access.spend import Ledger, next_reset, utc_today
+from router.config_schema import Config, DeclaredKey
+from router.errors import AuthenticationFailed, ModelNotAllowed, QuotaExceeded, Refused
+from router.store.database import Database
+from router.store.records import KeyRecord, ModelRule, TeamRecord
+
+log = logging.getLogger(__name__)
+
+REFRESH_S: Final = 0.5
+PERIOD_WORDS: Final = {"daily": "a day", "weekly": "a week", "monthly": "a month"}
+INVALID_KEY: Final = (
+    "Incorrect or missing API key. Send a Switchboard key as `Authorization: Bearer <key>`, "
+    "`api-key: <key>` or `x-api-key: <key>`."
+)
+_KEY_HEADERS: Final = (b"authorization", b"api-key", b"x-api-key")
+
+
+class Caller:
+    """An authenticated caller: the master key, a virtual key (with its team), or anyone when
+    Switchboard runs open."""
+
+    __slots__ = ("_rules", "expires", "key", "label", "team")
+
+    def __init__(self, key: KeyRecord | None, team: TeamRecord | None, label: str) -> None:
+        self.key = key
+        self.team = team
+        self.label = label
+        rules = [ModelRule(r.models) for r in (key, team) if r is not None and r.models]
+        self._rules = tuple(rules)
+        self.expires = key.expires_at.timestamp() if key is not None and key.expires_at is not None else None
+
+    @property
+    def restricted(self) -> bool:
+        """Whether any model list applies."""
+        return bool(self._rules)
+
+    def allows(self, model: str) -> bool:
+        return all(rule.allows(model) for rule in self._rules)
+
+
+OPEN: Final = Caller(None, None, "open")
+MASTER: Final = Caller(None, None, "master")
+
+
+def key_id_of_caller(caller: Caller) -> str | None:
+    """What the Outcome records: the key's id, "" for the master key, None when open."""
+    if caller.key is not None:
+        return caller.key.id
+    return "" if caller is MASTER else None
+
+
+def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The key in ``Authorization: Bearer``, ``api-key`` or ``x-api-key`` (in that order of
+    preference), or None. A malformed value is not a key."""
+    found: dict[bytes, bytes] = {}
+    for name, value in headers:
+        if name in _KEY_HEADERS and name not in found:
+            found[name] = value
+    if not found:
+        return None
+    for name in _KEY_HEADERS:
+        raw = found.get(name)
+        if raw is None:
+            continue
+        try:
+            text = raw.decode("ascii")
+        except UnicodeDecodeError:
+            return ""
+        if name == b"authorization":
+            scheme, _, token = text.strip().partition(" ")
+            if scheme.lower() != "bearer":
+                return ""
+            text = token
+        text = text.strip()
+        return text if text and not any(c.isspace() for c in text) else ""
+    return None
+
+
+class Guard:
+    def __init__(self, config: Config, database: Database | None) -> None:
+        self.master_key = config.auth.master_key
+        self.enforcing = bool(self.master_key)
+        self.database = database
+        self.limiter = Limiter()
+        self.ledger: Ledger | None = Ledger(database) if database is not None else None
+        self.version = -1
+        self._declared = _declared_keys(config.keys)
+        self._by_id: dict[str, tuple[KeyRecord, Caller]] = {}
+        self._by_digest: dict[str, tuple[KeyRecord, Caller]] = {}
+        self._teams: dict[str, TeamRecord] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._install([], [])
+
+    # the in-memory copy
+
+    async def start(self) -> None:
+        if self.database is None:
+            return
+        await self.reload()
+        if self.ledger is not None:
+            await self.ledger.start()
+        self._task = asyncio.get_running_loop().create_task(self._refresh_forever())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.ledger is not None:
+            await self.ledger.stop()
+
+    async def reload(self) -> None:
+        assert self.database is not None
+        version, keys, teams = await self.database.load()
+        self._install(keys, teams)
+        self.version = version
+
+    async def _refresh_forever(self) -> None:
+        assert self.database is not None
+        while True:
+            await asyncio.sleep(REFRESH_S)
+            try:
+                if await self.database.version() != self.version:
+                    await self.reload()
+            except Exception:  # the database away: keep serving the keys we have, say so
+                log.warning("keys: cannot refresh from the database; serving the last copy", exc_info=True)
+
+    def _install(self, keys: Sequence[KeyRecord], teams: Sequence[TeamRecord]) -> None:
+        team_of = {t.id: t for t in teams}
+        by_id: dict[str, tuple[KeyRecord, Caller]] = {}
+        by_digest: dict[str, tuple[KeyRecord, Caller]] = {}
+        for key in (*self._declared, *keys):
+            entry = (key, Caller(key, team_of.get(key.team_id or ""), key.id))
+            by_digest[key.key_hash] = entry
+            by_id[key.id] = entry
+        self._by_id, self._by_digest, self._teams = by_id, by_digest, team_of
+
+    # the request path
+
+    def authenticate(self, headers: Iterable[tuple[bytes, bytes]]) -> Caller:
+        """The caller, or ``AuthenticationFailed``: the same answer whether the key is missing,
+        unknown, revoked, disabled or expired."""
+        if not self.enforcing:
+            return OPEN
+        presented = presented_key(headers)
+        if not presented:
+            raise AuthenticationFailed(INVALID_KEY)
+        if same_secret(presented, self.master_key):
+            return MASTER
+        key_id = key_id_of(presented)
+        entry = self._by_id.get(key_id) if key_id is not None else None
+        if entry is None:  # a key declared in config.yaml, which may have any shape
+            entry = self._by_digest.get(digest(presented))
+        if entry is None or not matches(presented, entry[0].key_hash):
+            raise AuthenticationFailed(INVALID_KEY)
+        key, caller = entry
+        if (
+            not key.enabled
+            or key.revoked_at is not None
+            or (caller.expires is not None and time.time() >= caller.expires)
+        ):
+            raise AuthenticationFailed(INVALID_KEY)
+        return caller
+
+    def check_model(self, caller: Caller, model: str) -> None:
+        if caller.restricted and not caller.allows(model):
+            raise ModelNotAllowed(f"This key may not use the model '{model}'.", param="model")
+
+    def admit(self, caller: Caller, estimate: int) -> Admission | None:
+        """Take the request's share of its key's and team's limits, or refuse it with a 429
+        (``insufficient_quota`` over a budget, ``rate_limit_exceeded`` over a limit)."""
+        self._check_budgets(caller)
+        subjects = self._subjects(caller)
+        if not subjects:
+            return None
+        decision = self.limiter.admit(subjects, estimate, time.monotonic())
+        if isinstance(decision, Admission):
+            return decision
+        what, wait = decision
+        raise Refused(
+            f"Rate limit reached for {caller.label}: {what}. Try again in {max(wait, 0.001):.3g}s.",
+            code="rate_limit_exceeded",
+            retry_after=max(wait, 0.001),
+        )
+
+    def _check_budgets(self, caller: Caller) -> None:
+        for kind, record in (("key", caller.key), ("team", caller.team)):
+            if record is None or record.budget_usd is None:
+                continue
+            period = record.budget_period or "total"
+            spent = self.ledger.spent(f"{kind}:{record.id}", period) if self.ledger is not None else 0.0
+            if spent < record.budget_usd:
+                continue
+            reset = next_reset(period, utc_today())
+            when = (
+                f"it resets on {reset.isoformat()} (UTC)" if reset else "it does not reset: raise it or use another key"
+            )
+            raise QuotaExceeded(
+                f"The {kind} '{record.name}' has used its budget of ${record.budget_usd:g}"
+                f"{'' if period == 'total' else ' ' + PERIOD_WORDS[period]} (spent ${spent:.4f}); {when}.",
+                code="insufficient_quota",
+                headers=(("x-should-retry", "false"),),
+            )
+
+    def _subjects(self, caller: Caller) -> list[Budget]:
+        subjects: list[Budget] = []
+        for kind, record in (("key", caller.key), ("team", caller.team)):
+            if record is not None and (record.rpm or record.tpm or record.max_parallel):
+                subjects.append(
+                    self.limiter.subject(f"{kind}:{record.id}", record.rpm, record.tpm, record.max_parallel)
+                )
+        return subjects
+
+    def callers(self) -> list[Caller]:
+        return [caller for _, caller in self._by_id.values()]
+
+
+def _declared_keys(declared: Sequence[DeclaredKey]) -> list[KeyRecord]:
+    """Keys from config.yaml (hashed when the config was read). A key whose variable is unset or
+    empty has no hash and is left out, with a warning (like a provider without a key)."""
+    stamp = datetime.now(UTC)
+    records: list[KeyRecord] = []
+    for item in declared:
+        key_hash = item.key_hash
+        if key_hash is None:
+            log.warning("keys: '%s' is left out: its variable %s is not set", item.name, item.key_env)
+            continue
+        records.append(
+            KeyRecord(
+                id=f"cfg-{item.name}",
+                name=item.name,
+                key_hash=key_hash,
+                models=tuple(item.models),
+                rpm=item.rpm,
+                tpm=item.tpm,
+                max_parallel=item.max_parallel,
+                budget_usd=item.budget_usd,
+                budget_period=item.budget_period,
+                metadata={"source": "config"},
+                created_at=stamp,
+                updated_at=stamp,
+            )
+        )
+    return records

@@ -1,0 +1,188 @@
+"""Rate limits in this process's memory (``state.backend: memory``): exact for one worker.
+
+Requests per minute are a sliding log of admission times; tokens per minute a sliding log of
+reservations whose amounts are settled when the request ends (the estimate returned or topped up
+to what the answer really used); parallel requests a counter. A request is admitted against every
+limit that applies to it (its key's and its team's) or against none, before any upstream call.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from providers.schema import ChatRequest
+
+WINDOW_S: Final = 60.0
+
+
+@dataclass(slots=True)
+class Budget:
+    """One subject's (a key's or a team's) limits and what it has used within the window."""
+
+    rpm: int | None
+    tpm: int | None
+    max_parallel: int | None
+    requests: deque[float] = field(default_factory=deque)
+    tokens: deque[list[float]] = field(default_factory=deque)  # [time, amount]
+    token_sum: float = 0.0
+    parallel: int = 0
+
+    def expire(self, now: float) -> None:
+        start = now - WINDOW_S
+        requests = self.requests
+        while requests and requests[0] <= start:
+            requests.popleft()
+        tokens = self.tokens
+        while tokens and tokens[0][0] <= start:
+            self.token_sum -= tokens.popleft()[1]
+
+    def refusal(self, now: float, estimate: int) -> tuple[str, float] | None:
+        """Why this request cannot be admitted now and how long until it could, or None."""
+        if self.max_parallel is not None and self.parallel >= self.max_parallel:
+            return f"{self.max_parallel} requests in parallel", 1.0
+        if self.rpm is not None and len(self.requests) >= self.rpm:
+            return f"{self.rpm} requests per minute", self.requests[0] + WINDOW_S - now
+        if self.tpm is not None and self.token_sum + estimate > self.tpm and self.tokens:
+            # Wait until enough of the window's tokens have left it (a request larger than the
+            # whole limit is admitted into an empty window, or it could never run).
+            need, freed = self.token_sum + estimate - self.tpm, 0.0
+            for stamp, amount in self.tokens:
+                freed += amount
+                if freed >= need:
+                    return f"{self.tpm} tokens per minute", stamp + WINDOW_S - now
+            return f"{self.tpm} tokens per minute", self.tokens[-1][0] + WINDOW_S - now
+        return None
+
+
+@dataclass(slots=True)
+class Headroom:
+    """What the most constrained subject has left, for OpenAI's ``x-ratelimit-*`` headers."""
+
+    limit_requests: int | None = None
+    remaining_requests: int | None = None
+    reset_requests_s: float = 0.0
+    limit_tokens: int | None = None
+    remaining_tokens: int | None = None
+    reset_tokens_s: float = 0.0
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        out: list[tuple[bytes, bytes]] = []
+        if self.limit_requests is not None and self.remaining_requests is not None:
+            out += [
+                (b"x-ratelimit-limit-requests", str(self.limit_requests).encode()),
+                (b"x-ratelimit-remaining-requests", str(max(0, self.remaining_requests)).encode()),
+                (b"x-ratelimit-reset-requests", duration(self.reset_requests_s).encode()),
+            ]
+        if self.limit_tokens is not None and self.remaining_tokens is not None:
+            out += [
+                (b"x-ratelimit-limit-tokens", str(self.limit_tokens).encode()),
+                (b"x-ratelimit-remaining-tokens", str(max(0, self.remaining_tokens)).encode()),
+                (b"x-ratelimit-reset-tokens", duration(self.reset_tokens_s).encode()),
+            ]
+        return out
+
+
+def duration(seconds: float) -> str:
+    """OpenAI's format for resets: ``20ms``, ``1s``, ``6m0s``."""
+    if seconds < 1:
+        return f"{max(0, math.ceil(seconds * 1000))}ms"
+    whole = math.ceil(seconds)
+    minutes, rest = divmod(whole, 60)
+    return f"{minutes}m{rest}s" if minutes else f"{rest}s"
+
+
+class Admission:
+    """One admitted request's share of its subjects' limits; ``settle`` (once) gives back the
+    parallel slot and trues up the token reservation."""
+
+    __slots__ = ("_entries", "_estimate", "_settled", "_subjects", "headroom")
+
+    def __init__(self, subjects: Sequence[Budget], entries: Sequence[list[float]], estimate: int) -> None:
+        self._subjects = subjects
+        self._entries = entries
+        self._estimate = estimate
+        self._settled = False
+        self.headroom = Headroom()
+
+    def settle(self, tokens: int | None) -> None:
+        """``tokens``: what the request used (None: unknown, the estimate stands)."""
+        if self._settled:
+            return
+        self._settled = True
+        for subject in self._subjects:
+            subject.parallel -= 1
+        if tokens is None:
+            return
+        delta = tokens - self._estimate
+        for subject, entry in zip(self._subjects, self._entries, strict=True):
+            if subject.tpm is not None:
+                entry[1] += delta
+                subject.token_sum += delta
+
+
+class Limiter:
+    """Every subject's budget in this process, keyed by subject id (``key:…``, ``team:…``)."""
+
+    def __init__(self) -> None:
+        self._subjects: dict[str, Budget] = {}
+
+    def subject(self, name: str, rpm: int | None, tpm: int | None, max_parallel: int | None) -> Budget:
+        budget = self._subjects.get(name)
+        if budget is None:
+            budget = self._subjects[name] = Budget(rpm, tpm, max_parallel)
+        else:  # limits edited since: the usage so far stays
+            budget.rpm, budget.tpm, budget.max_parallel = rpm, tpm, max_parallel
+        return budget
+
+    def admit(self, subjects: Sequence[Budget], estimate: int, now: float) -> Admission | tuple[str, float]:
+        """Admit against every subject or none: the admission, or the refusal and its wait."""
+        for subject in subjects:
+            subject.expire(now)
+            refused = subject.refusal(now, estimate)
+            if refused is not None:
+                return refused
+        entries: list[list[float]] = []
+        admission = Admission(subjects, entries, estimate)
+        headroom = admission.headroom
+        for subject in subjects:
+            subject.parallel += 1
+            if subject.rpm is not None:
+                subject.requests.append(now)
+            entry = [now, float(estimate)]
+            if subject.tpm is not None:
+                subject.tokens.append(entry)
+                subject.token_sum += estimate
+            entries.append(entry)
+            if subject.rpm is not None:
+                left = subject.rpm - len(subject.requests)
+                if headroom.remaining_requests is None or left < headroom.remaining_requests:
+                    headroom.limit_requests, headroom.remaining_requests = subject.rpm, left
+                    headroom.reset_requests_s = subject.requests[0] + WINDOW_S - now
+            if subject.tpm is not None:
+                left = int(subject.tpm - subject.token_sum)
+                if headroom.remaining_tokens is None or left < headroom.remaining_tokens:
+                    headroom.limit_tokens, headroom.remaining_tokens = subject.tpm, left
+                    headroom.reset_tokens_s = subject.tokens[0][0] + WINDOW_S - now
+        return admission
+
+
+COMPLETION_ESTIMATE: Final = 256  # reserved for an answer whose request sets no max_tokens
+
+
+def estimate_tokens(chat: ChatRequest) -> int:
+    """What a request is reserved at admission: its prompt at about four characters a token, plus
+    its answer's cap (``max_completion_tokens``, ``max_tokens``) or ``COMPLETION_ESTIMATE``. The
+    real usage settles it when the request ends."""
+    chars = 0
+    for message in chat.messages:
+        content = message.content
+        if isinstance(content, str):
+            chars += len(content)
+        elif isinstance(content, list):
+            chars += sum(len(part.text) for part in content if isinstance(part.text, str))
+    cap = chat.max_completion_tokens if isinstance(chat.max_completion_tokens, int) else chat.max_tokens
+    return chars // 4 + 1 + (cap if isinstance(cap, int) else COMPLETION_ESTIMATE)

@@ -1,0 +1,150 @@
+"""Spend: what each key and team has used, for budgets and ``/admin/usage``.
+
+Every Outcome of a request made with a key adds to this worker's pending counters (no database
+write on the request path). Every ``FLUSH_S`` the pending counters are added to the database's
+daily rows in one transaction, and the spend of every key and team is read back from it. A
+subject's spend is what the database holds, from every worker and replica, plus what this worker
+has not written yet: exact across replicas within a flush, never counted twice (a batch leaves the
+pending counters in the same step that writes it), and it survives restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+from typing import Final
+
+from router.gateway.outcome import Outcome
+from router.store.database import Database, UsageKey
+
+log = logging.getLogger(__name__)
+
+FLUSH_S: Final = 1.0
+PERIODS: Final = ("daily", "weekly", "monthly", "total")
+
+
+def utc_today() -> date:
+    return datetime.now(UTC).date()
+
+
+def period_start(period: str, today: date) -> date | None:
+    """The first day a budget period covers (UTC); None for ``total``."""
+    if period == "daily":
+        return today
+    if period == "weekly":
+        return today - timedelta(days=today.weekday())
+    if period == "monthly":
+        return today.replace(day=1)
+    return None
+
+
+def next_reset(period: str, today: date) -> date | None:
+    if period == "daily":
+        return today + timedelta(days=1)
+    if period == "weekly":
+        return today + timedelta(days=7 - today.weekday())
+    if period == "monthly":
+        return (today.replace(day=28) + timedelta(days=4)).replace(day=1)
+    return None
+
+
+class Ledger:
+    """Spend per subject (``key:<id>``, ``team:<id>``) and period; an Outcome listener."""
+
+    def __init__(self, database: Database, today: Callable[[], date] = utc_today) -> None:
+        self.database = database
+        self._today = today
+        self._pending: dict[UsageKey, list[float]] = {}
+        self._unwritten: dict[str, float] = {}  # subject → cost not in the database yet
+        self._stored: dict[tuple[str, str], float] = {}  # (subject, period) → cost in the database
+        self._task: asyncio.Task[None] | None = None
+        self._flushing = asyncio.Lock()
+
+    def __call__(self, outcome: Outcome) -> None:
+        if outcome.key_id is None or outcome.alias is None:  # not a key's, or never routed
+            return
+        usage, cost = outcome.usage, outcome.cost_usd or 0.0  # an unknown price cannot be charged
+        row = (self._today(), outcome.key_id, outcome.team_id or "", outcome.alias)
+        counts = self._pending.get(row)
+        if counts is None:
+            counts = self._pending[row] = [0.0, 0.0, 0.0, 0.0]
+        counts[0] += 1
+        if usage is not None:
+            counts[1] += usage.prompt
+            counts[2] += usage.completion
+        counts[3] += cost
+        if cost:
+            for subject in (f"key:{outcome.key_id}", f"team:{outcome.team_id}" if outcome.team_id else None):
+                if subject is not None:
+                    self._unwritten[subject] = self._unwritten.get(subject, 0.0) + cost
+
+    def spent(self, subject: str, period: str) -> float:
+        return self._stored.get((subject, period), 0.0) + self._unwritten.get(subject, 0.0)
+
+    async def start(self) -> None:
+        await self.refresh()
+        self._task = asyncio.get_running_loop().create_task(self._flush_forever())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.flush()  # the last batch
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_S)
+            try:
+                await self.flush()
+            except Exception:  # the database away: the counters wait for the next try
+                log.warning("spend: cannot write usage to the database; will retry", exc_info=True)
+
+    async def flush(self) -> None:
+        async with self._flushing:
+            batch, self._pending = self._pending, {}
+            written, self._unwritten = self._unwritten, {}
+            try:
+                await self.database.add_usage(batch)
+            except BaseException:
+                _merge_back(self._pending, batch)  # nothing lost: it goes with the next batch
+                for subject, cost in written.items():
+                    self._unwritten[subject] = self._unwritten.get(subject, 0.0) + cost
+                raise
+            await self.refresh()
+
+    async def refresh(self) -> None:
+        """Read every subject's spend per period back from the database."""
+        today = self._today()
+        starts = {p: period_start(p, today) for p in PERIODS[:3]}
+        since = min(d for d in starts.values() if d is not None)
+        stored: dict[tuple[str, str], float] = {}
+        for key_id, team_id, day, cost in await self.database.spend_since(since):
+            for period, start in starts.items():
+                if start is not None and day >= start:
+                    for subject in _subjects(key_id, team_id):
+                        stored[(subject, period)] = stored.get((subject, period), 0.0) + cost
+        for key_id, team_id, cost in await self.database.spend_total():
+            for subject in _subjects(key_id, team_id):
+                stored[(subject, "total")] = stored.get((subject, "total"), 0.0) + cost
+        self._stored = stored
+
+
+def _subjects(key_id: str, team_id: str) -> list[str]:
+    subjects = [f"key:{key_id}"] if key_id else []
+    if team_id:
+        subjects.append(f"team:{team_id}")
+    return subjects
+
+
+def _merge_back(into: dict[UsageKey, list[float]], batch: dict[UsageKey, list[float]]) -> None:
+    for row, counts in batch.items():
+        mine = into.get(row)
+        if mine is None:
+            into[row] = counts
+        else:
+            for i, value in enumerate(counts):
+                mine[i] += value
