@@ -148,6 +148,7 @@ def create_app(
             "switchboard_active_streams": {(): float(gateway.active_streams)},
             "switchboard_breaker_state": breaker_gauge(gateway.targets.states(), metrics.names),
             "switchboard_breaker_transitions": breaker_transitions(gateway.targets.transitions(), metrics.names),
+            "switchboard_state_errors": {(): float(guard.shared.errors if guard.shared is not None else 0)},
         }
         metrics.start()
         # Everything alive now (the app, the price table's thousands of objects) lives as long as

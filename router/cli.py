@@ -13,7 +13,7 @@ from typing import Final, TextIO
 
 from router.admin.commands import add_commands
 from router.admin.commands import run as run_admin_command
-from router.config import ConfigError, Settings, default_config_path, load_settings
+from router.config import ConfigError, Settings, default_config_path, load_settings, multiplied_limits
 from router.gateway.routing import Router
 from router.telemetry.export import export_interval_s, metric_exporter_from_env
 from router.telemetry.logs import configure as configure_logging
@@ -103,6 +103,9 @@ def _serve(args: argparse.Namespace, path: str) -> int:
     port = args.port if args.port is not None else server.port
     print(f"switchboard: serving {path} on http://{host}:{port}/v1", file=sys.stderr)
     workers = args.workers or server.workers
+    problem = multiplied_limits(workers, settings.config.auth, settings.config.state)
+    if problem:
+        raise ConfigError(f"--workers {workers}: {problem}")
     shared = None
     if workers > 1:  # the workers leave their metrics here, so one scrape reports them all
         shared = tempfile.mkdtemp(prefix="switchboard-metrics-")

@@ -49,6 +49,7 @@ from router.config_schema import (
     RetryConfig,
     ServerConfig,
     Settings,
+    StateConfig,
     Strategy,
     Strict,
     TargetConfig,
@@ -82,6 +83,7 @@ __all__ = [
     "RetryConfig",
     "ServerConfig",
     "Settings",
+    "StateConfig",
     "Strategy",
     "Strict",
     "TargetConfig",
@@ -89,6 +91,7 @@ __all__ = [
     "default_config_path",
     "interpolate",
     "load_settings",
+    "multiplied_limits",
     "settings_from_dict",
 ]
 
@@ -287,6 +290,17 @@ def _check_sections(raw: dict[str, Any], report: _Report, servable: bool) -> Non
         report.add("", "no models are configured (add a `models:` section)")
 
 
+def multiplied_limits(workers: int, auth: AuthConfig, state: StateConfig) -> str | None:
+    """Several workers counting keys' limits each in its own memory would multiply every limit
+    by their number: refused, with what to set instead."""
+    if workers > 1 and auth.master_key and state.backend == "memory":
+        return (
+            f"{workers} workers would each count rate limits in their own memory, multiplying every key's "
+            "limits: set state.backend: redis (and state.url), or run one worker"
+        )
+    return None
+
+
 def _declared_keys(value: Any, report: _Report, env: Mapping[str, str]) -> list[DeclaredKey]:
     """Keys from config.yaml. One given by ``key_env`` is hashed here from its variable (the
     secret is not kept); one whose variable is unset or empty keeps no hash and is left out by the
@@ -327,12 +341,18 @@ def _collect(data: dict[str, Any], env: Mapping[str, str], report: _Report, serv
     }
     auth = _build(raw.get("auth") or {}, AuthConfig, "auth", report)
     database = _build(raw.get("database") or {}, DatabaseConfig, "database", report)
+    state = _build(raw.get("state") or {}, StateConfig, "state", report)
     keys = _declared_keys(raw.get("keys") or [], report, env)
-    if report.errors or server is None or resilience is None or auth is None or database is None:
+    if server is not None and auth is not None and state is not None:
+        problem = multiplied_limits(server.workers, auth, state)
+        if problem:
+            report.add("state.backend", problem)
+    if report.errors or server is None or resilience is None or auth is None or database is None or state is None:
         return None
     return Config(
         auth=auth,
         database=database,
+        state=state,
         keys=keys,
         server=server,
         providers={name: p for name, p in providers.items() if p is not None},

@@ -173,6 +173,16 @@ class DatabaseConfig(Strict, frozen=True, kw_only=True):
     url: str = "sqlite:///switchboard.db"  # a relative path is beside the config file
 
 
+class StateConfig(Strict, frozen=True, kw_only=True):
+    """Where rate limits are counted: this process's memory (exact for one worker) or Redis
+    (shared by every worker and replica)."""
+
+    backend: Literal["memory", "redis"] = "memory"
+    url: str = "redis://127.0.0.1:6379/0"
+    on_state_error: Literal["open", "closed"] = "open"  # Redis away: local limits, or refuse
+    timeout_s: PositiveFloat = 0.25  # a Redis call slower than this counts as Redis away
+
+
 BudgetPeriod = Literal["daily", "weekly", "monthly", "total"]
 ModelPattern = Annotated[str, Meta(min_length=1, max_length=256)]
 
@@ -202,6 +212,7 @@ class Config(Strict, frozen=True, kw_only=True):
     pricing: dict[str, PriceConfig] = {}  # upstream model → its price, over the price table
     auth: AuthConfig = AuthConfig()
     database: DatabaseConfig = DatabaseConfig()
+    state: StateConfig = StateConfig()
     keys: list[DeclaredKey] = []
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "Refused",
     "RequestTimeout",
     "RouteNotFound",
+    "StateRefused",
     "SwitchboardError",
     "UpstreamError",
     "encode_error",
@@ -121,6 +122,14 @@ class QuotaExceeded(Refused):
     """A key or team over its budget: OpenAI's ``insufficient_quota``, not worth retrying soon."""
 
     error_type = "insufficient_quota"
+
+
+class StateRefused(SwitchboardError):
+    """``state.on_state_error: closed`` and the state backend away: the request is not admitted."""
+
+    status = 503
+    code = "state_unavailable"
+    retry_after = 1.0
 
 
 class NoTargetAvailable(SwitchboardError):

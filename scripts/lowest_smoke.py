@@ -294,7 +294,7 @@ def serve(python: str, workdir: Path, log: IO[bytes], upstream_port: int) -> Non
 def installed_versions(python: str) -> str:
     names = ["litestar", "httpx", "aiohttp", "msgspec", "pybreaker", "tenacity", "opentelemetry-sdk"]
     names += ["PyYAML", "uvicorn", "uvloop", "httptools", "genai-prices", "prometheus-client"]
-    names += ["SQLAlchemy", "alembic", "aiosqlite", "asyncpg"]
+    names += ["SQLAlchemy", "alembic", "aiosqlite", "asyncpg", "redis"]
     code = "import sys, importlib.metadata as m; print(' '.join(f'{n}=={m.version(n)}' for n in sys.argv[1:]))"
     result = subprocess.run([python, "-c", code, *names], capture_output=True, text=True, check=False, timeout=30)  # noqa: S603
     return result.stdout.strip() or result.stderr.strip()

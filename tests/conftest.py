@@ -45,3 +45,18 @@ async def postgres_url() -> AsyncIterator[str]:
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+@pytest.fixture
+async def redis_url() -> str:
+    """The local Redis (database 0; tests use keys of their own)."""
+    from redis.asyncio import Redis
+
+    client = Redis.from_url("redis://127.0.0.1:6379/0", socket_connect_timeout=2)
+    try:
+        await client.execute_command("PING")  # type: ignore[no-untyped-call]
+    except Exception as exc:  # redis' ConnectionError is not an OSError
+        _unavailable("Redis on 127.0.0.1:6379", exc)
+    finally:
+        await client.aclose()
+    return "redis://127.0.0.1:6379/0"

@@ -119,3 +119,13 @@ async def answers(config: Path, key: str) -> None:
             headers=headers,
         )
         assert refused.status_code == 403
+
+
+def test_several_workers_with_limits_in_memory_are_refused(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--workers", "2", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "state.backend: redis" in err
+    assert "2 workers" in err
+    config.write_text(CONFIG + "server: {workers: 3}\n")
+    assert main(["check", "--config", str(config)]) == 2
+    assert "state.backend: 3 workers" in capsys.readouterr().err

@@ -19,17 +19,19 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Final
 
-from router.access.limits import Admission, Budget, Limiter
+from router.access.limits import Admission, Admitted, Headroom, Limiter
 from router.access.secrets import digest, key_id_of, matches, same_secret
 from router.access.spend import Ledger, next_reset, utc_today
 from router.config_schema import Config, DeclaredKey
-from router.errors import AuthenticationFailed, ModelNotAllowed, QuotaExceeded, Refused
+from router.errors import AuthenticationFailed, ModelNotAllowed, QuotaExceeded, Refused, StateRefused
+from router.state.redis_limits import RedisLimiter, Spec, StateUnavailable
 from router.store.database import Database
 from router.store.records import KeyRecord, ModelRule, TeamRecord
 
 log = logging.getLogger(__name__)
 
 REFRESH_S: Final = 0.5
+_WHAT: Final = {"rpm": "requests per minute", "tpm": "tokens per minute", "parallel": "requests in parallel"}
 PERIOD_WORDS: Final = {"daily": "a day", "weekly": "a week", "monthly": "a month"}
 INVALID_KEY: Final = (
     "Incorrect or missing API key. Send a Switchboard key as `Authorization: Bearer <key>`, "
@@ -104,7 +106,10 @@ class Guard:
         self.master_key = config.auth.master_key
         self.enforcing = bool(self.master_key)
         self.database = database
-        self.limiter = Limiter()
+        self.limiter = Limiter()  # this process's count (and the fallback while Redis is away)
+        state = config.state
+        self.shared = RedisLimiter(state.url, state.timeout_s) if state.backend == "redis" else None
+        self.on_state_error = state.on_state_error
         self.ledger: Ledger | None = Ledger(database) if database is not None else None
         self.version = -1
         self._declared = _declared_keys(config.keys)
@@ -125,6 +130,8 @@ class Guard:
         self._task = asyncio.get_running_loop().create_task(self._refresh_forever())
 
     async def stop(self) -> None:
+        if self.shared is not None:
+            await self.shared.close()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -189,21 +196,48 @@ class Guard:
         if caller.restricted and not caller.allows(model):
             raise ModelNotAllowed(f"This key may not use the model '{model}'.", param="model")
 
-    def admit(self, caller: Caller, estimate: int) -> Admission | None:
+    async def admit(self, caller: Caller, estimate: int, request_id: str) -> Admitted | None:
         """Take the request's share of its key's and team's limits, or refuse it with a 429
-        (``insufficient_quota`` over a budget, ``rate_limit_exceeded`` over a limit)."""
+        (``insufficient_quota`` over a budget, ``rate_limit_exceeded`` over a limit). With the
+        Redis backend the count is shared; Redis away, ``state.on_state_error`` decides: this
+        process's own count (``open``) or a 503 (``closed``)."""
         self._check_budgets(caller)
-        subjects = self._subjects(caller)
-        if not subjects:
+        specs = self._specs(caller)
+        if not specs:
             return None
-        decision = self.limiter.admit(subjects, estimate, time.monotonic())
+        if self.shared is not None:
+            try:
+                answer = await self.shared.admit(specs, estimate, request_id)
+            except StateUnavailable:
+                if self.on_state_error == "closed":
+                    raise StateRefused(
+                        "Rate limits cannot be checked right now (the state backend is not answering); "
+                        "try again shortly."
+                    ) from None
+            else:
+                if answer[0] == 1:
+                    return SharedAdmission(self.shared, specs, request_id, estimate, answer[1:])
+                _, index, what, wait_ms = answer
+                raise self._refusal(caller, specs[int(index)], _WHAT[_text(what)], int(wait_ms) / 1000)
+        budgets = [self.limiter.subject(*spec) for spec in specs]
+        decision = self.limiter.admit(budgets, estimate, time.monotonic())
         if isinstance(decision, Admission):
             return decision
-        what, wait = decision
-        raise Refused(
-            f"Rate limit reached for {caller.label}: {what}. Try again in {max(wait, 0.001):.3g}s.",
+        what_local, wait = decision
+        raise self._refusal(caller, None, what_local, wait)
+
+    @staticmethod
+    def _refusal(caller: Caller, spec: Spec | None, what: str, wait: float) -> Refused:
+        if spec is not None:  # the shared count says which limit: rpm, tpm or parallel
+            _, rpm, tpm, parallel = spec
+            what = {"rpm": f"{rpm} {what}", "tpm": f"{tpm} {what}", "parallel": f"{parallel} {what}"}[
+                "rpm" if what == _WHAT["rpm"] else "tpm" if what == _WHAT["tpm"] else "parallel"
+            ]
+        wait = max(wait, 0.001)
+        return Refused(
+            f"Rate limit reached for {caller.label}: {what}. Try again in {wait:.3g}s.",
             code="rate_limit_exceeded",
-            retry_after=max(wait, 0.001),
+            retry_after=wait,
         )
 
     def _check_budgets(self, caller: Caller) -> None:
@@ -225,14 +259,13 @@ class Guard:
                 headers=(("x-should-retry", "false"),),
             )
 
-    def _subjects(self, caller: Caller) -> list[Budget]:
-        subjects: list[Budget] = []
-        for kind, record in (("key", caller.key), ("team", caller.team)):
-            if record is not None and (record.rpm or record.tpm or record.max_parallel):
-                subjects.append(
-                    self.limiter.subject(f"{kind}:{record.id}", record.rpm, record.tpm, record.max_parallel)
-                )
-        return subjects
+    @staticmethod
+    def _specs(caller: Caller) -> list[Spec]:
+        return [
+            (f"{kind}:{record.id}", record.rpm, record.tpm, record.max_parallel)
+            for kind, record in (("key", caller.key), ("team", caller.team))
+            if record is not None and (record.rpm or record.tpm or record.max_parallel)
+        ]
 
     def callers(self) -> list[Caller]:
         return [caller for _, caller in self._by_id.values()]
@@ -265,3 +298,38 @@ def _declared_keys(declared: Sequence[DeclaredKey]) -> list[KeyRecord]:
             )
         )
     return records
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class SharedAdmission:
+    """A request admitted by the shared count; its settlement goes to Redis off the request path."""
+
+    __slots__ = ("_estimate", "_limiter", "_member", "_settled", "_specs", "headroom")
+
+    def __init__(
+        self, limiter: RedisLimiter, specs: list[Spec], member: str, estimate: int, figures: list[object]
+    ) -> None:
+        self._limiter = limiter
+        self._specs = specs
+        self._member = member
+        self._estimate = estimate
+        self._settled = False
+        self.headroom = Headroom()
+        headroom = self.headroom
+        for i, (_, rpm, tpm, _parallel) in enumerate(specs):
+            rleft, rreset, tleft, treset = (int(_text(v)) for v in figures[i * 4 : i * 4 + 4])
+            if rpm and (headroom.remaining_requests is None or rleft < headroom.remaining_requests):
+                headroom.limit_requests, headroom.remaining_requests = rpm, rleft
+                headroom.reset_requests_s = rreset / 1000
+            if tpm and (headroom.remaining_tokens is None or tleft < headroom.remaining_tokens):
+                headroom.limit_tokens, headroom.remaining_tokens = tpm, tleft
+                headroom.reset_tokens_s = treset / 1000
+
+    def settle(self, tokens: int | None) -> None:
+        if self._settled:
+            return
+        self._settled = True
+        self._limiter.settle(self._specs, self._member, None if tokens is None else tokens - self._estimate)

@@ -12,7 +12,7 @@ import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Protocol
 
 from providers.schema import ChatRequest
 
@@ -95,9 +95,17 @@ def duration(seconds: float) -> str:
     return f"{minutes}m{rest}s" if minutes else f"{rest}s"
 
 
+class Admitted(Protocol):
+    headroom: Headroom
+
+    def settle(self, tokens: int | None) -> None:
+        """Give back the parallel slot and true up the token reservation (once)."""
+        ...
+
+
 class Admission:
-    """One admitted request's share of its subjects' limits; ``settle`` (once) gives back the
-    parallel slot and trues up the token reservation."""
+    """One admitted request's share of its subjects' limits in this process; ``settle`` (once)
+    gives back the parallel slot and trues up the token reservation."""
 
     __slots__ = ("_entries", "_estimate", "_settled", "_subjects", "headroom")
 

@@ -14,7 +14,7 @@ from litestar.types import HTTPScope, Receive, Send
 from providers.base import Inbound
 from providers.errors import SwitchboardError
 from router.access.guard import Guard, key_id_of_caller
-from router.access.limits import Admission, estimate_tokens
+from router.access.limits import Admitted, estimate_tokens
 from router.api.decode import decode_call
 from router.api.disconnect import ClientWatch
 from router.api.responses import CLIENT_GONE, JSONBody
@@ -56,7 +56,7 @@ async def chat_completions(scope: HTTPScope, receive: Receive, send: Send) -> No
     if tracing is not None:
         exchange.trace = RequestTrace(tracing, scope["headers"], CHAT_PATH, tracing.capture_content)
     guard: Guard = state.guard
-    admission: Admission | None = None
+    admission: Admitted | None = None
     try:
         caller = guard.authenticate(scope["headers"])  # before the body is read
         exchange.key_id = key_id_of_caller(caller)
@@ -66,7 +66,7 @@ async def chat_completions(scope: HTTPScope, receive: Receive, send: Send) -> No
         if caller.restricted:
             guard.check_model(caller, call.chat.model)
             exchange.allows = caller.allows  # and the fallbacks it may reach
-        admission = guard.admit(caller, estimate_tokens(call.chat))
+        admission = await guard.admit(caller, estimate_tokens(call.chat), exchange.request_id)
         if exchange.trace is not None:
             exchange.trace.inputs(call.chat.messages)
         extra = admission.headroom.headers() if admission is not None else []
@@ -83,7 +83,7 @@ async def chat_completions(scope: HTTPScope, receive: Receive, send: Send) -> No
     _finish(exchange, admission, status, code)
 
 
-def _finish(exchange: Exchange, admission: Admission | None, status: int, code: str | None) -> None:
+def _finish(exchange: Exchange, admission: Admitted | None, status: int, code: str | None) -> None:
     """End the request's record, then true up its limits with what it really used."""
     try:
         exchange.finish(status, code)

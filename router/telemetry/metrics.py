@@ -179,6 +179,14 @@ SPECS: Final = {
             unit="1",
         ),
         Spec(
+            "switchboard_state_errors",
+            "counter",
+            "Calls to the shared state backend (Redis) that failed or timed out",
+            live=True,
+            otel="switchboard.state.errors",
+            unit="{call}",
+        ),
+        Spec(
             "switchboard_breaker_transitions",
             "counter",
             "Breaker transitions per target, by the state entered",
@@ -284,6 +292,7 @@ OWN_CODES: Final = frozenset(
         "invalid_http_request",
         "invalid_api_key",
         "cancelled",
+        "state_unavailable",
         "forbidden",
         "model_not_allowed",
         "insufficient_quota",

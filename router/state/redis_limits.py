@@ -1,0 +1,181 @@
+"""Rate limits in Redis (``state.backend: redis``): one count shared by every worker and replica.
+
+Admission is one server-side script for all of a request's subjects (its key and its team), so it
+is atomic: three replicas sharing a key with ``rpm: 30`` admit exactly 30 requests a minute
+between them. Each subject has a sliding log of requests (a sorted set of request ids by time),
+a sliding log of token reservations (a sorted set, the amounts in a hash, their sum in a string)
+and the requests in flight (a sorted set, so that a crashed worker's entries age out). Settlement
+is a second script, sent off the request path. Keys expire on their own when a subject goes quiet.
+
+Any Redis failure or a call slower than ``timeout_s`` raises ``StateUnavailable``; the caller
+decides (``state.on_state_error``). After a failure Redis is not asked again for ``RETRY_S``, so a
+dead Redis costs no time per request, and it is used again by itself once it answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any, Final
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+WINDOW_MS: Final = 60_000
+PARALLEL_TTL_MS: Final = 15 * 60_000  # a request in flight longer than this no longer counts
+RETRY_S: Final = 1.0
+PREFIX: Final = "sb:limits:"
+
+# KEYS: per subject 5 keys (requests, token log, token amounts, token sum, in flight).
+# ARGV: now_ms, window_ms, estimate, member, subject count, parallel ttl, then per subject rpm,
+# tpm, max_parallel (0: none). Returns {0, subject index, what, wait_ms} or {1, then per subject
+# rpm left, rpm reset ms, tpm left, tpm reset ms}.
+ADMIT: Final = """
+local now, window, est, member = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local n, ttl = tonumber(ARGV[5]), tonumber(ARGV[6])
+for i = 0, n - 1 do
+  local rk, tk, ak, sk, pk = KEYS[i*5+1], KEYS[i*5+2], KEYS[i*5+3], KEYS[i*5+4], KEYS[i*5+5]
+  local rpm, tpm, par = tonumber(ARGV[7+i*3]), tonumber(ARGV[8+i*3]), tonumber(ARGV[9+i*3])
+  redis.call('ZREMRANGEBYSCORE', rk, '-inf', now - window)
+  local old = redis.call('ZRANGEBYSCORE', tk, '-inf', now - window)
+  if #old > 0 then
+    local gone = 0
+    for _, a in ipairs(redis.call('HMGET', ak, unpack(old))) do gone = gone + (tonumber(a) or 0) end
+    redis.call('ZREM', tk, unpack(old))
+    redis.call('HDEL', ak, unpack(old))
+    redis.call('INCRBYFLOAT', sk, -gone)
+  end
+  redis.call('ZREMRANGEBYSCORE', pk, '-inf', now - ttl)
+  if par > 0 and redis.call('ZCARD', pk) >= par then return {0, i, 'parallel', 1000} end
+  if rpm > 0 and redis.call('ZCARD', rk) >= rpm then
+    local first = redis.call('ZRANGE', rk, 0, 0, 'WITHSCORES')
+    return {0, i, 'rpm', tonumber(first[2]) + window - now}
+  end
+  if tpm > 0 then
+    local sum = tonumber(redis.call('GET', sk) or '0')
+    if sum + est > tpm and redis.call('ZCARD', tk) > 0 then
+      local need, freed, wait = sum + est - tpm, 0, window
+      local log = redis.call('ZRANGE', tk, 0, -1, 'WITHSCORES')
+      for j = 1, #log, 2 do
+        freed = freed + (tonumber(redis.call('HGET', ak, log[j])) or 0)
+        wait = tonumber(log[j+1]) + window - now
+        if freed >= need then break end
+      end
+      return {0, i, 'tpm', wait}
+    end
+  end
+end
+local out = {1}
+for i = 0, n - 1 do
+  local rk, tk, ak, sk, pk = KEYS[i*5+1], KEYS[i*5+2], KEYS[i*5+3], KEYS[i*5+4], KEYS[i*5+5]
+  local rpm, tpm = tonumber(ARGV[7+i*3]), tonumber(ARGV[8+i*3])
+  redis.call('ZADD', pk, now, member)
+  redis.call('PEXPIRE', pk, ttl)
+  local rleft, rreset, tleft, treset = -1, 0, -1, 0
+  if rpm > 0 then
+    redis.call('ZADD', rk, now, member)
+    redis.call('PEXPIRE', rk, window)
+    rleft = rpm - redis.call('ZCARD', rk)
+    rreset = tonumber(redis.call('ZRANGE', rk, 0, 0, 'WITHSCORES')[2]) + window - now
+  end
+  if tpm > 0 then
+    redis.call('ZADD', tk, now, member)
+    redis.call('HSET', ak, member, est)
+    local sum = tonumber(redis.call('INCRBYFLOAT', sk, est))
+    for _, k in ipairs({tk, ak, sk}) do redis.call('PEXPIRE', k, window) end
+    tleft = math.floor(tpm - sum)
+    treset = tonumber(redis.call('ZRANGE', tk, 0, 0, 'WITHSCORES')[2]) + window - now
+  end
+  table.insert(out, rleft)
+  table.insert(out, rreset)
+  table.insert(out, tleft)
+  table.insert(out, treset)
+end
+return out
+"""
+
+# KEYS: per subject 4 keys (token log, token amounts, token sum, in flight). ARGV: member, delta
+# (the real usage minus the estimate; "" when unknown).
+SETTLE: Final = """
+local member, delta = ARGV[1], tonumber(ARGV[2])
+for i = 0, #KEYS / 4 - 1 do
+  local tk, ak, sk, pk = KEYS[i*4+1], KEYS[i*4+2], KEYS[i*4+3], KEYS[i*4+4]
+  redis.call('ZREM', pk, member)
+  if delta and delta ~= 0 and redis.call('HEXISTS', ak, member) == 1 then
+    redis.call('HINCRBYFLOAT', ak, member, delta)
+    redis.call('INCRBYFLOAT', sk, delta)
+  end
+end
+return 1
+"""
+
+Spec = tuple[str, int | None, int | None, int | None]  # subject, rpm, tpm, max_parallel
+
+
+class StateUnavailable(Exception):
+    """Redis did not answer, or not in time."""
+
+
+def _keys(subject: str) -> list[str]:
+    base = PREFIX + subject
+    return [f"{base}:req", f"{base}:tok", f"{base}:amt", f"{base}:sum", f"{base}:par"]
+
+
+class RedisLimiter:
+    def __init__(self, url: str, timeout_s: float) -> None:
+        self.redis: Redis = Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        self.timeout_s = timeout_s
+        self.errors = 0  # for the metrics
+        self._down_until = 0.0
+        self._failing = False
+        self._admit = self.redis.register_script(ADMIT)
+        self._settle = self.redis.register_script(SETTLE)
+        self._settling: set[asyncio.Task[None]] = set()
+
+    async def close(self) -> None:
+        if self._settling:
+            await asyncio.gather(*self._settling, return_exceptions=True)
+        await self.redis.aclose()
+
+    async def admit(self, specs: Sequence[Spec], estimate: int, member: str) -> list[Any]:
+        """The script's answer (see ``ADMIT``), or ``StateUnavailable``."""
+        keys = [k for subject, *_ in specs for k in _keys(subject)]
+        argv: list[Any] = [int(time.time() * 1000), WINDOW_MS, estimate, member, len(specs), PARALLEL_TTL_MS]
+        for _, rpm, tpm, parallel in specs:
+            argv += [rpm or 0, tpm or 0, parallel or 0]
+        return list(await self._call(self._admit, keys, argv))
+
+    def settle(self, specs: Sequence[Spec], member: str, delta: int | None) -> None:
+        """Give back the request's slot and true up its tokens, off the request path."""
+        keys = [k for subject, *_ in specs for k in _keys(subject)[1:]]
+        task = asyncio.get_running_loop().create_task(self._settle_now(keys, [member, "" if delta is None else delta]))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _settle_now(self, keys: list[str], argv: list[Any]) -> None:
+        # Redis away: the slot ages out after PARALLEL_TTL_MS, the reservation with its window.
+        with contextlib.suppress(StateUnavailable):
+            await self._call(self._settle, keys, argv)
+
+    async def _call(self, script: Any, keys: list[str], argv: list[Any]) -> Any:
+        if time.monotonic() < self._down_until:
+            raise StateUnavailable("Redis failed a moment ago")
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                result = await script(keys=keys, args=argv)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self.errors += 1
+            if not self._failing:
+                log.warning("state: Redis is not answering (%s); trying again every %gs", type(exc).__name__, RETRY_S)
+            self._failing = True
+            self._down_until = time.monotonic() + RETRY_S
+            raise StateUnavailable(str(exc)) from None
+        if self._failing:
+            self._failing = False
+            log.warning("state: Redis answers again")
+        return result

@@ -1,0 +1,160 @@
+"""Limits in Redis (``state.backend: redis``): one count for every worker and replica, and what
+happens when Redis goes away (``on_state_error``) and comes back."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from litestar.testing import AsyncTestClient
+
+from router.app import create_app
+from router.config import settings_from_dict
+from tests.conftest import REQUIRE_SERVICES, fixture_bytes
+from tests.live import free_port
+from tests.test_keys import ADMIN, bearer, config
+
+HELLO = [{"role": "user", "content": "hi"}]
+
+
+def upstream(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(200, content=fixture_bytes("openai", "completion.json"))
+
+
+@asynccontextmanager
+async def replicas(tmp_path: Path, count: int, state: dict[str, Any]) -> AsyncIterator[list[AsyncTestClient[Any]]]:
+    """``count`` apps on one database and one state backend, as replicas are."""
+    async with AsyncExitStack() as stack:
+        clients = []
+        for _ in range(count):
+            settings = settings_from_dict(config(tmp_path, state=state), {})
+            app = create_app(settings, transport=httpx.MockTransport(upstream))
+            clients.append(await stack.enter_async_context(AsyncTestClient(app=app)))
+        yield clients
+
+
+async def ask(http: AsyncTestClient[Any], key: str, **extra: Any) -> httpx.Response:
+    return await http.post(
+        "/v1/chat/completions", json={"model": "m-small", "messages": HELLO, **extra}, headers=bearer(key)
+    )
+
+
+async def key_everywhere(clients: list[AsyncTestClient[Any]], **fields: Any) -> str:
+    created = await clients[0].post("/admin/keys", json={"name": "shared", **fields}, headers=ADMIN)
+    key: str = created.json()["key"]
+    for other in clients[1:]:  # each replica reloads within half a second
+        deadline = time.monotonic() + 2
+        while (await other.get("/v1/models", headers=bearer(key))).status_code != 200:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+    return key
+
+
+async def test_three_replicas_admit_exactly_the_rpm_between_them(tmp_path: Path, redis_url: str) -> None:
+    async with replicas(tmp_path, 3, {"backend": "redis", "url": redis_url}) as clients:
+        key = await key_everywhere(clients, rpm=30)
+        answers = [await ask(clients[i % 3], key) for i in range(45)]
+        statuses = [a.status_code for a in answers]
+        assert statuses.count(200) == 30
+        assert statuses[:30] == [200] * 30
+        assert set(statuses[30:]) == {429}
+        assert answers[29].headers["x-ratelimit-remaining-requests"] == "0"
+        assert answers[0].headers["x-ratelimit-limit-requests"] == "30"
+        assert 1 <= int(answers[-1].headers["retry-after"]) <= 60
+
+
+async def test_tokens_and_parallel_requests_are_shared_and_settled(tmp_path: Path, redis_url: str) -> None:
+    async with replicas(tmp_path, 2, {"backend": "redis", "url": redis_url}) as (a, b):
+        key = await key_everywhere([a, b], tpm=1000)
+        first = await ask(a, key, max_tokens=900)
+        assert first.status_code == 200
+        assert int(first.headers["x-ratelimit-remaining-tokens"]) < 100
+        deadline = time.monotonic() + 2  # settlement goes to Redis off the request path
+        while (second := await ask(b, key, max_tokens=900)).status_code != 200:
+            assert time.monotonic() < deadline, second.text
+            await asyncio.sleep(0.05)
+        assert (await ask(a, key, max_tokens=990)).status_code == 429
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[tuple[str, Any]]:
+    """A Redis of this test's own, which it may stop and start again."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        message = "redis-server is not installed; the README's Development section says how to get it"
+        if REQUIRE_SERVICES:
+            pytest.fail(message)
+        pytest.skip(message)
+    port = free_port()
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start() -> None:
+        argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        processes.append(subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.DEVNULL))  # noqa: S603
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            except OSError:
+                time.sleep(0.05)
+            else:
+                return
+        raise RuntimeError("redis-server did not start")
+
+    def stop() -> None:
+        for process in processes:
+            process.kill()
+            process.wait()
+        processes.clear()
+
+    start()
+    try:
+        yield f"redis://127.0.0.1:{port}/0", (start, stop)
+    finally:
+        stop()
+
+
+async def test_redis_away_falls_back_to_local_limits_and_comes_back(tmp_path: Path, own_redis: tuple[str, Any]) -> None:
+    url, (start, stop) = own_redis
+    async with replicas(tmp_path, 1, {"backend": "redis", "url": url, "timeout_s": 0.2}) as (http,):
+        key = await key_everywhere([http], rpm=100)
+        assert (await ask(http, key)).status_code == 200
+        stop()
+        began = time.monotonic()
+        answers = [await ask(http, key) for _ in range(5)]
+        assert [a.status_code for a in answers] == [200] * 5  # open: this process's own count
+        assert time.monotonic() - began < 1.5  # a dead Redis is not waited for on every request
+        metrics = (await http.get("/metrics")).text
+        assert "switchboard_state_errors_total 1.0" in metrics or "switchboard_state_errors_total 2.0" in metrics
+        start()
+        deadline = time.monotonic() + 5
+        while True:  # once Redis answers again, the shared count is back: it saw one request
+            answer = await ask(http, key)
+            if answer.headers.get("x-ratelimit-remaining-requests") in {str(100 - n) for n in range(2, 10)}:
+                break
+            assert time.monotonic() < deadline, answer.headers
+            await asyncio.sleep(0.2)
+
+
+async def test_redis_away_with_on_state_error_closed_refuses(tmp_path: Path, own_redis: tuple[str, Any]) -> None:
+    url, (_, stop) = own_redis
+    state = {"backend": "redis", "url": url, "timeout_s": 0.2, "on_state_error": "closed"}
+    async with replicas(tmp_path, 1, state) as (http,):
+        key = await key_everywhere([http], rpm=100)
+        assert (await ask(http, key)).status_code == 200
+        stop()
+        refused = await ask(http, key)
+        assert refused.status_code == 503
+        assert refused.json()["error"]["code"] == "state_unavailable"
+        assert refused.headers["retry-after"] == "1"
+        unlimited = (await http.post("/admin/keys", json={"name": "free"}, headers=ADMIN)).json()["key"]
+        assert (await ask(http, unlimited)).status_code == 200  # no limits: Redis is not asked
