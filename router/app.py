@@ -44,7 +44,7 @@ from router.errors import (
 )
 from router.gateway.balancing import seeded_random
 from router.gateway.failover import Gateway
-from router.gateway.outcome import Outcomes
+from router.gateway.outcome import Outcomes, Pricer
 from router.gateway.pricing import Pricing
 from router.gateway.routing import Router
 from router.resilience.breaker import Clock, utc_now
@@ -125,7 +125,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        guard = await _guard(settings)
+        guard = await _guard(settings, app.state.outcomes.pricing)
         app.state.guard = guard
         if guard.ledger is not None:
             app.state.outcomes.listeners.append(guard.ledger)  # spend, from every request's record
@@ -193,7 +193,7 @@ def create_app(
     )
 
 
-async def _guard(settings: Settings) -> Guard:
+async def _guard(settings: Settings, pricing: Pricer) -> Guard:
     """Keys from the database (created and migrated here on first start) when a master key is set;
     otherwise Switchboard runs open, and says so."""
     config = settings.config
@@ -206,7 +206,7 @@ async def _guard(settings: Settings) -> Guard:
     database = Database(async_url(config.database.url, settings.base_dir))
     try:
         await database.migrate()
-        guard = Guard(config, database)
+        guard = Guard(config, database, pricing)
         await guard.start()
     except BaseException:
         await database.close()

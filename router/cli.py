@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import shutil
 import sys
@@ -11,10 +12,15 @@ from collections.abc import Sequence
 from importlib import metadata
 from typing import Final, TextIO
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
 from router.admin.commands import add_commands
 from router.admin.commands import run as run_admin_command
 from router.config import ConfigError, Settings, default_config_path, load_settings, multiplied_limits
 from router.gateway.routing import Router
+from router.store.database import Database
+from router.store.url import async_url
 from router.telemetry.export import export_interval_s, metric_exporter_from_env
 from router.telemetry.logs import configure as configure_logging
 from router.telemetry.metrics import METRICS_DIR_ENV
@@ -79,8 +85,12 @@ def describe(settings: Settings, upstreams: dict[str, Upstream], out: TextIO) ->
 
 
 def _database(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    return f"{scheme}://…@{rest.split('@', 1)[1]}" if sep and "@" in rest else url
+    """The database's address without its password or query (which may hold one)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return "(an invalid database.url)"
+    return parsed.set(query={}).render_as_string(hide_password=True)
 
 
 def _check(path: str) -> int:
@@ -101,6 +111,8 @@ def _serve(args: argparse.Namespace, path: str) -> int:
     configure_logging(os.environ["SWITCHBOARD_LOG_LEVEL"], os.environ["SWITCHBOARD_LOG_FORMAT"])
     host = args.host or server.host
     port = args.port if args.port is not None else server.port
+    if settings.config.auth.master_key:
+        asyncio.run(_migrate(settings))  # once, here, not racing in every worker
     print(f"switchboard: serving {path} on http://{host}:{port}/v1", file=sys.stderr)
     workers = args.workers or server.workers
     problem = multiplied_limits(workers, settings.config.auth, settings.config.state)
@@ -116,6 +128,14 @@ def _serve(args: argparse.Namespace, path: str) -> int:
         if shared is not None:
             shutil.rmtree(shared, ignore_errors=True)
     return 0
+
+
+async def _migrate(settings: Settings) -> None:
+    database = Database(async_url(settings.config.database.url, settings.base_dir))
+    try:
+        await database.migrate()
+    finally:
+        await database.close()
 
 
 def _check_otel_env() -> None:

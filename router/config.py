@@ -23,6 +23,7 @@ import msgspec
 import yaml
 
 from router.config_schema import (
+    MIN_MASTER_KEY,
     PROVIDER_TYPES,
     AnthropicProviderConfig,
     AuthConfig,
@@ -340,6 +341,10 @@ def _collect(data: dict[str, Any], env: Mapping[str, str], report: _Report, serv
         for name, value in _mapping(raw, "pricing", report).items()
     }
     auth = _build(raw.get("auth") or {}, AuthConfig, "auth", report)
+    if auth is not None:
+        auth = msgspec.structs.replace(auth, master_key=auth.master_key.strip())
+        if 0 < len(auth.master_key) < MIN_MASTER_KEY:
+            report.add("auth.master_key", f"too short: a master key needs at least {MIN_MASTER_KEY} characters")
     database = _build(raw.get("database") or {}, DatabaseConfig, "database", report)
     state = _build(raw.get("state") or {}, StateConfig, "state", report)
     keys = _declared_keys(raw.get("keys") or [], report, env)

@@ -166,7 +166,12 @@ class PriceConfig(Strict, frozen=True, kw_only=True):
 
 
 class AuthConfig(Strict, frozen=True, kw_only=True):
-    master_key: str = ""  # empty: open mode (no keys checked; the admin API reads only, from loopback)
+    # Empty: open mode (no keys checked; the admin API reads only, from loopback). Otherwise at
+    # least 16 characters; surrounding whitespace (a newline from a secrets file) is not part of it.
+    master_key: str = ""
+
+
+MIN_MASTER_KEY: Final = 16
 
 
 class DatabaseConfig(Strict, frozen=True, kw_only=True):
@@ -199,7 +204,7 @@ class KeyLimits(Strict, frozen=True, kw_only=True):
 class DeclaredKey(KeyLimits, frozen=True, kw_only=True):
     """A key kept in config.yaml: its secret in an environment variable, or only its SHA-256."""
 
-    name: Annotated[str, Meta(min_length=1, max_length=200)]
+    name: Annotated[str, Meta(min_length=1, max_length=58, pattern=r"^[A-Za-z0-9._-]+$")]  # its id: cfg-<name>
     key_env: str | None = None
     key_hash: Annotated[str, Meta(pattern="^[0-9a-f]{64}$")] | None = None
 

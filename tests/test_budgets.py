@@ -231,3 +231,32 @@ async def test_a_batch_that_cannot_be_written_is_kept_for_the_next(tmp_path: Pat
         assert rows[0]["requests"] == 2
     finally:
         await database.close()
+
+
+async def test_an_answer_whose_usage_never_came_is_charged_its_reservation(tmp_path: Path) -> None:
+    from msgspec.structs import replace
+
+    from router.config import PriceConfig
+    from router.gateway.pricing import Pricing
+
+    database = Database(async_url(f"sqlite:///{tmp_path / 'spend.db'}"))
+    await database.migrate()
+    ledger = Ledger(database, Pricing({"x": PriceConfig(input=1, output=1000)}))
+    try:
+        cut = replace(outcome("k1", None, 0.0), usage=None, cost_usd=None, reserved_tokens=1000)
+        ledger(cut)  # 1000 tokens at $1000 per million output tokens
+        assert ledger.spent("key:k1", "total") == pytest.approx(1.0)
+        ledger(replace(cut, reserved_tokens=None))  # nothing reserved, nothing known: nothing charged
+        assert ledger.spent("key:k1", "total") == pytest.approx(1.0)
+    finally:
+        await database.close()
+
+
+async def test_replicas_starting_together_migrate_one_at_a_time(postgres_url: str) -> None:
+    first, second = (Database(async_url(postgres_url)) for _ in range(2))
+    try:
+        await asyncio.gather(first.migrate(), second.migrate())
+        assert await first.version() == 0
+    finally:
+        await first.close()
+        await second.close()

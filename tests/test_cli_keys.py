@@ -22,7 +22,7 @@ providers: {up: {type: openai, base_url: "http://up.test/v1"}}
 models:
   m: {targets: [{provider: up, model: x}]}
   other: {targets: [{provider: up, model: y}]}
-auth: {master_key: cli-master-key}
+auth: {master_key: cli-master-key-0123}
 database: {url: "sqlite:///keys.db"}
 """
 

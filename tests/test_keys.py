@@ -182,6 +182,8 @@ async def test_rpm_refuses_with_openais_429_and_every_answer_carries_the_headers
         error = refused.json()["error"]
         assert (error["type"], error["code"]) == ("rate_limit_error", "rate_limit_exceeded")
         assert 50 <= int(refused.headers["retry-after"]) <= 60
+        assert refused.headers["x-ratelimit-limit-requests"] == "2"  # the exhausted limit's headers
+        assert refused.headers["x-ratelimit-remaining-requests"] == "0"
         # another key is not affected
         other = (await new_key(http, name="other", rpm=2))["key"]
         assert (await http.post("/v1/chat/completions", json=chat(), headers=bearer(other))).status_code == 200
@@ -314,6 +316,11 @@ async def test_bad_admin_input_gets_a_400_naming_the_field(tmp_path: Path, datab
             if param is not None:
                 assert answer.json()["error"]["param"] == param, answer.text
         assert (await http.get("/admin/keys/' OR '1'='1", headers=ADMIN)).status_code == 404
+        assert (await http.get("/admin/keys/%00abc", headers=ADMIN)).status_code == 404
+        assert (await http.patch("/admin/teams/a%00b", json={}, headers=ADMIN)).status_code == 404
+        for bad in ({"name": "a\x00b"}, {"name": "x", "metadata": {"k": "v\x00"}}):
+            assert (await http.post("/admin/keys", json=bad, headers=ADMIN)).status_code == 400
+        assert (await http.get("/admin/usage", params={"model": "m\x00"}, headers=ADMIN)).status_code == 400
         keys = (await http.get("/admin/keys", headers=ADMIN)).json()["data"]
         assert len(keys) == 1
 
@@ -364,3 +371,49 @@ async def test_a_change_through_one_worker_reaches_another_within_a_second(tmp_p
 )
 def test_the_key_is_read_strictly(headers: list[tuple[bytes, bytes]], found: str | None) -> None:
     assert presented_key(headers) == found
+
+
+def test_the_memory_count_does_not_drift_when_a_request_outlives_the_window() -> None:
+    """A stream longer than the minute settles after its reservation left the window: the true-up
+    must not touch the window's sum (which would give away or withhold tokens for good)."""
+    from router.access.limits import Admission, Limiter
+
+    limiter = Limiter()
+    subject = limiter.subject("key:k", None, 1000, None)
+    long = limiter.admit([subject], 900, now=0.0)
+    assert isinstance(long, Admission)
+    short = limiter.admit([subject], 50, now=61.0)  # the first reservation leaves the window
+    assert isinstance(short, Admission)
+    assert subject.token_sum == 50
+    long.settle(5000)  # far more than reserved, but a minute ago
+    assert subject.token_sum == 50
+    short.settle(10)
+    assert subject.token_sum == 10
+    assert subject.parallel == 0
+
+
+@pytest.mark.parametrize(
+    ("auth", "problem"),
+    [({"master_key": "short"}, "at least 16"), ({"master_key": "   "}, None)],
+)
+def test_the_master_key_is_checked(tmp_path: Path, auth: dict[str, str], problem: str | None) -> None:
+    from router.config import ConfigError
+
+    if problem is None:  # whitespace only: no master key, open mode
+        assert settings_from_dict(config(tmp_path, master=auth["master_key"]), {}).config.auth.master_key == ""
+        return
+    with pytest.raises(ConfigError, match=problem) as raised:
+        settings_from_dict(config(tmp_path, master=auth["master_key"]), {})
+    assert "short'" not in str(raised.value)  # the value itself is never printed
+
+
+async def test_the_master_key_is_taken_without_surrounding_whitespace(tmp_path: Path) -> None:
+    async with gateway(tmp_path, master=f"  {MASTER}\n") as (http, _):
+        assert (await http.get("/v1/models", headers=ADMIN)).status_code == 200
+
+
+def test_declared_key_names_fit_their_ids(tmp_path: Path) -> None:
+    from router.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"keys\[0\]\.name"):
+        settings_from_dict(config(tmp_path, keys=[{"name": "x" * 59, "key_hash": "0" * 64}]), {})

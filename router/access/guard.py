@@ -19,11 +19,12 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Final
 
-from router.access.limits import Admission, Admitted, Headroom, Limiter
+from router.access.limits import Admission, Admitted, Headroom, Limiter, Refusal
 from router.access.secrets import digest, key_id_of, matches, same_secret
 from router.access.spend import Ledger, next_reset, utc_today
 from router.config_schema import Config, DeclaredKey
 from router.errors import AuthenticationFailed, ModelNotAllowed, QuotaExceeded, Refused, StateRefused
+from router.gateway.outcome import Pricer
 from router.state.redis_limits import RedisLimiter, Spec, StateUnavailable
 from router.store.database import Database
 from router.store.records import KeyRecord, ModelRule, TeamRecord
@@ -32,6 +33,18 @@ log = logging.getLogger(__name__)
 
 REFRESH_S: Final = 0.5
 _WHAT: Final = {"rpm": "requests per minute", "tpm": "tokens per minute", "parallel": "requests in parallel"}
+
+
+def _refused(caller: Caller, refusal: Refusal) -> Refused:
+    wait = max(refusal.wait_s, 0.001)
+    return Refused(
+        f"Rate limit reached for {caller.label}: {refusal.limit} {_WHAT[refusal.kind]}. Try again in {wait:.3g}s.",
+        code="rate_limit_exceeded",
+        retry_after=wait,
+        headers=refusal.headers(),
+    )
+
+
 PERIOD_WORDS: Final = {"daily": "a day", "weekly": "a week", "monthly": "a month"}
 INVALID_KEY: Final = (
     "Incorrect or missing API key. Send a Switchboard key as `Authorization: Bearer <key>`, "
@@ -102,7 +115,7 @@ def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
 
 
 class Guard:
-    def __init__(self, config: Config, database: Database | None) -> None:
+    def __init__(self, config: Config, database: Database | None, pricing: Pricer | None = None) -> None:
         self.master_key = config.auth.master_key
         self.enforcing = bool(self.master_key)
         self.database = database
@@ -110,7 +123,7 @@ class Guard:
         state = config.state
         self.shared = RedisLimiter(state.url, state.timeout_s) if state.backend == "redis" else None
         self.on_state_error = state.on_state_error
-        self.ledger: Ledger | None = Ledger(database) if database is not None else None
+        self.ledger: Ledger | None = Ledger(database, pricing) if database is not None else None
         self.version = -1
         self._declared = _declared_keys(config.keys)
         self._by_id: dict[str, tuple[KeyRecord, Caller]] = {}
@@ -142,6 +155,8 @@ class Guard:
     async def reload(self) -> None:
         assert self.database is not None
         version, keys, teams = await self.database.load()
+        if version < self.version:  # a slower, older read finishing after a newer one
+            return
         self._install(keys, teams)
         self.version = version
 
@@ -217,28 +232,16 @@ class Guard:
             else:
                 if answer[0] == 1:
                     return SharedAdmission(self.shared, specs, request_id, estimate, answer[1:])
-                _, index, what, wait_ms = answer
-                raise self._refusal(caller, specs[int(index)], _WHAT[_text(what)], int(wait_ms) / 1000)
+                _, index, kind, wait_ms = answer
+                _, rpm, tpm, parallel = specs[int(index)]
+                kind = _text(kind)
+                limit = {"rpm": rpm, "tpm": tpm, "parallel": parallel}[kind] or 0
+                raise _refused(caller, Refusal(kind, limit, int(wait_ms) / 1000))
         budgets = [self.limiter.subject(*spec) for spec in specs]
         decision = self.limiter.admit(budgets, estimate, time.monotonic())
         if isinstance(decision, Admission):
             return decision
-        what_local, wait = decision
-        raise self._refusal(caller, None, what_local, wait)
-
-    @staticmethod
-    def _refusal(caller: Caller, spec: Spec | None, what: str, wait: float) -> Refused:
-        if spec is not None:  # the shared count says which limit: rpm, tpm or parallel
-            _, rpm, tpm, parallel = spec
-            what = {"rpm": f"{rpm} {what}", "tpm": f"{tpm} {what}", "parallel": f"{parallel} {what}"}[
-                "rpm" if what == _WHAT["rpm"] else "tpm" if what == _WHAT["tpm"] else "parallel"
-            ]
-        wait = max(wait, 0.001)
-        return Refused(
-            f"Rate limit reached for {caller.label}: {what}. Try again in {wait:.3g}s.",
-            code="rate_limit_exceeded",
-            retry_after=wait,
-        )
+        raise _refused(caller, decision)
 
     def _check_budgets(self, caller: Caller) -> None:
         for kind, record in (("key", caller.key), ("team", caller.team)):

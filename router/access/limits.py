@@ -17,6 +17,7 @@ from typing import Final, Protocol
 from providers.schema import ChatRequest
 
 WINDOW_S: Final = 60.0
+PARALLEL_RETRY_S: Final = 1.0  # a slot frees when a request ends: no telling when
 
 
 @dataclass(slots=True)
@@ -27,7 +28,7 @@ class Budget:
     tpm: int | None
     max_parallel: int | None
     requests: deque[float] = field(default_factory=deque)
-    tokens: deque[list[float]] = field(default_factory=deque)  # [time, amount]
+    tokens: deque[list[float]] = field(default_factory=deque)  # [time, amount, 1 while in the window]
     token_sum: float = 0.0
     parallel: int = 0
 
@@ -38,24 +39,47 @@ class Budget:
             requests.popleft()
         tokens = self.tokens
         while tokens and tokens[0][0] <= start:
-            self.token_sum -= tokens.popleft()[1]
+            entry = tokens.popleft()
+            entry[2] = 0.0  # out of the window: settling it later must not touch the sum
+            self.token_sum -= entry[1]
 
-    def refusal(self, now: float, estimate: int) -> tuple[str, float] | None:
-        """Why this request cannot be admitted now and how long until it could, or None."""
+    def refusal(self, now: float, estimate: int) -> Refusal | None:
+        """Which limit refuses this request now and how long until it could pass, or None."""
         if self.max_parallel is not None and self.parallel >= self.max_parallel:
-            return f"{self.max_parallel} requests in parallel", 1.0
+            return Refusal("parallel", self.max_parallel, PARALLEL_RETRY_S)
         if self.rpm is not None and len(self.requests) >= self.rpm:
-            return f"{self.rpm} requests per minute", self.requests[0] + WINDOW_S - now
+            return Refusal("rpm", self.rpm, self.requests[0] + WINDOW_S - now)
         if self.tpm is not None and self.token_sum + estimate > self.tpm and self.tokens:
             # Wait until enough of the window's tokens have left it (a request larger than the
             # whole limit is admitted into an empty window, or it could never run).
             need, freed = self.token_sum + estimate - self.tpm, 0.0
-            for stamp, amount in self.tokens:
+            for stamp, amount, _ in self.tokens:
                 freed += amount
                 if freed >= need:
-                    return f"{self.tpm} tokens per minute", stamp + WINDOW_S - now
-            return f"{self.tpm} tokens per minute", self.tokens[-1][0] + WINDOW_S - now
+                    return Refusal("tpm", self.tpm, stamp + WINDOW_S - now)
+            return Refusal("tpm", self.tpm, self.tokens[-1][0] + WINDOW_S - now)
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """The limit that refused a request (``rpm``, ``tpm`` or ``parallel``), its value, and the
+    seconds until the request could pass."""
+
+    kind: str
+    limit: int
+    wait_s: float
+
+    def headers(self) -> tuple[tuple[str, str], ...]:
+        """OpenAI's rate-limit headers for the exhausted limit."""
+        if self.kind == "parallel":
+            return ()
+        kind = "requests" if self.kind == "rpm" else "tokens"
+        return (
+            (f"x-ratelimit-limit-{kind}", str(self.limit)),
+            (f"x-ratelimit-remaining-{kind}", "0"),
+            (f"x-ratelimit-reset-{kind}", duration(self.wait_s)),
+        )
 
 
 @dataclass(slots=True)
@@ -127,8 +151,8 @@ class Admission:
             return
         delta = tokens - self._estimate
         for subject, entry in zip(self._subjects, self._entries, strict=True):
-            if subject.tpm is not None:
-                entry[1] += delta
+            entry[1] += delta
+            if subject.tpm is not None and entry[2]:  # still in the window, still in the sum
                 subject.token_sum += delta
 
 
@@ -146,7 +170,7 @@ class Limiter:
             budget.rpm, budget.tpm, budget.max_parallel = rpm, tpm, max_parallel
         return budget
 
-    def admit(self, subjects: Sequence[Budget], estimate: int, now: float) -> Admission | tuple[str, float]:
+    def admit(self, subjects: Sequence[Budget], estimate: int, now: float) -> Admission | Refusal:
         """Admit against every subject or none: the admission, or the refusal and its wait."""
         for subject in subjects:
             subject.expire(now)
@@ -160,7 +184,7 @@ class Limiter:
             subject.parallel += 1
             if subject.rpm is not None:
                 subject.requests.append(now)
-            entry = [now, float(estimate)]
+            entry = [now, float(estimate), 1.0 if subject.tpm is not None else 0.0]
             if subject.tpm is not None:
                 subject.tokens.append(entry)
                 subject.token_sum += estimate

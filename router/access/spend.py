@@ -17,7 +17,8 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Final
 
-from router.gateway.outcome import Outcome
+from providers.base import TokenUsage
+from router.gateway.outcome import Outcome, Pricer
 from router.store.database import Database, UsageKey
 
 log = logging.getLogger(__name__)
@@ -54,8 +55,11 @@ def next_reset(period: str, today: date) -> date | None:
 class Ledger:
     """Spend per subject (``key:<id>``, ``team:<id>``) and period; an Outcome listener."""
 
-    def __init__(self, database: Database, today: Callable[[], date] = utc_today) -> None:
+    def __init__(
+        self, database: Database, pricing: Pricer | None = None, today: Callable[[], date] = utc_today
+    ) -> None:
         self.database = database
+        self._pricing = pricing
         self._today = today
         self._pending: dict[UsageKey, list[float]] = {}
         self._unwritten: dict[str, float] = {}  # subject → cost not in the database yet
@@ -66,7 +70,9 @@ class Ledger:
     def __call__(self, outcome: Outcome) -> None:
         if outcome.key_id is None or outcome.alias is None:  # not a key's, or never routed
             return
-        usage, cost = outcome.usage, outcome.cost_usd or 0.0  # an unknown price cannot be charged
+        usage, cost = outcome.usage, outcome.cost_usd
+        if cost is None:
+            cost = self._estimated_cost(outcome)
         row = (self._today(), outcome.key_id, outcome.team_id or "", outcome.alias)
         counts = self._pending.get(row)
         if counts is None:
@@ -80,6 +86,20 @@ class Ledger:
             for subject in (f"key:{outcome.key_id}", f"team:{outcome.team_id}" if outcome.team_id else None):
                 if subject is not None:
                     self._unwritten[subject] = self._unwritten.get(subject, 0.0) + cost
+
+    def _estimated_cost(self, outcome: Outcome) -> float:
+        """An answer whose usage never came (a stream cut before its last chunk) is charged at
+        its reservation, priced as output tokens: a client cannot spend for free by leaving
+        early. An unknown price charges nothing."""
+        if outcome.usage is not None or not outcome.reserved_tokens or outcome.target is None or self._pricing is None:
+            return 0.0
+        model = outcome.target.partition("/")[2]
+        reserved = TokenUsage(prompt=0, completion=outcome.reserved_tokens)
+        try:
+            return self._pricing.cost(outcome.provider, model, outcome.response_model, reserved) or 0.0
+        except Exception:  # a price table surprise must not lose the usage
+            log.exception("spend: pricing the reservation failed")
+            return 0.0
 
     def spent(self, subject: str, period: str) -> float:
         return self._stored.get((subject, period), 0.0) + self._unwritten.get(subject, 0.0)
@@ -106,15 +126,23 @@ class Ledger:
     async def flush(self) -> None:
         async with self._flushing:
             batch, self._pending = self._pending, {}
-            written, self._unwritten = self._unwritten, {}
+            written = dict(self._unwritten)  # what this batch carries, counted until it is read back
             try:
                 await self.database.add_usage(batch)
-            except BaseException:
+            except Exception:
                 _merge_back(self._pending, batch)  # nothing lost: it goes with the next batch
-                for subject, cost in written.items():
-                    self._unwritten[subject] = self._unwritten.get(subject, 0.0) + cost
                 raise
-            await self.refresh()
+            # (Cancelled while writing, the batch may or may not be in: it is not put back, so
+            # that it cannot be counted twice.)
+            try:
+                await self.refresh()
+            finally:
+                for subject, cost in written.items():
+                    left = self._unwritten.get(subject, 0.0) - cost
+                    if left > 1e-12:
+                        self._unwritten[subject] = left
+                    else:
+                        self._unwritten.pop(subject, None)
 
     async def refresh(self) -> None:
         """Read every subject's spend per period back from the database."""

@@ -25,10 +25,11 @@ from router.store.database import Conflict, Database
 from router.store.records import KeyRecord, TeamRecord
 
 _PARAM = re.compile(r"(?:at `\$\.|unknown field `)([A-Za-z_]+)")
-Name = Annotated[str, Meta(min_length=1, max_length=200)]
+Name = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
 Positive = Annotated[int, Meta(gt=0)]
 Money = Annotated[float, Meta(ge=0)]
-Metadata = Annotated[dict[str, Annotated[str, Meta(max_length=1000)]], Meta(max_length=64)]
+Text = Annotated[str, Meta(max_length=1000, pattern=r"^[^\x00]*$")]
+Metadata = Annotated[dict[Annotated[str, Meta(max_length=100, pattern=r"^[^\x00]*$")], Text], Meta(max_length=64)]
 Models = Annotated[list[ModelPattern], Meta(max_length=1000)]
 
 
@@ -135,6 +136,17 @@ def _answer(body: dict[str, Any], request: Request[Any, Any, State], status: int
     return Response(body, status_code=status, headers={"x-request-id": request_id_of(request.scope)})
 
 
+_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _id(request: Request[Any, Any, State], name: str) -> str:
+    """A key's or team's id from the path; anything else is no id (a 404, never a query)."""
+    value = str(request.path_params[name])
+    if not _ID.fullmatch(value):
+        raise _missing("key" if name == "key_id" else "team", value[:64].replace("\x00", ""))
+    return value
+
+
 def _missing(what: str, ident: str) -> RouteNotFound:
     return RouteNotFound(f"No {what} with id '{ident}'.")
 
@@ -162,7 +174,7 @@ async def list_keys(request: Request[Any, Any, State]) -> Response[dict[str, Any
 
 @get("/admin/keys/{key_id:str}")
 async def show_key(request: Request[Any, Any, State]) -> Response[dict[str, Any]]:
-    key_id = str(request.path_params["key_id"])
+    key_id = _id(request, "key_id")
     database, _ = _store(request)
     record = await database.key(key_id)
     if record is None:
@@ -172,7 +184,7 @@ async def show_key(request: Request[Any, Any, State]) -> Response[dict[str, Any]
 
 @patch("/admin/keys/{key_id:str}")
 async def update_key(request: Request[Any, Any, State]) -> Response[dict[str, Any]]:
-    key_id = str(request.path_params["key_id"])
+    key_id = _id(request, "key_id")
     database, guard = _store(request)
     fields = await _decode(request, KeyIn)
     try:
@@ -187,7 +199,7 @@ async def update_key(request: Request[Any, Any, State]) -> Response[dict[str, An
 
 @delete("/admin/keys/{key_id:str}", status_code=200)
 async def revoke_key(request: Request[Any, Any, State]) -> Response[dict[str, Any]]:
-    key_id = str(request.path_params["key_id"])
+    key_id = _id(request, "key_id")
     database, guard = _store(request)
     current = await database.key(key_id)
     if current is None:
@@ -201,7 +213,7 @@ async def revoke_key(request: Request[Any, Any, State]) -> Response[dict[str, An
 @post("/admin/keys/{key_id:str}/rotate", status_code=200)
 async def rotate_key(request: Request[Any, Any, State]) -> Response[dict[str, Any]]:
     """A new secret for the same key (id, limits, spend); the old secret stops working at once."""
-    key_id = str(request.path_params["key_id"])
+    key_id = _id(request, "key_id")
     database, guard = _store(request)
     current = await database.key(key_id)
     if current is None:
@@ -237,7 +249,7 @@ async def list_teams(request: Request[Any, Any, State]) -> Response[dict[str, An
 
 @get("/admin/teams/{team_id:str}")
 async def show_team(request: Request[Any, Any, State]) -> Response[dict[str, Any]]:
-    team_id = str(request.path_params["team_id"])
+    team_id = _id(request, "team_id")
     database, _ = _store(request)
     record = await database.team(team_id)
     if record is None:
@@ -247,7 +259,7 @@ async def show_team(request: Request[Any, Any, State]) -> Response[dict[str, Any
 
 @patch("/admin/teams/{team_id:str}")
 async def update_team(request: Request[Any, Any, State]) -> Response[dict[str, Any]]:
-    team_id = str(request.path_params["team_id"])
+    team_id = _id(request, "team_id")
     database, guard = _store(request)
     fields = await _decode(request, TeamIn)
     try:
@@ -263,7 +275,7 @@ async def update_team(request: Request[Any, Any, State]) -> Response[dict[str, A
 @delete("/admin/teams/{team_id:str}", status_code=200)
 async def delete_team(request: Request[Any, Any, State]) -> Response[dict[str, Any]]:
     """The team goes; its keys stay, without a team."""
-    team_id = str(request.path_params["team_id"])
+    team_id = _id(request, "team_id")
     database, guard = _store(request)
     if not await database.delete_team(team_id):
         raise _missing("team", team_id)

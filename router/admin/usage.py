@@ -37,6 +37,9 @@ async def usage_report(request: Request[Any, Any, State]) -> Response[dict[str, 
     if start is not None and end is not None and start > end:
         raise InvalidRequest("from is after to.", param="from")
     filters = {name: query.get(name) for name in FILTERS}
+    for name, value in filters.items():
+        if value is not None and (len(value) > 256 or any(ord(c) < 32 for c in value)):
+            raise InvalidRequest(f"{name} is not a valid id or model name.", param=name)
     rows = await guard.database.usage_report(group_by, start=start, end=end, **filters)
     body = {"object": "list", "group_by": group_by, "data": rows}
     return Response(body, headers={"x-request-id": request_id_of(request.scope)})

@@ -66,7 +66,8 @@ async def chat_completions(scope: HTTPScope, receive: Receive, send: Send) -> No
         if caller.restricted:
             guard.check_model(caller, call.chat.model)
             exchange.allows = caller.allows  # and the fallbacks it may reach
-        admission = await guard.admit(caller, estimate_tokens(call.chat), exchange.request_id)
+        exchange.reserved_tokens = estimate_tokens(call.chat)
+        admission = await guard.admit(caller, exchange.reserved_tokens, exchange.request_id)
         if exchange.trace is not None:
             exchange.trace.inputs(call.chat.messages)
         extra = admission.headroom.headers() if admission is not None else []

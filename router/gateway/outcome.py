@@ -100,6 +100,7 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     client_disconnected: bool
     key_id: str | None = None  # the caller's virtual key ("" for the master key; None when open)
     team_id: str | None = None
+    reserved_tokens: int | None = None  # what its rate limits reserved at admission
 
 
 Listener = Callable[[Outcome], None]
@@ -157,6 +158,7 @@ class Exchange:
         "model",
         "provider",
         "request_id",
+        "reserved_tokens",
         "response_id",
         "response_model",
         "stream",
@@ -187,6 +189,7 @@ class Exchange:
         self.client_disconnected = False
         self.key_id: str | None = None
         self.team_id: str | None = None
+        self.reserved_tokens: int | None = None
 
     def reported(self, report: Report) -> None:
         """What the answer said about itself: usage (None stays unknown), finish reason, model."""
@@ -230,6 +233,7 @@ class Exchange:
             client_disconnected=self.client_disconnected,
             key_id=self.key_id,
             team_id=self.team_id,
+            reserved_tokens=self.reserved_tokens,
         )
         if self.trace is not None:
             try:

@@ -10,11 +10,11 @@ import secrets
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Connection, RowMapping, event, func, insert, select, update
+from sqlalchemy import Connection, RowMapping, event, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as postgres_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL
@@ -85,11 +85,14 @@ class Database:
             "created_at": stamp,
             "updated_at": stamp,
         }
-        async with self.engine.begin() as conn:
-            await self._check_team(conn, row.get("team_id"))
-            await conn.execute(insert(keys).values(**row))
-            await _bump(conn)
-            return _key((await conn.execute(select(keys).where(keys.c.id == key_id))).mappings().one())
+        try:
+            async with self.engine.begin() as conn:
+                await self._check_team(conn, row.get("team_id"))
+                await conn.execute(insert(keys).values(**row))
+                await _bump(conn)
+                return _key((await conn.execute(select(keys).where(keys.c.id == key_id))).mappings().one())
+        except IntegrityError:  # the team went away meanwhile
+            raise Conflict(f"no team with id '{row.get('team_id')}'") from None
 
     async def keys(self) -> list[KeyRecord]:
         async with self.engine.connect() as conn:
@@ -103,13 +106,16 @@ class Database:
 
     async def update_key(self, key_id: str, fields: Mapping[str, Any]) -> KeyRecord | None:
         values = {k: v for k, v in fields.items() if k in KEY_FIELDS or k in ("key_hash", "revoked_at")}
-        async with self.engine.begin() as conn:
-            await self._check_team(conn, values.get("team_id"))
-            done = await conn.execute(update(keys).where(keys.c.id == key_id).values(**values, updated_at=now()))
-            if done.rowcount == 0:
-                return None
-            await _bump(conn)
-            return _key((await conn.execute(select(keys).where(keys.c.id == key_id))).mappings().one())
+        try:
+            async with self.engine.begin() as conn:
+                await self._check_team(conn, values.get("team_id"))
+                done = await conn.execute(update(keys).where(keys.c.id == key_id).values(**values, updated_at=now()))
+                if done.rowcount == 0:
+                    return None
+                await _bump(conn)
+                return _key((await conn.execute(select(keys).where(keys.c.id == key_id))).mappings().one())
+        except IntegrityError:
+            raise Conflict(f"no team with id '{values.get('team_id')}'") from None
 
     # teams
 
@@ -256,7 +262,12 @@ class Database:
             raise Conflict(f"no team with id '{team_id}'")
 
 
+MIGRATION_LOCK: Final = 0x5B1D_0001  # a PostgreSQL advisory lock: one migration at a time
+
+
 def _upgrade(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":  # replicas starting together wait for each other
+        connection.execute(text("SELECT pg_advisory_xact_lock(:lock)"), {"lock": MIGRATION_LOCK})
     config = AlembicConfig()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection
