@@ -33,7 +33,19 @@ HTTPX_PASSTHROUGHS = ("passthrough-httpx", "passthrough-httpx-aiohttp", "passthr
 # baseline: the build named by --baseline, by default the last one before telemetry, which the
 # telemetry targets compare with.
 TELEMETRY_SUBJECTS = ("switchboard-logged", "switchboard-traced", "switchboard-traced-otlp")
-SUBJECTS = ("direct", *HTTPX_PASSTHROUGHS, "passthrough-aiohttp", "switchboard", *TELEMETRY_SUBJECTS, "baseline")
+# The defaults (as -logged) with a master key and every request made with a virtual key that has
+# rpm, tpm, parallel and budget limits (none reached): counted in memory, or in the local Redis.
+KEY_SUBJECTS = ("switchboard-keys", "switchboard-keys-redis")
+BENCH_KEY = "sk-bench-client"  # what bench.load's wrk script sends
+SUBJECTS = (
+    "direct",
+    *HTTPX_PASSTHROUGHS,
+    "passthrough-aiohttp",
+    "switchboard",
+    *TELEMETRY_SUBJECTS,
+    *KEY_SUBJECTS,
+    "baseline",
+)
 BEFORE_TELEMETRY = "7e899d7"  # the end of issue #7: Switchboard before the Outcome, metrics, logs and traces
 SCENARIOS = (("json", 1), ("json", 64), ("stream", 1), ("stream", 64))
 
@@ -59,6 +71,19 @@ def request_body(model: str, stream: bool) -> bytes:
         {"role": "user", "content": "Write one sentence about foxes."},
     ]
     return msgspec.json.encode({"model": model, "messages": messages, "temperature": 0.7, "stream": stream})
+
+
+def keys_config(workdir: Path, redis: bool) -> str:
+    lines = [
+        "auth: {master_key: sk-bench-master-key-0123456789}",
+        f"database: {{url: 'sqlite:///{workdir / 'bench-keys.db'}'}}",
+        "keys:",
+        "  - {name: bench, key_env: BENCH_CLIENT_KEY, rpm: 100000000, tpm: 100000000000, max_parallel: 100000,",
+        "     budget_usd: 1000000000}",
+    ]
+    if redis:
+        lines.append("state: {backend: redis, url: 'redis://127.0.0.1:6379/0'}")
+    return "\n".join(lines) + "\n"
 
 
 def switchboard_config(upstream: str) -> str:
@@ -105,9 +130,13 @@ class Subject:
     def __enter__(self) -> Subject:
         env = {**os.environ, "BENCH_UPSTREAM": self.upstream}
         if self.is_switchboard:
-            config = self.workdir / "switchboard.yaml"
-            config.write_text(switchboard_config(self.upstream))
-            level = "warning" if self.name in ("switchboard", "baseline") else "info"
+            config = self.workdir / f"{self.name}.yaml"
+            text = switchboard_config(self.upstream)
+            if self.name in KEY_SUBJECTS:
+                text += keys_config(self.workdir, self.name.endswith("redis"))
+                env["BENCH_CLIENT_KEY"] = BENCH_KEY
+            config.write_text(text)
+            level = "warning" if self.name in ("switchboard", "baseline") else "info"  # keys: as -logged
             argv = [sys.executable, "-m", "router", "serve", "--config", str(config), "--log-level", level]
             argv += ["--port", str(self.port)]
             if self.name == "baseline":
@@ -140,7 +169,8 @@ class Subject:
         body = request_body(self.model("json"), False)
         while time.monotonic() < deadline:
             try:
-                if httpx.post(self.url("json"), content=body, timeout=2).status_code == 200:
+                headers = {"authorization": f"Bearer {BENCH_KEY}"}
+                if httpx.post(self.url("json"), content=body, headers=headers, timeout=2).status_code == 200:
                     return self
             except httpx.TransportError:
                 time.sleep(0.1)
@@ -277,16 +307,10 @@ def report(results: list[SubjectResult]) -> str:
                 f"{anthropic.p99_ms:.2f} ({anthropic.rps / openai.rps:.2f}x, target >= 0.8) |",
             ]
     reference = "baseline" if "baseline" in by_name else "switchboard"
-    if reference in by_name and any(n in by_name for n in TELEMETRY_SUBJECTS):
-        base = by_name[reference]
-        lines.append("")
-        for name, target in (("switchboard-logged", 0.95), ("switchboard-traced", 0.8), ("switchboard-traced-otlp", 0)):
-            if name not in by_name:
-                continue
-            for kind in ("json", "stream"):
-                ratio = by_name[name].runs[f"{kind}-c64"].rps / base.runs[f"{kind}-c64"].rps
-                goal = f" (target >= {target})" if target else ""
-                lines.append(f"- {kind}: {name} at 64 clients = {ratio:.2f}x {reference}{goal}")
+    telemetry = (("switchboard-logged", 0.95), ("switchboard-traced", 0.8), ("switchboard-traced-otlp", 0.0))
+    lines += _ratios(by_name, reference, reference, telemetry)
+    keys = (("switchboard-keys", 0.9), ("switchboard-keys-redis", 0.8))
+    lines += _ratios(by_name, "switchboard-logged", "open mode", keys)
     if "switchboard" in by_name and any(n in by_name for n in HTTPX_PASSTHROUGHS):
         sb = by_name["switchboard"]
         lines.append("")
@@ -301,6 +325,24 @@ def report(results: list[SubjectResult]) -> str:
                 f"added p50 at 1 client = {added:+.3f} ms (target <= 0.3 ms)"
             )
     return "\n".join(lines)
+
+
+def _ratios(
+    by_name: dict[str, SubjectResult], reference: str, label: str, subjects: tuple[tuple[str, float], ...]
+) -> list[str]:
+    """Each subject's throughput at 64 clients against ``reference``'s, with its target."""
+    if reference not in by_name or not any(name in by_name for name, _ in subjects):
+        return []
+    base = by_name[reference]
+    lines = [""]
+    for name, target in subjects:
+        if name not in by_name:
+            continue
+        for kind in ("json", "stream"):
+            ratio = by_name[name].runs[f"{kind}-c64"].rps / base.runs[f"{kind}-c64"].rps
+            goal = f" (target >= {target})" if target else ""
+            lines.append(f"- {kind}: {name} at 64 clients = {ratio:.2f}x {label}{goal}")
+    return lines
 
 
 def main() -> int:

@@ -15,6 +15,7 @@ from typing import Any, Final
 import httpx
 import msgspec
 from litestar import Litestar, Request, Response
+from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
@@ -31,6 +32,7 @@ from router.api.metrics import metrics_endpoint
 from router.api.models import list_models
 from router.api.responses import request_id_of
 from router.config import Config, Settings, default_config_path, load_settings
+from router.config_schema import CORSConfig as CORSSettings
 from router.errors import (
     AllTargetsFailed,
     ClientError,
@@ -187,9 +189,41 @@ def create_app(
         },
         state=State(_initial_state(models, config, metrics_dir, tracing, metric_export)),
         request_max_body_size=config.server.max_body_bytes,
+        cors_config=_cors(config.server.cors),
         openapi_config=None,
         logging_config=None,  # logging is the CLI's (and the tests') to set up, not the app's
         debug=False,
+    )
+
+
+# What a browser's script may read of an answer: the request id, the rate-limit state, the route.
+EXPOSED_HEADERS: Final = (
+    "x-request-id",
+    "retry-after",
+    "x-should-retry",
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-reset-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-tokens",
+    "x-switchboard-target",
+    "x-switchboard-attempts",
+    "x-switchboard-dropped-params",
+)
+
+
+def _cors(cors: CORSSettings) -> CORSConfig | None:
+    """Litestar's CORS middleware, only when origins are configured (it costs every request)."""
+    if not cors.allow_origins:
+        return None
+    return CORSConfig(
+        allow_origins=list(cors.allow_origins),
+        allow_methods=[m.upper() for m in cors.allow_methods],  # type: ignore[misc]
+        allow_headers=list(cors.allow_headers),
+        allow_credentials=cors.allow_credentials,
+        expose_headers=list(EXPOSED_HEADERS),
+        max_age=cors.max_age_s,
     )
 
 
@@ -229,6 +263,7 @@ def _initial_state(
         "tracing": tracing,
         "models_json": _encode(models),
         "aliases": list(config.models),
+        "policies": {alias: model.params for alias, model in config.models.items() if model.params is not None},
         "max_body_bytes": config.server.max_body_bytes,
         "metrics": metrics,
         "outcomes": Outcomes([RequestLog(), metrics.recorder, windows], Pricing(config.pricing)),

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 from msgspec import Meta
@@ -29,6 +29,26 @@ class Strict(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     """Config Structs: immutable, and a typo in a key is an error rather than a silent default."""
 
 
+class CORSConfig(Strict, frozen=True, kw_only=True):
+    """Browser clients on other origins. Off unless ``allow_origins`` names some (``*``: any)."""
+
+    allow_origins: tuple[Annotated[str, Meta(min_length=1)], ...] = ()
+    allow_methods: tuple[str, ...] = ("GET", "POST", "PATCH", "DELETE", "OPTIONS")
+    allow_headers: tuple[str, ...] = (
+        "authorization",
+        "content-type",
+        "api-key",
+        "x-api-key",
+        "x-request-id",
+        "anthropic-version",
+        "openai-organization",
+        "openai-project",
+        "traceparent",
+    )
+    allow_credentials: bool = False
+    max_age_s: Annotated[int, Meta(ge=0)] = 600
+
+
 class ServerConfig(Strict, frozen=True, kw_only=True):
     host: str = "127.0.0.1"
     port: Port = 4000
@@ -39,6 +59,7 @@ class ServerConfig(Strict, frozen=True, kw_only=True):
     header_timeout_s: PositiveFloat = 30.0  # a connection must send a request's headers within this
     body_timeout_s: PositiveFloat = 60.0  # ... and its body within this, once the headers are in
     write_timeout_s: PositiveFloat = 30.0  # a client that reads nothing for this long is cut off
+    cors: CORSConfig = CORSConfig()
 
 
 class RetryConfig(Strict, frozen=True, kw_only=True):
@@ -148,10 +169,24 @@ class TargetConfig(Strict, frozen=True, kw_only=True):
 Strategy = Literal["priority", "weighted", "least-busy", "latency"]
 
 
+class ParamsPolicy(Strict, frozen=True, kw_only=True):
+    """What the gateway decides about an alias's requests, whatever the client sends."""
+
+    max_tokens: PositiveInt | None = None  # a cap on max_tokens / max_completion_tokens (set when absent)
+    clamp: bool = False  # over the cap or a size limit: cut to fit instead of a 400
+    system_prompt: str | None = None
+    system_prompt_mode: Literal["prepend", "enforce"] = "prepend"  # enforce: the client's system turns go
+    deny: list[Annotated[str, Meta(min_length=1)]] = []  # parameters a request may not use (400)
+    force: dict[str, Any] = {}  # parameters set to these values, whatever the client sent
+    max_messages: PositiveInt | None = None
+    max_chars: PositiveInt | None = None  # characters of text content across the messages
+
+
 class ModelConfig(Strict, frozen=True, kw_only=True):
     targets: Annotated[list[TargetConfig], Meta(min_length=1)]
     fallbacks: list[str] = []
     strategy: Strategy = "priority"
+    params: ParamsPolicy | None = None
 
 
 NonNegative = Annotated[float, Meta(ge=0)]

@@ -417,3 +417,49 @@ def test_declared_key_names_fit_their_ids(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match=r"keys\[0\]\.name"):
         settings_from_dict(config(tmp_path, keys=[{"name": "x" * 59, "key_hash": "0" * 64}]), {})
+
+
+async def test_fuzzed_key_headers_never_give_a_500(tmp_path: Path) -> None:
+    """Random bytes in every header a key may come in (non-ASCII, control characters, lengths up
+    to 4 KB, several at once): always a 401 in OpenAI's shape, never a 500 or a key accepted."""
+    import random
+
+    from tests.live import chat_scope
+
+    rng = random.Random(1234)
+    settings = settings_from_dict(config(tmp_path), {})
+    app = create_app(settings, transport=httpx.MockTransport(Upstreams()))
+    body = b'{"model":"m-small","messages":[{"role":"user","content":"hi"}]}'
+    alphabet = [bytes([b]) for b in range(256)]
+    seen: list[int] = []
+    async with AsyncTestClient(app=app) as http:
+        for _ in range(400):
+            headers = []
+            for name in rng.sample([b"authorization", b"api-key", b"x-api-key"], k=rng.randint(1, 3)):
+                size = rng.choice([0, 1, 7, 40, 70, 300, 4096])
+                value = b"".join(rng.choice(alphabet) for _ in range(size))
+                if name == b"authorization" and rng.random() < 0.5:
+                    value = rng.choice([b"Bearer ", b"bearer\t", b"BEARER  ", b"Basic "]) + value
+                if rng.random() < 0.3:
+                    value = b"sk-sb-" + value
+                headers.append((name, value))
+            status: list[int] = []
+            messages: list[bytes] = []
+
+            async def receive() -> dict[str, Any]:
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            async def send(
+                message: dict[str, Any], status: list[int] = status, messages: list[bytes] = messages
+            ) -> None:
+                if message["type"] == "http.response.start":
+                    status.append(message["status"])
+                elif message["type"] == "http.response.body":
+                    messages.append(message.get("body", b""))
+
+            await app(chat_scope(body, *headers), receive, send)  # type: ignore[arg-type]
+            seen.append(status[0])
+            if status[0] == 401:
+                assert b'"code":"invalid_api_key"' in b"".join(messages)
+        assert (await http.post("/v1/chat/completions", json=chat(), headers=ADMIN)).status_code == 200
+    assert set(seen) == {401}

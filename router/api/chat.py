@@ -8,6 +8,7 @@ import re
 from collections.abc import Sequence
 from typing import Final
 
+import msgspec
 from litestar import asgi
 from litestar.types import HTTPScope, Receive, Send
 
@@ -15,6 +16,7 @@ from providers.base import Inbound
 from providers.errors import SwitchboardError
 from router.access.guard import Guard, key_id_of_caller
 from router.access.limits import Admitted, estimate_tokens
+from router.access.policy import apply as apply_policy
 from router.api.decode import decode_call
 from router.api.disconnect import ClientWatch
 from router.api.responses import CLIENT_GONE, JSONBody
@@ -26,6 +28,7 @@ from router.gateway.routing import Target
 from router.telemetry.spans import RequestTrace
 
 log = logging.getLogger(__name__)
+_encode = msgspec.json.Encoder().encode
 
 REQUEST_ID_HEADER: Final = b"x-request-id"
 TARGET_HEADER: Final = b"x-switchboard-target"
@@ -66,6 +69,9 @@ async def chat_completions(scope: HTTPScope, receive: Receive, send: Send) -> No
         if caller.restricted:
             guard.check_model(caller, call.chat.model)
             exchange.allows = caller.allows  # and the fallbacks it may reach
+        policy = state.policies.get(call.chat.model)
+        if policy is not None:  # the alias's server-side parameters; decoded again, checked again
+            call = decode_call(_encode(apply_policy(call.chat, call.fields, call.chat.model, policy)))
         exchange.reserved_tokens = estimate_tokens(call.chat)
         admission = await guard.admit(caller, exchange.reserved_tokens, exchange.request_id)
         if exchange.trace is not None:
