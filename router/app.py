@@ -24,6 +24,7 @@ from providers.errors import SwitchboardError
 from providers.schema import ModelCard, ModelList
 from router.access.guard import Guard
 from router.admin.keys import ROUTES as ADMIN_ROUTES
+from router.admin.openapi import admin_openapi
 from router.admin.targets import list_targets
 from router.admin.usage import usage_report
 from router.api.chat import chat_completions
@@ -179,6 +180,7 @@ def create_app(
             list_targets,
             metrics_endpoint,
             usage_report,
+            admin_openapi,
             *ADMIN_ROUTES,
         ],
         lifespan=[lifespan],

@@ -195,6 +195,7 @@ async def test_periods_reset_on_their_day(tmp_path: Path) -> None:
         assert ledger.spent("key:k1", "weekly") == 0
         assert ledger.spent("key:k1", "monthly") == 1.5
         today[0] = date(2026, 12, 1)
+        await ledger.refresh()  # as the flush each second does: the new day is seen
         ledger(outcome("k1", None, 0.25))
         await ledger.flush()
         assert ledger.spent("key:k1", "monthly") == 0.25

@@ -463,3 +463,33 @@ async def test_fuzzed_key_headers_never_give_a_500(tmp_path: Path) -> None:
                 assert b'"code":"invalid_api_key"' in b"".join(messages)
         assert (await http.post("/v1/chat/completions", json=chat(), headers=ADMIN)).status_code == 200
     assert set(seen) == {401}
+
+
+async def test_no_key_appears_in_any_log_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Every path a key travels (create, use, wrong, over its limits, disabled, rotated, revoked,
+    the admin API with the master key and a virtual key): no secret in any log record."""
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    secrets: list[str] = [MASTER]
+    async with gateway(tmp_path) as (http, _):
+        created = await new_key(http, rpm=1, models=["m-small"])
+        secrets.append(created["key"])
+        key_id = created["id"]
+        for headers in (bearer(created["key"]), {"x-api-key": created["key"]}, bearer(created["key"] + "x")):
+            await http.post("/v1/chat/completions", json=chat(), headers=headers)
+        await http.post("/v1/chat/completions", json=chat("secret-model"), headers=bearer(created["key"]))
+        await http.get("/admin/keys", headers=bearer(created["key"]))
+        await http.patch(f"/admin/keys/{key_id}", json={"enabled": False}, headers=ADMIN)
+        await http.post("/v1/chat/completions", json=chat(), headers=bearer(created["key"]))
+        rotated = (await http.post(f"/admin/keys/{key_id}/rotate", headers=ADMIN)).json()["key"]
+        secrets.append(rotated)
+        await http.delete(f"/admin/keys/{key_id}", headers=ADMIN)
+        await http.post("/v1/chat/completions", json=chat(), headers=bearer(rotated))
+        await http.post("/v1/chat/completions", json=chat(), headers={"authorization": f"Bearer {MASTER[:-1]}"})
+    assert caplog.records
+    for record in caplog.records:
+        text = record.getMessage() + repr(record.__dict__)
+        for secret in secrets:
+            assert secret not in text, record.getMessage()
+            assert secret.rsplit("-", 1)[-1] not in text

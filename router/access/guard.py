@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
+import re
 import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Final
 
 from router.access.limits import Admission, Admitted, Headroom, Limiter, Refusal
-from router.access.secrets import digest, key_id_of, matches, same_secret
+from router.access.secrets import digest, key_id_of
 from router.access.spend import Ledger, next_reset, utc_today
 from router.config_schema import Config, DeclaredKey
 from router.errors import AuthenticationFailed, ModelNotAllowed, QuotaExceeded, Refused, StateRefused
@@ -51,6 +53,7 @@ INVALID_KEY: Final = (
     "`api-key: <key>` or `x-api-key: <key>`."
 )
 _KEY_HEADERS: Final = (b"authorization", b"api-key", b"x-api-key")
+_SPACE: Final = re.compile(r"\s")
 
 
 class Caller:
@@ -110,7 +113,7 @@ def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
                 return ""
             text = token
         text = text.strip()
-        return text if text and not any(c.isspace() for c in text) else ""
+        return text if text and not _SPACE.search(text) else ""
     return None
 
 
@@ -118,6 +121,7 @@ class Guard:
     def __init__(self, config: Config, database: Database | None, pricing: Pricer | None = None) -> None:
         self.master_key = config.auth.master_key
         self.enforcing = bool(self.master_key)
+        self._master_digest = digest(self.master_key)
         self.database = database
         self.limiter = Limiter()  # this process's count (and the fallback while Redis is away)
         state = config.state
@@ -190,13 +194,14 @@ class Guard:
         presented = presented_key(headers)
         if not presented:
             raise AuthenticationFailed(INVALID_KEY)
-        if same_secret(presented, self.master_key):
+        presented_digest = digest(presented)  # once: every comparison is of digests, in constant time
+        if hmac.compare_digest(presented_digest, self._master_digest):
             return MASTER
         key_id = key_id_of(presented)
         entry = self._by_id.get(key_id) if key_id is not None else None
         if entry is None:  # a key declared in config.yaml, which may have any shape
-            entry = self._by_digest.get(digest(presented))
-        if entry is None or not matches(presented, entry[0].key_hash):
+            entry = self._by_digest.get(presented_digest)
+        if entry is None or not hmac.compare_digest(presented_digest, entry[0].key_hash):
             raise AuthenticationFailed(INVALID_KEY)
         key, caller = entry
         if (

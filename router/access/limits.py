@@ -96,17 +96,17 @@ class Headroom:
     def headers(self) -> list[tuple[bytes, bytes]]:
         out: list[tuple[bytes, bytes]] = []
         if self.limit_requests is not None and self.remaining_requests is not None:
-            out += [
-                (b"x-ratelimit-limit-requests", str(self.limit_requests).encode()),
-                (b"x-ratelimit-remaining-requests", str(max(0, self.remaining_requests)).encode()),
+            out += (
+                (b"x-ratelimit-limit-requests", b"%d" % self.limit_requests),
+                (b"x-ratelimit-remaining-requests", b"%d" % max(0, self.remaining_requests)),
                 (b"x-ratelimit-reset-requests", duration(self.reset_requests_s).encode()),
-            ]
+            )
         if self.limit_tokens is not None and self.remaining_tokens is not None:
-            out += [
-                (b"x-ratelimit-limit-tokens", str(self.limit_tokens).encode()),
-                (b"x-ratelimit-remaining-tokens", str(max(0, self.remaining_tokens)).encode()),
+            out += (
+                (b"x-ratelimit-limit-tokens", b"%d" % self.limit_tokens),
+                (b"x-ratelimit-remaining-tokens", b"%d" % max(0, self.remaining_tokens)),
                 (b"x-ratelimit-reset-tokens", duration(self.reset_tokens_s).encode()),
-            ]
+            )
         return out
 
 

@@ -6,7 +6,6 @@ every comparison is constant-time."""
 from __future__ import annotations
 
 import hashlib
-import hmac
 import secrets
 from typing import Final
 
@@ -34,13 +33,3 @@ def key_id_of(key: str) -> str | None:
     if key[len(PREFIX) + ID_LENGTH] != "-" or not _HEX.issuperset(key_id):
         return None
     return key_id
-
-
-def matches(presented: str, stored_digest: str) -> bool:
-    return hmac.compare_digest(digest(presented).encode(), stored_digest.encode())
-
-
-def same_secret(presented: str, secret: str) -> bool:
-    """For the master key, which lives in the environment, not the database: digests compared, so
-    that not even its length shows in the time taken."""
-    return hmac.compare_digest(digest(presented).encode(), digest(secret).encode())

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Final
@@ -61,6 +62,8 @@ class Ledger:
         self.database = database
         self._pricing = pricing
         self._today = today
+        self._day_checked = -1e9
+        self._day_cached = today()
         self._pending: dict[UsageKey, list[float]] = {}
         self._unwritten: dict[str, float] = {}  # subject → cost not in the database yet
         self._stored: dict[tuple[str, str], float] = {}  # (subject, period) → cost in the database
@@ -73,7 +76,7 @@ class Ledger:
         usage, cost = outcome.usage, outcome.cost_usd
         if cost is None:
             cost = self._estimated_cost(outcome)
-        row = (self._today(), outcome.key_id, outcome.team_id or "", outcome.alias)
+        row = (self._day(), outcome.key_id, outcome.team_id or "", outcome.alias)
         counts = self._pending.get(row)
         if counts is None:
             counts = self._pending[row] = [0.0, 0.0, 0.0, 0.0]
@@ -100,6 +103,13 @@ class Ledger:
         except Exception:  # a price table surprise must not lose the usage
             log.exception("spend: pricing the reservation failed")
             return 0.0
+
+    def _day(self) -> date:
+        """Today (UTC), looked up at most once a second: an Outcome needs only the day."""
+        now = time.monotonic()
+        if now >= self._day_checked + 1.0:
+            self._day_checked, self._day_cached = now, self._today()
+        return self._day_cached
 
     def spent(self, subject: str, period: str) -> float:
         return self._stored.get((subject, period), 0.0) + self._unwritten.get(subject, 0.0)
@@ -147,6 +157,7 @@ class Ledger:
     async def refresh(self) -> None:
         """Read every subject's spend per period back from the database."""
         today = self._today()
+        self._day_checked, self._day_cached = time.monotonic(), today
         starts = {p: period_start(p, today) for p in PERIODS[:3]}
         since = min(d for d in starts.values() if d is not None)
         stored: dict[tuple[str, str], float] = {}

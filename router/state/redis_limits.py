@@ -31,7 +31,8 @@ PARALLEL_TTL_MS: Final = 15 * 60_000  # a request in flight longer than this no 
 RETRY_S: Final = 1.0
 PREFIX: Final = "sb:limits:"
 
-# KEYS: per subject 5 keys (requests, token log, token amounts, token sum, in flight).
+# KEYS: per subject its base key; the script derives its five (requests, token log, token amounts,
+# token sum, in flight): fewer arguments to pack on every call. (A single Redis, not a cluster.)
 # ARGV: now_ms, window_ms, estimate, member, subject count, parallel ttl, then per subject rpm,
 # tpm, max_parallel (0: none). Returns {0, subject index, what, wait_ms} or {1, then per subject
 # rpm left, rpm reset ms, tpm left, tpm reset ms}.
@@ -39,7 +40,8 @@ ADMIT: Final = """
 local now, window, est, member = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local n, ttl = tonumber(ARGV[5]), tonumber(ARGV[6])
 for i = 0, n - 1 do
-  local rk, tk, ak, sk, pk = KEYS[i*5+1], KEYS[i*5+2], KEYS[i*5+3], KEYS[i*5+4], KEYS[i*5+5]
+  local b = KEYS[i+1]
+  local rk, tk, ak, sk, pk = b..':req', b..':tok', b..':amt', b..':sum', b..':par'
   local rpm, tpm, par = tonumber(ARGV[7+i*3]), tonumber(ARGV[8+i*3]), tonumber(ARGV[9+i*3])
   redis.call('ZREMRANGEBYSCORE', rk, '-inf', now - window)
   local old = redis.call('ZRANGEBYSCORE', tk, '-inf', now - window)
@@ -72,7 +74,8 @@ for i = 0, n - 1 do
 end
 local out = {1}
 for i = 0, n - 1 do
-  local rk, tk, ak, sk, pk = KEYS[i*5+1], KEYS[i*5+2], KEYS[i*5+3], KEYS[i*5+4], KEYS[i*5+5]
+  local b = KEYS[i+1]
+  local rk, tk, ak, sk, pk = b..':req', b..':tok', b..':amt', b..':sum', b..':par'
   local rpm, tpm = tonumber(ARGV[7+i*3]), tonumber(ARGV[8+i*3])
   redis.call('ZADD', pk, now, member)
   redis.call('PEXPIRE', pk, ttl)
@@ -99,31 +102,32 @@ end
 return out
 """
 
-# KEYS: per subject 4 keys (token log, token amounts, token sum, in flight). ARGV: member, delta
-# (the real usage minus the estimate; "" when unknown).
+# Many settlements in one call: KEYS are the subjects' base keys; ARGV per settlement: member,
+# delta (the real usage minus the estimate, "" when unknown), the count of its subjects, and then
+# each subject's index in KEYS.
 SETTLE: Final = """
-local member, delta = ARGV[1], tonumber(ARGV[2])
-for i = 0, #KEYS / 4 - 1 do
-  local tk, ak, sk, pk = KEYS[i*4+1], KEYS[i*4+2], KEYS[i*4+3], KEYS[i*4+4]
-  redis.call('ZREM', pk, member)
-  if delta and delta ~= 0 and redis.call('HEXISTS', ak, member) == 1 then
-    redis.call('HINCRBYFLOAT', ak, member, delta)
-    redis.call('INCRBYFLOAT', sk, delta)
+local i = 1
+while i <= #ARGV do
+  local member, delta, n = ARGV[i], tonumber(ARGV[i+1]), tonumber(ARGV[i+2])
+  for j = 1, n do
+    local b = KEYS[tonumber(ARGV[i+2+j])]
+    redis.call('ZREM', b..':par', member)
+    if delta and delta ~= 0 and redis.call('HEXISTS', b..':amt', member) == 1 then
+      redis.call('HINCRBYFLOAT', b..':amt', member, delta)
+      redis.call('INCRBYFLOAT', b..':sum', delta)
+    end
   end
+  i = i + 3 + n
 end
 return 1
 """
+SETTLE_EVERY_S: Final = 0.002  # settlements wait this long to go to Redis together
 
 Spec = tuple[str, int | None, int | None, int | None]  # subject, rpm, tpm, max_parallel
 
 
 class StateUnavailable(Exception):
     """Redis did not answer, or not in time."""
-
-
-def _keys(subject: str) -> list[str]:
-    base = PREFIX + subject
-    return [f"{base}:req", f"{base}:tok", f"{base}:amt", f"{base}:sum", f"{base}:par"]
 
 
 class RedisLimiter:
@@ -136,38 +140,47 @@ class RedisLimiter:
         self._admit = self.redis.register_script(ADMIT)
         self._settle = self.redis.register_script(SETTLE)
         self._settling: set[asyncio.Task[None]] = set()
+        self._queued: list[tuple[Sequence[Spec], str, int | None]] = []
 
     async def close(self) -> None:
-        if self._settling:
+        while self._settling:
             await asyncio.gather(*self._settling, return_exceptions=True)
         await self.redis.aclose()
 
     async def admit(self, specs: Sequence[Spec], estimate: int, member: str) -> list[Any]:
         """The script's answer (see ``ADMIT``), or ``StateUnavailable``."""
-        keys = [k for subject, *_ in specs for k in _keys(subject)]
+        keys = [PREFIX + subject for subject, *_ in specs]
         argv: list[Any] = [int(time.time() * 1000), WINDOW_MS, estimate, member, len(specs), PARALLEL_TTL_MS]
         for _, rpm, tpm, parallel in specs:
             argv += [rpm or 0, tpm or 0, parallel or 0]
         return list(await self._call(self._admit, keys, argv))
 
     def settle(self, specs: Sequence[Spec], member: str, delta: int | None) -> None:
-        """Give back the request's slot and true up its tokens, off the request path."""
-        keys = [k for subject, *_ in specs for k in _keys(subject)[1:]]
-        task = asyncio.get_running_loop().create_task(self._settle_now(keys, [member, "" if delta is None else delta]))
-        self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
+        """Give back the request's slot and true up its tokens, off the request path: the
+        settlements of a few milliseconds go to Redis in one call."""
+        self._queued.append((specs, member, delta))
+        if len(self._queued) == 1:
+            task = asyncio.get_running_loop().create_task(self._settle_soon())
+            self._settling.add(task)
+            task.add_done_callback(self._settling.discard)
 
-    async def _settle_now(self, keys: list[str], argv: list[Any]) -> None:
-        # Redis away: the slot ages out after PARALLEL_TTL_MS, the reservation with its window.
+    async def _settle_soon(self) -> None:
+        await asyncio.sleep(SETTLE_EVERY_S)
+        queued, self._queued = self._queued, []
+        keys: dict[str, int] = {}
+        argv: list[Any] = []
+        for specs, member, delta in queued:
+            argv += [member, "" if delta is None else delta, len(specs)]
+            argv += [keys.setdefault(PREFIX + subject, len(keys) + 1) for subject, *_ in specs]
+        # Redis away: the slots age out after PARALLEL_TTL_MS, the reservations with their window.
         with contextlib.suppress(StateUnavailable):
-            await self._call(self._settle, keys, argv)
+            await self._call(self._settle, list(keys), argv)
 
     async def _call(self, script: Any, keys: list[str], argv: list[Any]) -> Any:
         if time.monotonic() < self._down_until:
             raise StateUnavailable("Redis failed a moment ago")
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                result = await script(keys=keys, args=argv)
+        try:  # the client's socket timeouts bound the call
+            result = await script(keys=keys, args=argv)
         except (RedisError, OSError, TimeoutError) as exc:
             self.errors += 1
             if not self._failing:
