@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Final
 
-from router.access.limits import Admission, Admitted, Headroom, Limiter, Refusal
+from router.access.limits import Admission, Admitted, Budget, Headroom, Limiter, Refusal
 from router.access.secrets import digest, key_id_of
 from router.access.spend import Ledger, next_reset, utc_today
 from router.config_schema import Config, DeclaredKey
@@ -60,7 +60,7 @@ class Caller:
     """An authenticated caller: the master key, a virtual key (with its team), or anyone when
     Switchboard runs open."""
 
-    __slots__ = ("_rules", "expires", "key", "label", "team")
+    __slots__ = ("_rules", "budgeted", "expires", "key", "label", "local", "specs", "team")
 
     def __init__(self, key: KeyRecord | None, team: TeamRecord | None, label: str) -> None:
         self.key = key
@@ -69,6 +69,13 @@ class Caller:
         rules = [ModelRule(r.models) for r in (key, team) if r is not None and r.models]
         self._rules = tuple(rules)
         self.expires = key.expires_at.timestamp() if key is not None and key.expires_at is not None else None
+        # Worked out once per reload, not per request: the limits that apply and the budgets.
+        subjects = [(f"{kind}:{r.id}", r) for kind, r in (("key", key), ("team", team)) if r is not None]
+        self.specs: list[Spec] = [
+            (name, r.rpm, r.tpm, r.max_parallel) for name, r in subjects if r.rpm or r.tpm or r.max_parallel
+        ]
+        self.budgeted = [(name, r) for name, r in subjects if r.budget_usd is not None]
+        self.local: list[Budget] = []  # this process's counts for ``specs`` (the guard fills it in)
 
     @property
     def restricted(self) -> bool:
@@ -179,7 +186,9 @@ class Guard:
         by_id: dict[str, tuple[KeyRecord, Caller]] = {}
         by_digest: dict[str, tuple[KeyRecord, Caller]] = {}
         for key in (*self._declared, *keys):
-            entry = (key, Caller(key, team_of.get(key.team_id or ""), key.id))
+            caller = Caller(key, team_of.get(key.team_id or ""), key.id)
+            caller.local = [self.limiter.subject(*spec) for spec in caller.specs]  # counts survive reloads
+            entry = (key, caller)
             by_digest[key.key_hash] = entry
             by_id[key.id] = entry
         self._by_id, self._by_digest, self._teams = by_id, by_digest, team_of
@@ -221,8 +230,9 @@ class Guard:
         (``insufficient_quota`` over a budget, ``rate_limit_exceeded`` over a limit). With the
         Redis backend the count is shared; Redis away, ``state.on_state_error`` decides: this
         process's own count (``open``) or a 503 (``closed``)."""
-        self._check_budgets(caller)
-        specs = self._specs(caller)
+        if caller.budgeted:
+            self._check_budgets(caller)
+        specs = caller.specs
         if not specs:
             return None
         if self.shared is not None:
@@ -242,20 +252,19 @@ class Guard:
                 kind = _text(kind)
                 limit = {"rpm": rpm, "tpm": tpm, "parallel": parallel}[kind] or 0
                 raise _refused(caller, Refusal(kind, limit, int(wait_ms) / 1000))
-        budgets = [self.limiter.subject(*spec) for spec in specs]
-        decision = self.limiter.admit(budgets, estimate, time.monotonic())
+        decision = self.limiter.admit(caller.local, estimate, time.monotonic())
         if isinstance(decision, Admission):
             return decision
         raise _refused(caller, decision)
 
     def _check_budgets(self, caller: Caller) -> None:
-        for kind, record in (("key", caller.key), ("team", caller.team)):
-            if record is None or record.budget_usd is None:
-                continue
+        for subject, record in caller.budgeted:
+            assert record.budget_usd is not None
             period = record.budget_period or "total"
-            spent = self.ledger.spent(f"{kind}:{record.id}", period) if self.ledger is not None else 0.0
+            spent = self.ledger.spent(subject, period) if self.ledger is not None else 0.0
             if spent < record.budget_usd:
                 continue
+            kind = subject.partition(":")[0]
             reset = next_reset(period, utc_today())
             when = (
                 f"it resets on {reset.isoformat()} (UTC)" if reset else "it does not reset: raise it or use another key"
@@ -266,14 +275,6 @@ class Guard:
                 code="insufficient_quota",
                 headers=(("x-should-retry", "false"),),
             )
-
-    @staticmethod
-    def _specs(caller: Caller) -> list[Spec]:
-        return [
-            (f"{kind}:{record.id}", record.rpm, record.tpm, record.max_parallel)
-            for kind, record in (("key", caller.key), ("team", caller.team))
-            if record is not None and (record.rpm or record.tpm or record.max_parallel)
-        ]
 
     def callers(self) -> list[Caller]:
         return [caller for _, caller in self._by_id.values()]
