@@ -158,3 +158,53 @@ async def test_redis_away_with_on_state_error_closed_refuses(tmp_path: Path, own
         assert refused.headers["retry-after"] == "1"
         unlimited = (await http.post("/admin/keys", json={"name": "free"}, headers=ADMIN)).json()["key"]
         assert (await ask(http, unlimited)).status_code == 200  # no limits: Redis is not asked
+
+
+async def test_concurrent_admissions_go_together_and_stay_exact(tmp_path: Path, redis_url: str) -> None:
+    """Admissions asked for at once share one pipeline to Redis: still exactly the rpm (a real
+    server, many requests in flight together)."""
+    from tests.live import running_proxy
+
+    master = "sk-master-concurrent-0123456789"
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "providers: {demo: {type: mock}}\nmodels: {demo: {targets: [{provider: demo, model: echo}]}}\n"
+        f"auth: {{master_key: {master}}}\ndatabase: {{url: 'sqlite:///{tmp_path / 'k.db'}'}}\n"
+        f"state: {{backend: redis, url: '{redis_url}'}}\n"
+    )
+    with running_proxy(path, {}, tmp_path / "proxy.log") as base:
+        async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+            created = await client.post("/admin/keys", json={"name": "c", "rpm": 30}, headers=bearer(master))
+            key = created.json()["key"]
+            body = {"model": "demo", "messages": HELLO}
+            answers = await asyncio.gather(
+                *(client.post("/v1/chat/completions", json=body, headers=bearer(key)) for _ in range(50))
+            )
+    statuses = [a.status_code for a in answers]
+    assert statuses.count(200) == 30
+    assert statuses.count(429) == 20
+    remaining = sorted(int(a.headers["x-ratelimit-remaining-requests"]) for a in answers if a.status_code == 200)
+    assert remaining == list(range(30))  # each admission saw the count the one before it left
+
+
+async def test_admissions_asked_at_once_share_one_round_trip(redis_url: str) -> None:
+    import secrets as random_ids
+
+    from router.state.redis_limits import RedisLimiter
+
+    limiter = RedisLimiter(redis_url, 1.0)
+    pipelines: list[int] = []
+    real = limiter._call_many
+
+    async def counted(calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        pipelines.append(len(calls))
+        return await real(calls)
+
+    limiter._call_many = counted  # type: ignore[method-assign]
+    subject = f"key:test-{random_ids.token_hex(6)}"
+    try:
+        answers = await asyncio.gather(*(limiter.admit([(subject, 5, None, None)], 1, f"r{i}") for i in range(8)))
+    finally:
+        await limiter.close()
+    assert pipelines == [8]
+    assert [a[0] for a in answers] == [1] * 5 + [0] * 3
