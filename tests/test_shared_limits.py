@@ -208,3 +208,12 @@ async def test_admissions_asked_at_once_share_one_round_trip(redis_url: str) -> 
         await limiter.close()
     assert pipelines == [8]
     assert [a[0] for a in answers] == [1] * 5 + [0] * 3
+
+
+async def test_requests_sharing_a_client_request_id_still_count_twice(tmp_path: Path, redis_url: str) -> None:
+    async with replicas(tmp_path, 1, {"backend": "redis", "url": redis_url}) as (http,):
+        key = await key_everywhere([http], rpm=3)
+        headers = {**bearer(key), "x-request-id": "same-id-every-time"}
+        body = {"model": "m-small", "messages": HELLO}
+        statuses = [(await http.post("/v1/chat/completions", json=body, headers=headers)).status_code for _ in range(5)]
+    assert statuses == [200, 200, 200, 429, 429]
