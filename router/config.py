@@ -335,6 +335,8 @@ def _collect(data: dict[str, Any], env: Mapping[str, str], report: _Report, serv
     models = {name: _build(value, ModelConfig, f"models.{name}", report) for name, value in models_raw.items()}
     _check_references(models_raw, providers_raw.keys(), report)
     _check_limits(models, report)
+    _check_policies(models, report)
+    _check_cors(server, report)
     resilience = _build(raw.get("resilience") or {}, ResilienceConfig, "resilience", report)
     pricing = {
         name: _build(value, PriceConfig, f"pricing.{name}", report)
@@ -410,6 +412,33 @@ def _check_references(models: dict[str, Any], providers: Collection[str], report
                 report.add(path, "a model cannot fall back to itself")
             elif isinstance(fallback, str) and fallback not in models:
                 _unknown_name(path, fallback, "model", [m for m in models if m != alias], report)
+
+
+# What a policy may not touch: the routing and the conversation have their own settings.
+_UNTOUCHABLE: Final = frozenset({"model", "messages", "stream", "stream_options"})
+
+
+def _check_policies(models: Mapping[str, ModelConfig | None], report: _Report) -> None:
+    for alias, model in models.items():
+        params = model.params if model is not None else None
+        if params is None:
+            continue
+        for what, names in (("force", list(params.force)), ("deny", params.deny)):
+            for name in names:
+                if name in _UNTOUCHABLE:
+                    report.add(
+                        f"models.{alias}.params.{what}",
+                        f"'{name}' cannot be {'forced' if what == 'force' else 'denied'} "
+                        "(use system_prompt, max_messages or max_chars for the conversation)",
+                    )
+
+
+def _check_cors(server: ServerConfig | None, report: _Report) -> None:
+    cors = server.cors if server is not None else None
+    if cors is not None and cors.allow_credentials and "*" in cors.allow_origins:
+        report.add(
+            "server.cors", "allow_credentials with allow_origins '*' would let any site call with a user's cookies"
+        )
 
 
 def _check_limits(models: Mapping[str, ModelConfig | None], report: _Report) -> None:

@@ -132,4 +132,78 @@ async def test_the_request_size_is_limited() -> None:
     async with client({"max_messages": 4, "clamp": True}, recorder) as http:
         assert (await http.post("/v1/chat/completions", json=chat(history))).status_code == 200
     (body,) = recorder.bodies
-    assert [m["content"] for m in body["messages"]] == ["S", "turn 3", "turn 4", "turn 5"]  # the system turn stays
+    # the system turn stays, and the kept conversation starts at a user turn
+    assert [m["content"] for m in body["messages"]] == ["S", "turn 4", "turn 5"]
+
+
+@pytest.mark.parametrize(
+    ("params", "named"),
+    [
+        ({"force": {"model": "gpt-4o"}}, "'model' cannot be forced"),
+        ({"force": {"stream": False}}, "'stream' cannot be forced"),
+        ({"deny": ["messages"]}, "'messages' cannot be denied"),
+        ({"force": {"stream_options": {}}}, "'stream_options' cannot be forced"),
+    ],
+)
+def test_a_policy_cannot_touch_the_model_the_stream_or_the_conversation(params: dict[str, Any], named: str) -> None:
+    from router.config import ConfigError
+
+    config = {
+        "providers": {"up": {"type": "openai", "base_url": "http://up.test/v1"}},
+        "models": {"m": {"targets": [{"provider": "up", "model": "x"}], "params": params}},
+    }
+    with pytest.raises(ConfigError, match=named):
+        settings_from_dict(config, {})
+
+
+async def test_limits_count_what_the_client_sent_and_clamps_keep_whole_exchanges() -> None:
+    tool_turns: list[dict[str, Any]] = [
+        {"role": "user", "content": "weather?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "w", "arguments": "{}"}}],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+        {"role": "assistant", "content": "It is sunny."},
+        {"role": "user", "content": "thanks"},
+    ]
+    recorder = Recorder()
+    # exactly max_messages from the client: the gateway's own system prompt does not count
+    async with client({"max_messages": 5, "system_prompt": "Be brief."}, recorder) as http:
+        assert (await http.post("/v1/chat/completions", json=chat(tool_turns))).status_code == 200
+    recorder = Recorder()
+    async with client({"max_messages": 3, "clamp": True}, recorder) as http:
+        assert (await http.post("/v1/chat/completions", json=chat(tool_turns))).status_code == 200
+    (body,) = recorder.bodies
+    assert [m["role"] for m in body["messages"]] == ["user"]  # never a tool result without its call
+    recorder = Recorder()
+    long = [
+        {"role": "user", "content": "x" * 30},
+        {"role": "assistant", "content": "y" * 30},
+        {"role": "user", "content": "z"},
+    ]
+    async with client({"max_chars": 40, "clamp": True}, recorder) as http:
+        assert (await http.post("/v1/chat/completions", json=chat(long))).status_code == 200
+        refused = await http.post("/v1/chat/completions", json=chat([{"role": "user", "content": "w" * 41}]))
+        assert refused.status_code == 400  # one message over the limit: nothing to cut
+    (body,) = recorder.bodies
+    assert [m["content"] for m in body["messages"]] == ["z"]
+    recorder = Recorder()
+    enforced = [{"role": "system", "content": "s" * 50}, {"role": "user", "content": "hi"}]
+    async with client({"max_chars": 40, "system_prompt": "Mine.", "system_prompt_mode": "enforce"}, recorder) as http:
+        assert (
+            await http.post("/v1/chat/completions", json=chat(enforced))
+        ).status_code == 200  # the dropped turn does not count
+
+
+def test_cors_with_credentials_needs_named_origins() -> None:
+    from router.config import ConfigError
+
+    config = {
+        "providers": {"up": {"type": "openai", "base_url": "http://up.test/v1"}},
+        "models": {"m": {"targets": [{"provider": "up", "model": "x"}]}},
+        "server": {"cors": {"allow_origins": ["*"], "allow_credentials": True}},
+    }
+    with pytest.raises(ConfigError, match=r"server\.cors"):
+        settings_from_dict(config, {})

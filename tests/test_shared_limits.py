@@ -217,3 +217,61 @@ async def test_requests_sharing_a_client_request_id_still_count_twice(tmp_path: 
         body = {"model": "m-small", "messages": HELLO}
         statuses = [(await http.post("/v1/chat/completions", json=body, headers=headers)).status_code for _ in range(5)]
     assert statuses == [200, 200, 200, 429, 429]
+
+
+async def test_settlements_wait_for_redis_to_come_back(own_redis: tuple[str, Any]) -> None:
+    """A request that ends while Redis is away keeps its settlement until Redis answers again:
+    its parallel slot is given back then, not after the slot's quarter-hour expiry."""
+    from router.state.redis_limits import RedisLimiter, StateUnavailable
+
+    url, (start, stop) = own_redis
+    limiter = RedisLimiter(url, 0.2)
+    spec = [("key:settle-test", None, None, 1)]
+    try:
+        assert (await limiter.admit(spec, 1, "first"))[0] == 1
+        assert (await limiter.admit(spec, 1, "second"))[0] == 0  # one in flight: the second waits
+        stop()
+        limiter.settle(spec, "first", 0)
+        await asyncio.sleep(0.3)  # the settlement fails and is kept
+        with pytest.raises(StateUnavailable):
+            await limiter.admit(spec, 1, "third")
+        start()
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                if (await limiter.admit(spec, 1, f"later-{time.monotonic()}"))[0] == 1:
+                    break  # the slot came back, and this admission took it
+            except StateUnavailable:
+                pass
+            assert time.monotonic() < deadline, "the kept settlement never reached Redis"
+            await asyncio.sleep(0.2)
+    finally:
+        await limiter.close()
+
+
+async def test_a_burst_leaving_the_window_at_once_is_expired_in_chunks(redis_url: str) -> None:
+    """More reservations leaving the window together than Lua can unpack in one call."""
+    import secrets as random_ids
+
+    from redis.asyncio import Redis
+
+    from router.state.redis_limits import PREFIX, RedisLimiter
+
+    subject = f"key:burst-{random_ids.token_hex(6)}"
+    base = PREFIX + subject
+    client = Redis.from_url(redis_url)
+    try:
+        old = {f"m{i}": 0 for i in range(9000)}  # a minute and more ago
+        await client.zadd(f"{base}:tok", old)  # type: ignore[arg-type,unused-ignore]
+        await client.hset(f"{base}:amt", mapping=dict.fromkeys(old, 1))  # type: ignore[misc]
+        await client.set(f"{base}:sum", 9000)
+        limiter = RedisLimiter(redis_url, 2.0)
+        try:
+            answer = await limiter.admit([(subject, None, 100, None)], 10, "fresh")
+        finally:
+            await limiter.close()
+        assert answer[0] == 1
+        assert float(await client.get(f"{base}:sum")) == 10
+    finally:
+        await client.delete(f"{base}:tok", f"{base}:amt", f"{base}:sum", f"{base}:req", f"{base}:par")
+        await client.aclose()

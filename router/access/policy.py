@@ -6,12 +6,12 @@ parameter). The caller decodes the result again, so every adapter sees the same 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Final
 
 import msgspec
 
-from providers.schema import ChatRequest
+from providers.schema import ChatRequest, Message
 from router.config_schema import ParamsPolicy
 from router.errors import InvalidRequest
 
@@ -20,6 +20,9 @@ _encode = msgspec.json.Encoder().encode
 _decode_list = msgspec.json.Decoder(list[msgspec.Raw]).decode
 SYSTEM_ROLES: Final = frozenset({"system", "developer"})
 CAPS: Final = ("max_completion_tokens", "max_tokens")
+
+
+Turn = tuple[msgspec.Raw, str, int]  # a message as sent, its role, its characters of text
 
 
 def apply(chat: ChatRequest, fields: Mapping[str, msgspec.Raw], alias: str, policy: ParamsPolicy) -> Fields:
@@ -31,26 +34,32 @@ def apply(chat: ChatRequest, fields: Mapping[str, msgspec.Raw], alias: str, poli
                 param=name,
                 code="unsupported_parameter",
             )
-    messages = _decode_list(out["messages"])
-    roles: list[str] = [str(m.role) for m in chat.messages]
-    if policy.system_prompt is not None:
-        messages, roles = _system(messages, roles, policy.system_prompt, policy.system_prompt_mode)
-    if policy.max_messages is not None and len(messages) > policy.max_messages:
+    raws = _decode_list(out["messages"])
+    turns: list[Turn] = [(raw, str(m.role), _chars(m)) for raw, m in zip(raws, chat.messages, strict=True)]
+    if policy.system_prompt is not None and policy.system_prompt_mode == "enforce":
+        turns = [t for t in turns if t[1] not in SYSTEM_ROLES]  # the gateway's instructions only
+    if policy.max_messages is not None and len(turns) > policy.max_messages:
         if not policy.clamp:
             raise InvalidRequest(
-                f"The request has {len(messages)} messages; the model '{alias}' takes at most {policy.max_messages}.",
+                f"The request has {len(turns)} messages; the model '{alias}' takes at most {policy.max_messages}.",
                 param="messages",
                 code="invalid_value",
             )
-        messages, roles = _last(messages, roles, policy.max_messages)
-    if policy.max_chars is not None:
-        chars = _chars(chat)
-        if chars > policy.max_chars:
+        turns = _latest(turns, lambda kept: len(kept) <= (policy.max_messages or 0))
+    if policy.max_chars is not None and sum(t[2] for t in turns) > policy.max_chars:
+        limit = policy.max_chars
+        if policy.clamp:
+            turns = _latest(turns, lambda kept: sum(t[2] for t in kept) <= limit)
+        chars = sum(t[2] for t in turns)
+        if chars > limit:
             raise InvalidRequest(
-                f"The messages hold {chars} characters of text; the model '{alias}' takes at most {policy.max_chars}.",
+                f"The messages hold {chars} characters of text; the model '{alias}' takes at most {limit}.",
                 param="messages",
                 code="invalid_value",
             )
+    messages = [t[0] for t in turns]
+    if policy.system_prompt is not None:
+        messages.insert(0, msgspec.Raw(_encode({"role": "system", "content": policy.system_prompt})))
     out["messages"] = msgspec.Raw(b"[" + b",".join(bytes(m) for m in messages) + b"]")
     if policy.max_tokens is not None:
         _cap(chat, out, alias, policy.max_tokens, policy.clamp)
@@ -59,34 +68,27 @@ def apply(chat: ChatRequest, fields: Mapping[str, msgspec.Raw], alias: str, poli
     return out
 
 
-def _system(
-    messages: list[msgspec.Raw], roles: list[str], prompt: str, mode: str
-) -> tuple[list[msgspec.Raw], list[str]]:
-    turn = msgspec.Raw(_encode({"role": "system", "content": prompt}))
-    if mode == "enforce":  # the gateway's instructions, and no one else's
-        kept = [(m, r) for m, r in zip(messages, roles, strict=True) if r not in SYSTEM_ROLES]
-        messages, roles = [m for m, _ in kept], [r for _, r in kept]
-    return [turn, *messages], ["system", *roles]
-
-
-def _last(messages: list[msgspec.Raw], roles: list[str], limit: int) -> tuple[list[msgspec.Raw], list[str]]:
-    """The leading system turns, then the most recent messages: ``limit`` in all."""
+def _latest(turns: list[Turn], fits: Callable[[list[Turn]], bool]) -> list[Turn]:
+    """The leading system turns and as many of the latest others as fit, starting at a user turn
+    (a conversation cut just after a tool call, or at an answer, is not one an upstream takes)."""
     lead = 0
-    while lead < len(roles) and roles[lead] in SYSTEM_ROLES and lead < limit - 1:
+    while lead < len(turns) and turns[lead][1] in SYSTEM_ROLES:
         lead += 1
-    tail = limit - lead
-    return messages[:lead] + messages[len(messages) - tail :], roles[:lead] + roles[len(roles) - tail :]
+    head, rest = turns[:lead], turns[lead:]
+    while rest and not fits(head + rest):
+        rest = rest[1:]
+    while rest and rest[0][1] != "user" and len(rest) > 1:
+        rest = rest[1:]
+    return head + rest
 
 
-def _chars(chat: ChatRequest) -> int:
-    total = 0
-    for message in chat.messages:
-        content = message.content
-        if isinstance(content, str):
-            total += len(content)
-        elif isinstance(content, list):
-            total += sum(len(part.text) for part in content if isinstance(part.text, str))
-    return total
+def _chars(message: Message) -> int:
+    content = message.content
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, list):
+        return sum(len(part.text) for part in content if isinstance(part.text, str))
+    return 0
 
 
 def _cap(chat: ChatRequest, out: Fields, alias: str, cap: int, clamp: bool) -> None:

@@ -37,15 +37,18 @@ PREFIX: Final = "sb:limits:"
 # tpm, max_parallel (0: none). Returns {0, subject index, what, wait_ms} or {1, then per subject
 # rpm left, rpm reset ms, tpm left, tpm reset ms}.
 ADMIT: Final = """
-local now, window, est, member = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local t = redis.call('TIME')  -- Redis's clock: replicas' clocks may disagree
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window, est, member = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local n, ttl = tonumber(ARGV[5]), tonumber(ARGV[6])
 for i = 0, n - 1 do
   local b = KEYS[i+1]
   local rk, tk, ak, sk, pk = b..':req', b..':tok', b..':amt', b..':sum', b..':par'
   local rpm, tpm, par = tonumber(ARGV[7+i*3]), tonumber(ARGV[8+i*3]), tonumber(ARGV[9+i*3])
   redis.call('ZREMRANGEBYSCORE', rk, '-inf', now - window)
-  local old = redis.call('ZRANGEBYSCORE', tk, '-inf', now - window)
-  if #old > 0 then
+  while true do  -- in chunks: unpack() has a limit
+    local old = redis.call('ZRANGEBYSCORE', tk, '-inf', now - window, 'LIMIT', 0, 500)
+    if #old == 0 then break end
     local gone = 0
     for _, a in ipairs(redis.call('HMGET', ak, unpack(old))) do gone = gone + (tonumber(a) or 0) end
     redis.call('ZREM', tk, unpack(old))
@@ -103,27 +106,41 @@ return out
 """
 
 # Many settlements in one call: KEYS are the subjects' base keys; ARGV per settlement: member,
-# delta (the real usage minus the estimate, "" when unknown), the count of its subjects, and then
-# each subject's index in KEYS.
+# delta (the real usage minus the estimate, "" when unknown, "x" to undo the admission), the count
+# of its subjects, and then each subject's index in KEYS.
 SETTLE: Final = """
 local i = 1
 while i <= #ARGV do
-  local member, delta, n = ARGV[i], tonumber(ARGV[i+1]), tonumber(ARGV[i+2])
+  local member, delta, n = ARGV[i], ARGV[i+1], tonumber(ARGV[i+2])
   for j = 1, n do
     local b = KEYS[tonumber(ARGV[i+2+j])]
     redis.call('ZREM', b..':par', member)
-    if delta and delta ~= 0 and redis.call('HEXISTS', b..':amt', member) == 1 then
-      redis.call('HINCRBYFLOAT', b..':amt', member, delta)
-      redis.call('INCRBYFLOAT', b..':sum', delta)
+    if delta == 'x' then  -- an admission whose outcome was never known: undo it whole
+      redis.call('ZREM', b..':req', member)
+      local amount = redis.call('HGET', b..':amt', member)
+      if amount then
+        redis.call('HDEL', b..':amt', member)
+        redis.call('ZREM', b..':tok', member)
+        redis.call('INCRBYFLOAT', b..':sum', -tonumber(amount))
+      end
+    elseif tonumber(delta) and tonumber(delta) ~= 0 and redis.call('HEXISTS', b..':amt', member) == 1 then
+      redis.call('HINCRBYFLOAT', b..':amt', member, tonumber(delta))
+      redis.call('INCRBYFLOAT', b..':sum', tonumber(delta))
     end
   end
   i = i + 3 + n
 end
 return 1
 """
+CANCEL: Final = "x"  # a settlement's delta that undoes its admission
+MAX_QUEUED: Final = 100_000  # settlements kept for Redis while it is away (older ones age out there)
 SETTLE_EVERY_S: Final = 0.002  # settlements wait this long to go to Redis together
 
 Spec = tuple[str, int | None, int | None, int | None]  # subject, rpm, tpm, max_parallel
+
+
+# An admission asked for: its subjects, the script's keys and arguments, and who waits for it.
+Pending = tuple[Sequence["Spec"], list[str], list[Any], "asyncio.Future[Any]"]
 
 
 class StateUnavailable(Exception):
@@ -140,18 +157,29 @@ class RedisLimiter:
         self._admit = self.redis.register_script(ADMIT)
         self._settle = self.redis.register_script(SETTLE)
         self._settling: set[asyncio.Task[None]] = set()
-        self._queued: list[tuple[Sequence[Spec], str, int | None]] = []
-        self._admissions: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
+        self._queued: list[tuple[Sequence[Spec], str, int | str]] = []
+        self._settle_scheduled = False
+        self._closing = False
+        self._admissions: list[Pending] = []
 
     async def close(self) -> None:
-        while self._settling:
-            await asyncio.gather(*self._settling, return_exceptions=True)
+        self._closing = True
+        if self._admissions:  # asked for, not sent yet: Redis is going away
+            self._fail(self._admissions, StateUnavailable("shutting down"))
+            self._admissions = []
+        for task in list(self._settling):  # waiting to retry, or in flight: what they held is kept
+            task.cancel()
+        await asyncio.gather(*self._settling, return_exceptions=True)
+        if self._queued:  # one last try for what is still owed to Redis
+            with contextlib.suppress(StateUnavailable):
+                await self._send_settlements(self._queued)
         await self.redis.aclose()
 
     async def admit(self, specs: Sequence[Spec], estimate: int, member: str) -> list[Any]:
-        """The script's answer (see ``ADMIT``), or ``StateUnavailable``."""
+        """The script's answer (see ``ADMIT``), or ``StateUnavailable``. ``member`` must be unique
+        to this admission: it is the request's entry in the shared windows."""
         keys = [PREFIX + subject for subject, *_ in specs]
-        argv: list[Any] = [int(time.time() * 1000), WINDOW_MS, estimate, member, len(specs), PARALLEL_TTL_MS]
+        argv: list[Any] = [0, WINDOW_MS, estimate, member, len(specs), PARALLEL_TTL_MS]  # the script reads the time
         for _, rpm, tpm, parallel in specs:
             argv += [rpm or 0, tpm or 0, parallel or 0]
         if time.monotonic() < self._down_until:
@@ -160,57 +188,92 @@ class RedisLimiter:
         # under load that is one round trip for many requests instead of one each.
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[Any] = loop.create_future()
-        self._admissions.append((keys, argv, answer))
+        self._admissions.append((specs, keys, argv, answer))
         if len(self._admissions) == 1:
             loop.call_soon(self._send_admissions)
         return list(await answer)
 
     def _send_admissions(self) -> None:
         batch, self._admissions = self._admissions, []
-        task = asyncio.get_running_loop().create_task(self._admit_batch(batch))
+        if batch:
+            self._spawn(self._admit_batch(batch))
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
-    async def _admit_batch(self, batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]]) -> None:
+    async def _admit_batch(self, batch: list[Pending]) -> None:
         try:
             if len(batch) == 1:
-                keys, argv, _ = batch[0]
+                _, keys, argv, _ = batch[0]
                 results = [await self._call(self._admit, keys, argv)]
             else:
-                results = await self._call_many([(keys, argv) for keys, argv, _ in batch])
-        except StateUnavailable as exc:
-            for _, _, answer in batch:
-                if not answer.done():
-                    answer.set_exception(StateUnavailable(str(exc)))
+                results = await self._call_many([(keys, argv) for _, keys, argv, _ in batch])
+        except BaseException as exc:
+            # Failed or timed out, the scripts may still have run: each admission is undone
+            # (once Redis answers), and nobody is left waiting.
+            for specs, _, argv, _ in batch:
+                self._queue(specs, str(argv[3]), CANCEL)
+            self._fail(batch, exc if isinstance(exc, StateUnavailable) else StateUnavailable(repr(exc)))
+            if not isinstance(exc, Exception):
+                raise
             return
-        for (_, _, answer), result in zip(batch, results, strict=True):
-            if answer.done():
-                continue
+        for (specs, _, argv, answer), result in zip(batch, results, strict=True):
             if isinstance(result, Exception):
-                answer.set_exception(StateUnavailable(str(result)))
+                self._queue(specs, str(argv[3]), CANCEL)
+                if not answer.done():
+                    answer.set_exception(StateUnavailable(str(result)))
+            elif answer.done():  # its request stopped waiting: it will not run
+                if result[0] == 1:
+                    self._queue(specs, str(argv[3]), CANCEL)
             else:
                 answer.set_result(result)
+
+    @staticmethod
+    def _fail(batch: list[Pending], exc: StateUnavailable) -> None:
+        for _, _, _, answer in batch:
+            if not answer.done():
+                answer.set_exception(StateUnavailable(str(exc)))
 
     def settle(self, specs: Sequence[Spec], member: str, delta: int | None) -> None:
         """Give back the request's slot and true up its tokens, off the request path: the
         settlements of a few milliseconds go to Redis in one call."""
+        self._queue(specs, member, "" if delta is None else delta)
+
+    def _queue(self, specs: Sequence[Spec], member: str, delta: int | str) -> None:
         self._queued.append((specs, member, delta))
-        if len(self._queued) == 1:
-            task = asyncio.get_running_loop().create_task(self._settle_soon())
-            self._settling.add(task)
-            task.add_done_callback(self._settling.discard)
+        if len(self._queued) > MAX_QUEUED:  # Redis away for long: the oldest age out there anyway
+            del self._queued[: len(self._queued) - MAX_QUEUED]
+        if not self._settle_scheduled and not self._closing:
+            self._settle_scheduled = True
+            self._spawn(self._settle_soon())
 
     async def _settle_soon(self) -> None:
-        await asyncio.sleep(SETTLE_EVERY_S)
+        try:
+            await asyncio.sleep(max(SETTLE_EVERY_S, self._down_until - time.monotonic()))
+        finally:
+            self._settle_scheduled = False
         queued, self._queued = self._queued, []
+        try:
+            await self._send_settlements(queued)
+        except StateUnavailable:
+            # Kept, in front of any newer ones, for the next try once Redis answers.
+            self._queued[:0] = queued
+            if not self._settle_scheduled and not self._closing:
+                self._settle_scheduled = True
+                self._spawn(self._settle_soon())
+        except asyncio.CancelledError:
+            self._queued[:0] = queued
+            raise
+
+    async def _send_settlements(self, queued: list[tuple[Sequence[Spec], str, int | str]]) -> None:
         keys: dict[str, int] = {}
         argv: list[Any] = []
         for specs, member, delta in queued:
-            argv += [member, "" if delta is None else delta, len(specs)]
+            argv += [member, delta, len(specs)]
             argv += [keys.setdefault(PREFIX + subject, len(keys) + 1) for subject, *_ in specs]
-        # Redis away: the slots age out after PARALLEL_TTL_MS, the reservations with their window.
-        with contextlib.suppress(StateUnavailable):
-            await self._call(self._settle, list(keys), argv)
+        await self._call(self._settle, list(keys), argv)
 
     async def _call_many(self, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
         """Several admissions in one pipeline (one round trip); a failed one is its exception."""
