@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import os
 import time
@@ -42,13 +41,10 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from router.config import ConfigError
 from router.telemetry.metrics import SEP, SPECS, Snapshot, Spec
+from router.telemetry.otlp import otlp_exporter
 
 log = logging.getLogger(__name__)
 
-_OTLP = {
-    "http/protobuf": "opentelemetry.exporter.otlp.proto.http.metric_exporter",
-    "grpc": "opentelemetry.exporter.otlp.proto.grpc.metric_exporter",
-}
 # Prometheus label names → the OpenTelemetry attribute names they render.
 ATTRIBUTES: Mapping[str, str] = {
     "gen_ai_operation_name": "gen_ai.operation.name",
@@ -75,16 +71,7 @@ def metric_exporter_from_env(env: Mapping[str, str] | None = None) -> MetricExpo
         raise ConfigError(
             f"OTEL_METRICS_EXPORTER: unknown exporter '{exporters[0]}' (one of otlp, console, prometheus, none)"
         )
-    protocol = environ.get("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL") or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-    module = _OTLP.get(protocol or "http/protobuf")
-    if module is None:
-        raise ConfigError(f"OTEL_EXPORTER_OTLP_PROTOCOL: unknown protocol '{protocol}' (http/protobuf or grpc)")
-    try:
-        exporter: MetricExporter = importlib.import_module(module).OTLPMetricExporter()
-    except ImportError:
-        raise ConfigError(
-            "OTEL_METRICS_EXPORTER=otlp needs the OTLP exporters: pip install 'switchboard[otlp]'"
-        ) from None
+    exporter: MetricExporter = otlp_exporter("metrics", environ)
     return exporter
 
 

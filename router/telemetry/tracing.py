@@ -10,7 +10,6 @@ the rest itself: ``OTEL_SERVICE_NAME`` (default here ``switchboard``), ``OTEL_RE
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Mapping
 from importlib.metadata import entry_points
@@ -21,12 +20,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 
 from router.config import ConfigError
 from router.gateway.content import capture_from_env
+from router.telemetry.otlp import otlp_exporter
 from router.telemetry.spans import Tracing
-
-_OTLP = {
-    "http/protobuf": "opentelemetry.exporter.otlp.proto.http.trace_exporter",
-    "grpc": "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
-}
 
 
 def tracing_from_env(env: Mapping[str, str] | None = None) -> Tracing | None:
@@ -60,14 +55,5 @@ def _exporter(name: str, environ: Mapping[str, str]) -> SpanExporter:
             exporter: SpanExporter = entry.load()()
             return exporter
         raise ConfigError(f"OTEL_TRACES_EXPORTER: unknown exporter '{name}' (one of otlp, console, none)")
-    protocol = environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-    module = _OTLP.get(protocol or "http/protobuf")
-    if module is None:
-        raise ConfigError(f"OTEL_EXPORTER_OTLP_PROTOCOL: unknown protocol '{protocol}' (http/protobuf or grpc)")
-    try:
-        otlp: SpanExporter = importlib.import_module(module).OTLPSpanExporter()
-    except ImportError:
-        raise ConfigError(
-            "OTEL_TRACES_EXPORTER=otlp needs the OTLP exporters: pip install 'switchboard[otlp]'"
-        ) from None
+    otlp: SpanExporter = otlp_exporter("traces", environ)
     return otlp
