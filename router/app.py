@@ -240,6 +240,7 @@ async def _guard(settings: Settings, pricing: Pricer) -> Guard:
         )
         return Guard(config, None)
     database = Database(async_url(config.database.url, settings.base_dir))
+    log.info("auth: master key set; keys, teams and spend in %s", database.url.render_as_string(hide_password=True))
     try:
         await database.migrate()
         guard = Guard(config, database, pricing)

@@ -111,13 +111,13 @@ def _serve(args: argparse.Namespace, path: str) -> int:
     configure_logging(os.environ["SWITCHBOARD_LOG_LEVEL"], os.environ["SWITCHBOARD_LOG_FORMAT"])
     host = args.host or server.host
     port = args.port if args.port is not None else server.port
+    workers = args.workers or server.workers
+    problem = multiplied_limits(workers, settings.config.auth, settings.config.state)
+    if problem:  # refused before anything is touched
+        raise ConfigError(f"--workers {workers}: {problem}")
     if settings.config.auth.master_key:
         asyncio.run(_migrate(settings))  # once, here, not racing in every worker
     print(f"switchboard: serving {path} on http://{host}:{port}/v1", file=sys.stderr)
-    workers = args.workers or server.workers
-    problem = multiplied_limits(workers, settings.config.auth, settings.config.state)
-    if problem:
-        raise ConfigError(f"--workers {workers}: {problem}")
     shared = None
     if workers > 1:  # the workers leave their metrics here, so one scrape reports them all
         shared = tempfile.mkdtemp(prefix="switchboard-metrics-")

@@ -129,3 +129,10 @@ def test_several_workers_with_limits_in_memory_are_refused(config: Path, capsys:
     config.write_text(CONFIG + "server: {workers: 3}\n")
     assert main(["check", "--config", str(config)]) == 2
     assert "state.backend: 3 workers" in capsys.readouterr().err
+
+
+def test_serve_refuses_several_workers_before_touching_the_database(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["serve", "--workers", "2", "--config", str(config)]) == 2
+    assert not (config.parent / "keys.db").exists()

@@ -6,6 +6,7 @@ the counter every half second knows when to reload (``router.access.guard``)."""
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
@@ -266,6 +267,7 @@ MIGRATION_LOCK: Final = 0x5B1D_0001  # a PostgreSQL advisory lock: one migration
 
 
 def _upgrade(connection: Connection) -> None:
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # a line per migration context is noise
     if connection.dialect.name == "postgresql":  # replicas starting together wait for each other
         connection.execute(text("SELECT pg_advisory_xact_lock(:lock)"), {"lock": MIGRATION_LOCK})
     config = AlembicConfig()
