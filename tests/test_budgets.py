@@ -83,7 +83,7 @@ async def test_a_team_budget_covers_all_its_keys(tmp_path: Path) -> None:
         refused = await ask(http, a)
         assert_over_budget(refused)
         tomorrow = (datetime.now(UTC).date() + timedelta(days=1)).isoformat()
-        assert tomorrow in refused.json()["error"]["message"] or "resets on" in refused.json()["error"]["message"]
+        assert f"it resets on {tomorrow} (UTC)" in refused.json()["error"]["message"]  # a daily budget
         assert_over_budget(await ask(http, b))
 
 

@@ -17,7 +17,7 @@ import hmac
 import logging
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Final
 
@@ -225,7 +225,7 @@ class Guard:
         if caller.restricted and not caller.allows(model):
             raise ModelNotAllowed(f"This key may not use the model '{model}'.", param="model")
 
-    async def admit(self, caller: Caller, estimate: int, request_id: str) -> Admitted | None:
+    async def admit(self, caller: Caller, estimate: int, new_id: Callable[[], str]) -> Admitted | None:
         """Take the request's share of its key's and team's limits, or refuse it with a 429
         (``insufficient_quota`` over a budget, ``rate_limit_exceeded`` over a limit). With the
         Redis backend the count is shared; Redis away, ``state.on_state_error`` decides: this
@@ -236,6 +236,7 @@ class Guard:
         if not specs:
             return None
         if self.shared is not None:
+            request_id = new_id()
             try:
                 answer = await self.shared.admit(specs, estimate, request_id)
             except StateUnavailable:
