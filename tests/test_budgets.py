@@ -261,3 +261,36 @@ async def test_replicas_starting_together_migrate_one_at_a_time(postgres_url: st
     finally:
         await first.close()
         await second.close()
+
+
+async def test_a_batch_reaches_the_shared_count_before_the_database(tmp_path: Path) -> None:
+    """The rule that keeps a rebuilt shared count from holding a request twice: a charge is in the
+    database only after it reached Redis (or was given up on)."""
+    database = Database(async_url(f"sqlite:///{tmp_path / 'order.db'}"))
+    await database.migrate()
+    order: list[str] = []
+
+    class Shared:
+        def charge(self, subjects: Any, cost: float, fields: Any) -> None:
+            order.append(f"charge {','.join(subjects)} {cost}")
+
+        async def drain(self) -> None:
+            await asyncio.sleep(0.01)
+            order.append("drain")
+
+    write = database.add_usage
+
+    async def add_usage(batch: Any) -> None:
+        order.append("write")
+        await write(batch)
+
+    database.add_usage = add_usage  # type: ignore[method-assign]
+    ledger = Ledger(database, shared=Shared())
+    try:
+        await ledger.refresh()
+        ledger(outcome("k1", "t1", 0.5))
+        await ledger.flush()
+        assert order == ["charge key:k1,team:t1 0.5", "drain", "write"]
+        assert ledger.stored("key:k1")["total"] == 0.5
+    finally:
+        await database.close()

@@ -203,7 +203,9 @@ async def test_admissions_asked_at_once_share_one_round_trip(redis_url: str) -> 
     limiter._call_many = counted  # type: ignore[method-assign]
     subject = f"key:test-{random_ids.token_hex(6)}"
     try:
-        answers = await asyncio.gather(*(limiter.admit([(subject, 5, None, None)], 1, f"r{i}") for i in range(8)))
+        answers = await asyncio.gather(
+            *(limiter.admit([(subject, 5, None, None, None, "total")], 1, f"r{i}") for i in range(8))
+        )
     finally:
         await limiter.close()
     assert pipelines == [8]
@@ -222,11 +224,11 @@ async def test_requests_sharing_a_client_request_id_still_count_twice(tmp_path: 
 async def test_settlements_wait_for_redis_to_come_back(own_redis: tuple[str, Any]) -> None:
     """A request that ends while Redis is away keeps its settlement until Redis answers again:
     its parallel slot is given back then, not after the slot's quarter-hour expiry."""
-    from router.state.redis_limits import RedisLimiter, StateUnavailable
+    from router.state.redis_limits import RedisLimiter, Spec, StateUnavailable
 
     url, (start, stop) = own_redis
     limiter = RedisLimiter(url, 0.2)
-    spec = [("key:settle-test", None, None, 1)]
+    spec: list[Spec] = [("key:settle-test", None, None, 1, None, "total")]
     try:
         assert (await limiter.admit(spec, 1, "first"))[0] == 1
         assert (await limiter.admit(spec, 1, "second"))[0] == 0  # one in flight: the second waits
@@ -267,11 +269,118 @@ async def test_a_burst_leaving_the_window_at_once_is_expired_in_chunks(redis_url
         await client.set(f"{base}:sum", 9000)
         limiter = RedisLimiter(redis_url, 2.0)
         try:
-            answer = await limiter.admit([(subject, None, 100, None)], 10, "fresh")
+            answer = await limiter.admit([(subject, None, 100, None, None, "total")], 10, "fresh")
         finally:
             await limiter.close()
         assert answer[0] == 1
         assert float(await client.get(f"{base}:sum")) == 10
     finally:
         await client.delete(f"{base}:tok", f"{base}:amt", f"{base}:sum", f"{base}:req", f"{base}:par")
+        await client.aclose()
+
+
+# Spend in Redis: budgets exact across replicas at once, rebuilt from the database without
+# counting anything twice.
+
+PRICED: dict[str, Any] = {"pricing": {"x": {"input": 1000, "output": 1000}}}
+PER_REQUEST = 16 * 1000 / 1e6  # completion.json: 9 + 7 tokens at $0.001 each
+
+
+@asynccontextmanager
+async def priced_replicas(tmp_path: Path, count: int, redis_url: str) -> AsyncIterator[list[AsyncTestClient[Any]]]:
+    async with AsyncExitStack() as stack:
+        clients = []
+        for _ in range(count):
+            state = {"backend": "redis", "url": redis_url}
+            settings = settings_from_dict(config(tmp_path, state=state, **PRICED), {})
+            app = create_app(settings, transport=httpx.MockTransport(upstream))
+            clients.append(await stack.enter_async_context(AsyncTestClient(app=app)))
+        yield clients
+
+
+async def spend_in_redis(redis_url: str, key_id: str) -> float:
+    from redis.asyncio import Redis
+
+    from router.state.redis_limits import PREFIX
+
+    client = Redis.from_url(redis_url)
+    try:
+        value = await client.hget(f"{PREFIX}key:{key_id}:spend", "total")  # type: ignore[misc]
+    finally:
+        await client.aclose()
+    return float(value) if value is not None else -1.0
+
+
+async def test_three_replicas_share_a_budget_at_once(tmp_path: Path, redis_url: str) -> None:
+    """$0.05 at $0.016 a request: the fourth request is the last, whichever replica each goes to,
+    with no time for any database flush (which alone would let each replica spend it)."""
+    async with priced_replicas(tmp_path, 3, redis_url) as clients:
+        key = await key_everywhere(clients, budget_usd=0.05)
+        statuses = []
+        for i in range(8):
+            statuses.append((await ask(clients[i % 3], key)).status_code)
+            await asyncio.sleep(0.02)  # the charge reaches Redis a few milliseconds after the answer
+        assert statuses == [200] * 4 + [429] * 4
+        refused = await ask(clients[1], key)
+        assert refused.json()["error"]["code"] == "insufficient_quota"
+        assert "spent $0.0640" in refused.json()["error"]["message"]
+        key_id = key.split("-")[2]
+        assert await spend_in_redis(redis_url, key_id) == pytest.approx(4 * PER_REQUEST)
+
+
+async def test_a_lost_count_is_rebuilt_from_the_database_without_counting_twice(tmp_path: Path, redis_url: str) -> None:
+    from redis.asyncio import Redis
+
+    from router.state.redis_limits import PREFIX
+
+    async with priced_replicas(tmp_path, 2, redis_url) as (a, b):
+        key = await key_everywhere([a, b], budget_usd=0.08)
+        key_id = key.split("-")[2]
+        for http in (a, b):
+            assert (await ask(http, key)).status_code == 200
+        await asyncio.sleep(1.5)  # both replicas have written and read back the database
+        client = Redis.from_url(redis_url)
+        try:  # as a Redis restart would: the count is gone
+            assert await client.delete(f"{PREFIX}key:{key_id}:spend") == 1
+        finally:
+            await client.aclose()
+        statuses = []
+        for i in range(4):
+            statuses.append((await ask((a, b)[i % 2], key)).status_code)
+            await asyncio.sleep(0.02)
+        # seeded with the database's $0.032: two more requests reach $0.064, the third $0.08
+        assert statuses == [200, 200, 200, 429]
+        assert await spend_in_redis(redis_url, key_id) == pytest.approx(5 * PER_REQUEST)
+
+
+async def test_a_charge_that_may_be_lost_drops_the_count_to_be_rebuilt(redis_url: str) -> None:
+    import secrets as random_ids
+
+    from redis.asyncio import Redis
+
+    from router.state.redis_limits import PREFIX, RedisLimiter
+
+    subject = f"key:lost-{random_ids.token_hex(6)}"
+    fields = ("daily:2026-11-30", "weekly:2026-11-30", "monthly:2026-11-01", "total")
+    limiter = RedisLimiter(redis_url, 1.0)
+    client = Redis.from_url(redis_url)
+    try:
+        assert await limiter.seed(subject, dict.fromkeys(fields, 1.0))
+        assert not await limiter.seed(subject, dict.fromkeys(fields, 5.0))  # a live count is kept
+        limiter.charge([subject], 0.5, fields)
+        await limiter.drain()
+        assert float(await client.hget(f"{PREFIX}{subject}:spend", "total")) == 1.5  # type: ignore[misc]
+        limiter._down_until = time.monotonic() + 60  # Redis failing: the charge may or may not land
+        limiter.charge([subject], 0.25, fields)
+        await limiter.drain()
+        assert await client.exists(f"{PREFIX}{subject}:spend") == 1
+        limiter._down_until = 0.0
+        await limiter.drain()  # the next call drops the count: it is rebuilt from the database
+        assert await client.exists(f"{PREFIX}{subject}:spend") == 0
+        limiter.charge([subject], 0.5, fields)  # no count: left to the seed
+        await limiter.drain()
+        assert await client.exists(f"{PREFIX}{subject}:spend") == 0
+    finally:
+        await limiter.close()
+        await client.delete(f"{PREFIX}{subject}:spend")
         await client.aclose()

@@ -60,7 +60,7 @@ class Caller:
     """An authenticated caller: the master key, a virtual key (with its team), or anyone when
     Switchboard runs open."""
 
-    __slots__ = ("_rules", "budgeted", "expires", "key", "label", "local", "specs", "team")
+    __slots__ = ("_rules", "budgeted", "expires", "key", "label", "limited", "local", "specs", "team")
 
     def __init__(self, key: KeyRecord | None, team: TeamRecord | None, label: str) -> None:
         self.key = key
@@ -72,10 +72,13 @@ class Caller:
         # Worked out once per reload, not per request: the limits that apply and the budgets.
         subjects = [(f"{kind}:{r.id}", r) for kind, r in (("key", key), ("team", team)) if r is not None]
         self.specs: list[Spec] = [
-            (name, r.rpm, r.tpm, r.max_parallel) for name, r in subjects if r.rpm or r.tpm or r.max_parallel
+            (name, r.rpm, r.tpm, r.max_parallel, r.budget_usd, r.budget_period or "total")
+            for name, r in subjects
+            if r.rpm or r.tpm or r.max_parallel or r.budget_usd is not None
         ]
+        self.limited = [spec for spec in self.specs if spec[1] or spec[2] or spec[3]]  # counted in memory
         self.budgeted = [(name, r) for name, r in subjects if r.budget_usd is not None]
-        self.local: list[Budget] = []  # this process's counts for ``specs`` (the guard fills it in)
+        self.local: list[Budget] = []  # this process's counts for ``limited`` (the guard fills it in)
 
     @property
     def restricted(self) -> bool:
@@ -134,7 +137,7 @@ class Guard:
         state = config.state
         self.shared = RedisLimiter(state.url, state.timeout_s) if state.backend == "redis" else None
         self.on_state_error = state.on_state_error
-        self.ledger: Ledger | None = Ledger(database, pricing) if database is not None else None
+        self.ledger: Ledger | None = Ledger(database, pricing, shared=self.shared) if database is not None else None
         self.version = -1
         self._declared = _declared_keys(config.keys)
         self._by_id: dict[str, tuple[KeyRecord, Caller]] = {}
@@ -154,14 +157,14 @@ class Guard:
         self._task = asyncio.get_running_loop().create_task(self._refresh_forever())
 
     async def stop(self) -> None:
-        if self.shared is not None:
-            await self.shared.close()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self.ledger is not None:
-            await self.ledger.stop()
+            await self.ledger.stop()  # its last batch charges Redis first
+        if self.shared is not None:
+            await self.shared.close()
 
     async def reload(self) -> None:
         assert self.database is not None
@@ -187,7 +190,7 @@ class Guard:
         by_digest: dict[str, tuple[KeyRecord, Caller]] = {}
         for key in (*self._declared, *keys):
             caller = Caller(key, team_of.get(key.team_id or ""), key.id)
-            caller.local = [self.limiter.subject(*spec) for spec in caller.specs]  # counts survive reloads
+            caller.local = [self.limiter.subject(*spec[:4]) for spec in caller.limited]  # counts survive reloads
             entry = (key, caller)
             by_digest[key.key_hash] = entry
             by_id[key.id] = entry
@@ -238,7 +241,8 @@ class Guard:
         if self.shared is not None:
             request_id = new_id()
             try:
-                answer = await self.shared.admit(specs, estimate, request_id)
+                fields = self.ledger.fields() if self.ledger is not None else None
+                answer = await self.shared.admit(specs, estimate, request_id, fields)
             except StateUnavailable:
                 if self.on_state_error == "closed":
                     raise StateRefused(
@@ -247,38 +251,59 @@ class Guard:
                     ) from None
             else:
                 if answer[0] == 1:
+                    if caller.budgeted and self.ledger is not None:
+                        await self._seed_missing(self.shared, self.ledger, specs, answer)
                     return SharedAdmission(self.shared, specs, request_id, estimate, answer[1:])
-                _, index, kind, wait_ms = answer
-                _, rpm, tpm, parallel = specs[int(index)]
+                _, index, kind, figure = answer
+                subject, rpm, tpm, parallel, *_ = specs[int(index)]
                 kind = _text(kind)
+                if kind == "budget":
+                    record = next(r for name, r in caller.budgeted if name == subject)
+                    raise _over_budget(subject, record, float(_text(figure)))
                 limit = {"rpm": rpm, "tpm": tpm, "parallel": parallel}[kind] or 0
-                raise _refused(caller, Refusal(kind, limit, int(wait_ms) / 1000))
+                raise _refused(caller, Refusal(kind, limit, int(figure) / 1000))
+        if not caller.local:
+            return None
         decision = self.limiter.admit(caller.local, estimate, time.monotonic())
         if isinstance(decision, Admission):
             return decision
         raise _refused(caller, decision)
 
     def _check_budgets(self, caller: Caller) -> None:
+        """This process's figure: the database's plus what it has not written yet. With Redis it
+        is checked as well as the shared count, which may be being rebuilt."""
         for subject, record in caller.budgeted:
             assert record.budget_usd is not None
-            period = record.budget_period or "total"
-            spent = self.ledger.spent(subject, period) if self.ledger is not None else 0.0
-            if spent < record.budget_usd:
-                continue
-            kind = subject.partition(":")[0]
-            reset = next_reset(period, utc_today())
-            when = (
-                f"it resets on {reset.isoformat()} (UTC)" if reset else "it does not reset: raise it or use another key"
-            )
-            raise QuotaExceeded(
-                f"The {kind} '{record.name}' has used its budget of ${record.budget_usd:g}"
-                f"{'' if period == 'total' else ' ' + PERIOD_WORDS[period]} (spent ${spent:.4f}); {when}.",
-                code="insufficient_quota",
-                headers=(("x-should-retry", "false"),),
-            )
+            spent = self.ledger.spent(subject, record.budget_period or "total") if self.ledger is not None else 0.0
+            if spent >= record.budget_usd:
+                raise _over_budget(subject, record, spent)
+
+    @staticmethod
+    async def _seed_missing(shared: RedisLimiter, ledger: Ledger, specs: Sequence[Spec], answer: list[object]) -> None:
+        """Start the shared spend count of any subject Redis has none for (its first request,
+        or Redis restarted) from the database's figure. Awaited, so that this request's own
+        charge lands on it; after that the count is there for every replica."""
+        for i, spec in enumerate(specs):
+            if answer[5 + i * 5] in (b"-", "-"):
+                with contextlib.suppress(StateUnavailable):  # the next request asks again
+                    await shared.seed(spec[0], ledger.stored(spec[0]))
 
     def callers(self) -> list[Caller]:
         return [caller for _, caller in self._by_id.values()]
+
+
+def _over_budget(subject: str, record: KeyRecord | TeamRecord, spent: float) -> QuotaExceeded:
+    assert record.budget_usd is not None
+    period = record.budget_period or "total"
+    kind = subject.partition(":")[0]
+    reset = next_reset(period, utc_today())
+    when = f"it resets on {reset.isoformat()} (UTC)" if reset else "it does not reset: raise it or use another key"
+    return QuotaExceeded(
+        f"The {kind} '{record.name}' has used its budget of ${record.budget_usd:g}"
+        f"{'' if period == 'total' else ' ' + PERIOD_WORDS[period]} (spent ${spent:.4f}); {when}.",
+        code="insufficient_quota",
+        headers=(("x-should-retry", "false"),),
+    )
 
 
 def _declared_keys(declared: Sequence[DeclaredKey]) -> list[KeyRecord]:
@@ -329,8 +354,8 @@ class SharedAdmission:
         self._settled = False
         self.headroom = Headroom()
         headroom = self.headroom
-        for i, (_, rpm, tpm, _parallel) in enumerate(specs):
-            rleft, rreset, tleft, treset = (int(_text(v)) for v in figures[i * 4 : i * 4 + 4])
+        for i, (_, rpm, tpm, *_rest) in enumerate(specs):
+            rleft, rreset, tleft, treset = (int(_text(v)) for v in figures[i * 5 : i * 5 + 4])
             if rpm and (headroom.remaining_requests is None or rleft < headroom.remaining_requests):
                 headroom.limit_requests, headroom.remaining_requests = rpm, rleft
                 headroom.reset_requests_s = rreset / 1000

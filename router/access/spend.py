@@ -6,6 +6,16 @@ daily rows in one transaction, and the spend of every key and team is read back 
 subject's spend is what the database holds, from every worker and replica, plus what this worker
 has not written yet: exact across replicas within a flush, never counted twice (a batch leaves the
 pending counters in the same step that writes it), and it survives restarts.
+
+With the Redis state backend, budgets are also checked against a running count in Redis, charged
+as each request ends (batched, off the request path) and read in the same atomic step that admits
+a request: exact across replicas at once, not a flush later. Redis keeps nothing the database does
+not: a count missing there (Redis restarted, or a subject quiet for weeks) is seeded from the
+database, and a charge is written to the database only after it reached Redis or was given up on,
+so a seeded count cannot hold a request twice. A charge that may have been lost drops its
+subject's count, to be seeded afresh. The cost of that rule: a count rebuilt in the second a
+charge was lost may miss that charge; it never counts one twice, and the database's figure, which
+is checked too, has it within a flush.
 """
 
 from __future__ import annotations
@@ -14,9 +24,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
-from typing import Final
+from typing import Final, Protocol
 
 from providers.base import TokenUsage
 from router.gateway.outcome import Outcome, Pricer
@@ -53,17 +63,37 @@ def next_reset(period: str, today: date) -> date | None:
     return None
 
 
+def period_fields(today: date) -> dict[str, str]:
+    """Each period's name for its running spend today: ``daily:2026-11-30``, …, ``total``."""
+    return {p: f"{p}:{start.isoformat()}" if (start := period_start(p, today)) else p for p in PERIODS}
+
+
+class SharedSpend(Protocol):
+    """Spend counted in the shared state backend (Redis), exact across replicas at once."""
+
+    def charge(self, subjects: Sequence[str], cost: float, fields: Sequence[str]) -> None: ...
+
+    async def drain(self) -> None: ...
+
+
 class Ledger:
-    """Spend per subject (``key:<id>``, ``team:<id>``) and period; an Outcome listener."""
+    """Spend per subject (``key:<id>``, ``team:<id>``) and period; an Outcome listener. With a
+    shared backend every charge also goes there (see ``SharedSpend``), before the database."""
 
     def __init__(
-        self, database: Database, pricing: Pricer | None = None, today: Callable[[], date] = utc_today
+        self,
+        database: Database,
+        pricing: Pricer | None = None,
+        today: Callable[[], date] = utc_today,
+        shared: SharedSpend | None = None,
     ) -> None:
         self.database = database
         self._pricing = pricing
         self._today = today
+        self._shared = shared
         self._day_checked = -1e9
         self._day_cached = today()
+        self._fields = period_fields(self._day_cached)
         self._pending: dict[UsageKey, list[float]] = {}
         self._unwritten: dict[str, float] = {}  # subject → cost not in the database yet
         self._stored: dict[tuple[str, str], float] = {}  # (subject, period) → cost in the database
@@ -86,9 +116,11 @@ class Ledger:
             counts[2] += usage.completion
         counts[3] += cost
         if cost:
-            for subject in (f"key:{outcome.key_id}", f"team:{outcome.team_id}" if outcome.team_id else None):
-                if subject is not None:
-                    self._unwritten[subject] = self._unwritten.get(subject, 0.0) + cost
+            subjects = _subjects(outcome.key_id, outcome.team_id or "")
+            for subject in subjects:
+                self._unwritten[subject] = self._unwritten.get(subject, 0.0) + cost
+            if self._shared is not None:
+                self._shared.charge(subjects, cost, tuple(self._fields.values()))
 
     def _estimated_cost(self, outcome: Outcome) -> float:
         """An answer whose usage never came (a stream cut before its last chunk) is charged at
@@ -108,11 +140,27 @@ class Ledger:
         """Today (UTC), looked up at most once a second: an Outcome needs only the day."""
         now = time.monotonic()
         if now >= self._day_checked + 1.0:
-            self._day_checked, self._day_cached = now, self._today()
+            self._set_day(now, self._today())
         return self._day_cached
+
+    def _set_day(self, now: float, today: date) -> None:
+        if today != self._day_cached:
+            self._fields = period_fields(today)
+        self._day_checked, self._day_cached = now, today
+
+    def fields(self) -> dict[str, str]:
+        """Each budget period's spend field today (see ``period_fields``)."""
+        self._day()
+        return self._fields
 
     def spent(self, subject: str, period: str) -> float:
         return self._stored.get((subject, period), 0.0) + self._unwritten.get(subject, 0.0)
+
+    def stored(self, subject: str) -> dict[str, float]:
+        """What the database held at the last read, per period field: what a shared count
+        starts from."""
+        self._day()
+        return {field: self._stored.get((subject, period), 0.0) for period, field in self._fields.items()}
 
     async def start(self) -> None:
         await self.refresh()
@@ -138,6 +186,8 @@ class Ledger:
             batch, self._pending = self._pending, {}
             written = dict(self._unwritten)  # what this batch carries, counted until it is read back
             try:
+                if self._shared is not None:  # what the batch holds reaches the shared count first
+                    await self._shared.drain()
                 await self.database.add_usage(batch)
             except Exception:
                 _merge_back(self._pending, batch)  # nothing lost: it goes with the next batch
@@ -157,7 +207,7 @@ class Ledger:
     async def refresh(self) -> None:
         """Read every subject's spend per period back from the database."""
         today = self._today()
-        self._day_checked, self._day_cached = time.monotonic(), today
+        self._set_day(time.monotonic(), today)
         starts = {p: period_start(p, today) for p in PERIODS[:3]}
         since = min(d for d in starts.values() if d is not None)
         stored: dict[tuple[str, str], float] = {}

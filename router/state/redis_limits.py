@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from redis.asyncio import Redis
@@ -31,20 +31,31 @@ PARALLEL_TTL_MS: Final = 15 * 60_000  # a request in flight longer than this no 
 RETRY_S: Final = 1.0
 PREFIX: Final = "sb:limits:"
 
-# KEYS: per subject its base key; the script derives its five (requests, token log, token amounts,
-# token sum, in flight): fewer arguments to pack on every call. (A single Redis, not a cluster.)
-# ARGV: now_ms, window_ms, estimate, member, subject count, parallel ttl, then per subject rpm,
-# tpm, max_parallel (0: none). Returns {0, subject index, what, wait_ms} or {1, then per subject
-# rpm left, rpm reset ms, tpm left, tpm reset ms}.
+# KEYS: per subject its base key; the script derives its six (requests, token log, token amounts,
+# token sum, in flight, spend): fewer arguments to pack on every call. (A single Redis, not a
+# cluster.) ARGV: now_ms, window_ms, estimate, member, subject count, parallel ttl, then per
+# subject rpm, tpm, max_parallel (0: none), budget in USD (0: none) and the spend field of its
+# period. Returns {0, subject index, what, wait_ms or, for 'budget', the spend} or {1, then per
+# subject rpm left, rpm reset ms, tpm left, tpm reset ms, spend ("" no budget, "-" not counted
+# here yet: the caller seeds it from the database)}.
 ADMIT: Final = """
 local t = redis.call('TIME')  -- Redis's clock: replicas' clocks may disagree
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local window, est, member = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local n, ttl = tonumber(ARGV[5]), tonumber(ARGV[6])
+local spent = {}
 for i = 0, n - 1 do
   local b = KEYS[i+1]
   local rk, tk, ak, sk, pk = b..':req', b..':tok', b..':amt', b..':sum', b..':par'
-  local rpm, tpm, par = tonumber(ARGV[7+i*3]), tonumber(ARGV[8+i*3]), tonumber(ARGV[9+i*3])
+  local rpm, tpm, par = tonumber(ARGV[7+i*5]), tonumber(ARGV[8+i*5]), tonumber(ARGV[9+i*5])
+  local budget, s = tonumber(ARGV[10+i*5]), ''
+  if budget > 0 then
+    if redis.call('EXISTS', b..':spend') == 0 then s = '-' else
+      s = redis.call('HGET', b..':spend', ARGV[11+i*5]) or '0'
+      if tonumber(s) >= budget then return {0, i, 'budget', s} end
+    end
+  end
+  spent[i+1] = s
   redis.call('ZREMRANGEBYSCORE', rk, '-inf', now - window)
   while true do  -- in chunks: unpack() has a limit
     local old = redis.call('ZRANGEBYSCORE', tk, '-inf', now - window, 'LIMIT', 0, 500)
@@ -79,7 +90,7 @@ local out = {1}
 for i = 0, n - 1 do
   local b = KEYS[i+1]
   local rk, tk, ak, sk, pk = b..':req', b..':tok', b..':amt', b..':sum', b..':par'
-  local rpm, tpm = tonumber(ARGV[7+i*3]), tonumber(ARGV[8+i*3])
+  local rpm, tpm = tonumber(ARGV[7+i*5]), tonumber(ARGV[8+i*5])
   redis.call('ZADD', pk, now, member)
   redis.call('PEXPIRE', pk, ttl)
   local rleft, rreset, tleft, treset = -1, 0, -1, 0
@@ -101,9 +112,41 @@ for i = 0, n - 1 do
   table.insert(out, rreset)
   table.insert(out, tleft)
   table.insert(out, treset)
+  table.insert(out, spent[i+1])
 end
 return out
 """
+
+# Spend: per subject a hash of period field ("daily:2026-11-30", …, "total") → USD, seeded from
+# the database when missing (SEED) and charged as requests end (CHARGE). A charge to a subject
+# with no hash is left out: its seed, read from the database later, carries it. KEYS: the hashes,
+# the first ARGV[1] of them to drop (their charges may be lost: they are rebuilt from the
+# database). ARGV: that count, the ttl in ms, then per charge: the hash's index in KEYS, the cost
+# and its four period fields.
+CHARGE: Final = """
+local stale, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+for i = 1, stale do redis.call('DEL', KEYS[i]) end
+local i = 3
+while i <= #ARGV do
+  local k = KEYS[tonumber(ARGV[i])]
+  if redis.call('EXISTS', k) == 1 then
+    for j = i + 2, i + 5 do redis.call('HINCRBYFLOAT', k, ARGV[j], ARGV[i+1]) end
+    redis.call('PEXPIRE', k, ttl)
+  end
+  i = i + 6
+end
+return 1
+"""
+
+# KEYS[1]: a subject's spend hash; ARGV: ttl in ms, then field, value pairs. Only a missing hash
+# is seeded: a live one is never overwritten.
+SEED: Final = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]))
+return 1
+"""
+SPEND_TTL_MS: Final = 40 * 86_400_000  # a quiet subject's hash goes; it is seeded again when used
 
 # Many settlements in one call: KEYS are the subjects' base keys; ARGV per settlement: member,
 # delta (the real usage minus the estimate, "" when unknown, "x" to undo the admission), the count
@@ -136,7 +179,9 @@ CANCEL: Final = "x"  # a settlement's delta that undoes its admission
 MAX_QUEUED: Final = 100_000  # settlements kept for Redis while it is away (older ones age out there)
 SETTLE_EVERY_S: Final = 0.002  # settlements wait this long to go to Redis together
 
-Spec = tuple[str, int | None, int | None, int | None]  # subject, rpm, tpm, max_parallel
+# subject, rpm, tpm, max_parallel, budget_usd, budget period
+Spec = tuple[str, int | None, int | None, int | None, float | None, str]
+Charge = tuple[Sequence[str], float, Sequence[str]]  # subjects, cost, the four period fields
 
 
 # An admission asked for: its subjects, the script's keys and arguments, and who waits for it.
@@ -156,6 +201,12 @@ class RedisLimiter:
         self._failing = False
         self._admit = self.redis.register_script(ADMIT)
         self._settle = self.redis.register_script(SETTLE)
+        self._charge = self.redis.register_script(CHARGE)
+        self._seed = self.redis.register_script(SEED)
+        self._charges: list[Charge] = []
+        self._stale: set[str] = set()  # spend hashes whose charges may be lost: rebuilt from the database
+        self._charging = asyncio.Lock()  # charge batches reach Redis one at a time, in order
+        self._charge_scheduled = False
         self._settling: set[asyncio.Task[None]] = set()
         self._queued: list[tuple[Sequence[Spec], str, int | str]] = []
         self._settle_scheduled = False
@@ -173,15 +224,21 @@ class RedisLimiter:
         if self._queued:  # one last try for what is still owed to Redis
             with contextlib.suppress(StateUnavailable):
                 await self._send_settlements(self._queued)
+        if self._charges or self._stale:
+            await self._send_charges(self._charges)
         await self.redis.aclose()
 
-    async def admit(self, specs: Sequence[Spec], estimate: int, member: str) -> list[Any]:
+    async def admit(
+        self, specs: Sequence[Spec], estimate: int, member: str, fields: Mapping[str, str] | None = None
+    ) -> list[Any]:
         """The script's answer (see ``ADMIT``), or ``StateUnavailable``. ``member`` must be unique
-        to this admission: it is the request's entry in the shared windows."""
+        to this admission: it is the request's entry in the shared windows. ``fields``: each
+        budget period's spend field today."""
         keys = [PREFIX + subject for subject, *_ in specs]
         argv: list[Any] = [0, WINDOW_MS, estimate, member, len(specs), PARALLEL_TTL_MS]  # the script reads the time
-        for _, rpm, tpm, parallel in specs:
-            argv += [rpm or 0, tpm or 0, parallel or 0]
+        for _, rpm, tpm, parallel, budget, period in specs:
+            field = fields.get(period, "") if budget is not None and fields else ""
+            argv += [rpm or 0, tpm or 0, parallel or 0, budget if field else 0, field]
         if time.monotonic() < self._down_until:
             raise StateUnavailable("Redis failed a moment ago")
         # The admissions asked for in one turn of the event loop go to Redis in one pipeline:
@@ -274,6 +331,64 @@ class RedisLimiter:
             argv += [member, delta, len(specs)]
             argv += [keys.setdefault(PREFIX + subject, len(keys) + 1) for subject, *_ in specs]
         await self._call(self._settle, list(keys), argv)
+
+    # spend
+
+    def charge(self, subjects: Sequence[str], cost: float, fields: Sequence[str]) -> None:
+        """Add a request's cost to its subjects' spend, off the request path (batched)."""
+        self._charges.append((subjects, cost, fields))
+        if not self._charge_scheduled and not self._closing:
+            self._charge_scheduled = True
+            self._spawn(self._charge_soon(SETTLE_EVERY_S))
+
+    async def _charge_soon(self, delay: float) -> None:
+        try:
+            await asyncio.sleep(delay)
+        finally:
+            self._charge_scheduled = False
+        async with self._charging:
+            charges, self._charges = self._charges, []
+            await self._send_charges(charges)
+
+    async def drain(self) -> None:
+        """Return once every charge made so far has reached Redis or been given up on. The spend
+        ledger calls it before it writes a batch to the database, so that a charge is in the
+        database only after it is in Redis: a hash seeded from the database can then never be
+        charged the same request again."""
+        charges, self._charges = self._charges, []
+        async with self._charging:  # after the batches taken before this one
+            await self._send_charges(charges)
+
+    async def _send_charges(self, charges: list[Charge]) -> None:
+        """One call, never retried: a charge that may not have landed marks its subjects stale,
+        and the next call drops their hashes so they are seeded again from the database (which
+        has every charge). Lost charges are never sent twice, so nothing is counted twice."""
+        if not charges and not self._stale:
+            return
+        stale = [PREFIX + subject + ":spend" for subject in self._stale]
+        keys = {key: i + 1 for i, key in enumerate(stale)}
+        argv: list[Any] = [len(stale), SPEND_TTL_MS]
+        for subjects, cost, fields in charges:
+            for subject in subjects:
+                argv += [keys.setdefault(PREFIX + subject + ":spend", len(keys) + 1), cost, *fields]
+        dropping = set(self._stale)
+        try:
+            await self._call(self._charge, list(keys), argv)
+        except StateUnavailable:
+            self._stale.update(subject for subjects, _, _ in charges for subject in subjects)
+            if not self._charge_scheduled and not self._closing:  # the drop must reach Redis
+                self._charge_scheduled = True
+                self._spawn(self._charge_soon(RETRY_S))
+        else:
+            self._stale -= dropping
+
+    async def seed(self, subject: str, values: Mapping[str, float]) -> bool:
+        """Start a subject's spend in Redis from the database's figures, unless it is there
+        already. True when this call seeded it."""
+        argv: list[Any] = [SPEND_TTL_MS]
+        for field, value in values.items():
+            argv += [field, value]
+        return bool(await self._call(self._seed, [PREFIX + subject + ":spend"], argv))
 
     async def _call_many(self, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
         """Several admissions in one pipeline (one round trip); a failed one is its exception."""
