@@ -3,11 +3,14 @@ callable with an in-memory upstream (``httpx.MockTransport``). Far steadier than
 shared machine, so it is the tool for A/B-testing a hot-path change:
 
     python -m bench.inprocess            # non-streamed and streamed, microseconds of CPU per request
+    python -m bench.inprocess --keys     # the same, called with a key that has rpm, tpm and a budget
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -49,12 +52,17 @@ async def started(app: Litestar) -> None:
     await ready.wait()
 
 
-def caller(app: Litestar, body: bytes) -> Callable[[], Awaitable[None]]:
+CLIENT_KEY = "sk-bench-client-0123456789"
+
+
+def caller(app: Litestar, body: bytes, key: str | None = None) -> Callable[[], Awaitable[None]]:
     headers = [
         (b"host", b"bench"),
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
     ]
+    if key is not None:
+        headers.append((b"authorization", f"Bearer {key}".encode()))
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -94,17 +102,22 @@ def caller(app: Litestar, body: bytes) -> Callable[[], Awaitable[None]]:
     return one
 
 
-async def measure(stream: bool) -> float:
-    settings = settings_from_dict(
-        {
-            "providers": {"o": {"type": "openai", "base_url": "http://upstream/v1", "api_key": "k"}},
-            "models": {"m": {"targets": [{"provider": "o", "model": "x"}]}},
-        },
-        {},
-    )
+async def measure(stream: bool, keys: bool = False) -> float:
+    config: dict[str, Any] = {
+        "providers": {"o": {"type": "openai", "base_url": "http://upstream/v1", "api_key": "k"}},
+        "models": {"m": {"targets": [{"provider": "o", "model": "x"}]}},
+    }
+    if keys:  # as the load test's switchboard-keys: every limit on, none reached
+        limits = {"rpm": 100_000_000, "tpm": 100_000_000_000, "max_parallel": 100_000, "budget_usd": 1e9}
+        config |= {
+            "auth": {"master_key": "sk-bench-master-key-0123456789"},
+            "database": {"url": f"sqlite:///{tempfile.mkdtemp()}/keys.db"},
+            "keys": [{"name": "bench", "key_env": "BENCH_CLIENT_KEY", **limits}],
+        }
+    settings = settings_from_dict(config, {"BENCH_CLIENT_KEY": CLIENT_KEY})
     app = create_app(settings, transport=httpx.MockTransport(upstream))
     await started(app)
-    one = caller(app, request_body(stream))
+    one = caller(app, request_body(stream), CLIENT_KEY if keys else None)
     for _ in range(WARMUP):
         await one()
     best = float("inf")
@@ -117,8 +130,9 @@ async def measure(stream: bool) -> float:
 
 
 def main() -> None:
+    keys = "--keys" in sys.argv[1:]
     for stream in (False, True):
-        us = asyncio.run(measure(stream))
+        us = asyncio.run(measure(stream, keys))
         print(f"{'streamed (43 events)' if stream else 'non-streamed'}: {us:.1f} us of CPU per request")
 
 

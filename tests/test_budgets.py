@@ -284,7 +284,7 @@ async def test_a_batch_reaches_the_shared_count_before_the_database(tmp_path: Pa
         order.append("write")
         await write(batch)
 
-    database.add_usage = add_usage  # type: ignore[method-assign]
+    database.add_usage = add_usage  # type: ignore[method-assign,assignment]
     ledger = Ledger(database, shared=Shared())
     try:
         await ledger.refresh()

@@ -392,6 +392,23 @@ def test_the_memory_count_does_not_drift_when_a_request_outlives_the_window() ->
     assert subject.parallel == 0
 
 
+def test_a_settlement_finds_its_own_reservation_after_older_ones_left() -> None:
+    from router.access.limits import Admission, Limiter
+
+    limiter = Limiter()
+    subject = limiter.subject("key:k", None, 10_000, None)
+    first, second, third = (limiter.admit([subject], n, now=float(t)) for t, n in ((0, 100), (1, 200), (2, 300)))
+    assert isinstance(second, Admission)
+    assert isinstance(third, Admission)
+    assert limiter.admit([subject], 1, now=60.5) is not None  # the first has left the window
+    assert subject.token_sum == 501
+    second.settle(250)
+    assert list(subject.token_amounts) == [250, 300, 1]
+    third.settle(0)
+    assert list(subject.token_amounts) == [250, 0, 1]
+    assert subject.token_sum == 251
+
+
 @pytest.mark.parametrize(
     ("auth", "problem"),
     [({"master_key": "short"}, "at least 16"), ({"master_key": "   "}, None)],

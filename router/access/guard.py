@@ -52,7 +52,6 @@ INVALID_KEY: Final = (
     "Incorrect or missing API key. Send a Switchboard key as `Authorization: Bearer <key>`, "
     "`api-key: <key>` or `x-api-key: <key>`."
 )
-_KEY_HEADERS: Final = (b"authorization", b"api-key", b"x-api-key")
 _SPACE: Final = re.compile(r"\s")
 
 
@@ -102,29 +101,35 @@ def key_id_of_caller(caller: Caller) -> str | None:
 
 def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     """The key in ``Authorization: Bearer``, ``api-key`` or ``x-api-key`` (in that order of
-    preference), or None. A malformed value is not a key."""
-    found: dict[bytes, bytes] = {}
+    preference; the first of each name counts), or None. A malformed value is not a key."""
+    api_key = x_api_key = None
     for name, value in headers:
-        if name in _KEY_HEADERS and name not in found:
-            found[name] = value
-    if not found:
-        return None
-    for name in _KEY_HEADERS:
-        raw = found.get(name)
-        if raw is None:
-            continue
-        try:
-            text = raw.decode("ascii")
-        except UnicodeDecodeError:
-            return ""
-        if name == b"authorization":
-            scheme, _, token = text.strip().partition(" ")
-            if scheme.lower() != "bearer":
-                return ""
-            text = token
-        text = text.strip()
-        return text if text and not _SPACE.search(text) else ""
+        if name == b"authorization":  # the preferred header: no need to look further
+            return _parsed(name, value)
+        if name == b"api-key":
+            if api_key is None:
+                api_key = value
+        elif name == b"x-api-key" and x_api_key is None:
+            x_api_key = value
+    if api_key is not None:
+        return _parsed(b"api-key", api_key)
+    if x_api_key is not None:
+        return _parsed(b"x-api-key", x_api_key)
     return None
+
+
+def _parsed(name: bytes, raw: bytes) -> str:
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        return ""
+    if name == b"authorization":
+        scheme, _, token = text.strip().partition(" ")
+        if scheme.lower() != "bearer":
+            return ""
+        text = token
+    text = text.strip()
+    return text if text and not _SPACE.search(text) else ""
 
 
 class Guard:

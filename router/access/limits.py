@@ -28,7 +28,13 @@ class Budget:
     tpm: int | None
     max_parallel: int | None
     requests: deque[float] = field(default_factory=deque)
-    tokens: deque[list[float]] = field(default_factory=deque)  # [time, amount, 1 while in the window]
+    # The token log as two deques of floats, not a deque of entries: at thousands of requests a
+    # second a minute's window holds hundreds of thousands of them, and container objects that
+    # many would make every garbage collection walk them all. A reservation is found again by
+    # its sequence number: ``token_gone`` counts the entries that have left the window.
+    token_times: deque[float] = field(default_factory=deque)
+    token_amounts: deque[float] = field(default_factory=deque)
+    token_gone: int = 0
     token_sum: float = 0.0
     parallel: int = 0
 
@@ -37,11 +43,18 @@ class Budget:
         requests = self.requests
         while requests and requests[0] <= start:
             requests.popleft()
-        tokens = self.tokens
-        while tokens and tokens[0][0] <= start:
-            entry = tokens.popleft()
-            entry[2] = 0.0  # out of the window: settling it later must not touch the sum
-            self.token_sum -= entry[1]
+        times = self.token_times
+        while times and times[0] <= start:
+            times.popleft()
+            self.token_sum -= self.token_amounts.popleft()
+            self.token_gone += 1
+
+    def settle_tokens(self, seq: int, delta: float) -> None:
+        """True up reservation ``seq`` by ``delta``, if it is still in the window."""
+        index = seq - self.token_gone
+        if index >= 0:  # (deques index from their nearer end: a recent entry is found at once)
+            self.token_amounts[index] += delta
+            self.token_sum += delta
 
     def refusal(self, now: float, estimate: int) -> Refusal | None:
         """Which limit refuses this request now and how long until it could pass, or None."""
@@ -49,15 +62,15 @@ class Budget:
             return Refusal("parallel", self.max_parallel, PARALLEL_RETRY_S)
         if self.rpm is not None and len(self.requests) >= self.rpm:
             return Refusal("rpm", self.rpm, self.requests[0] + WINDOW_S - now)
-        if self.tpm is not None and self.token_sum + estimate > self.tpm and self.tokens:
+        if self.tpm is not None and self.token_sum + estimate > self.tpm and self.token_times:
             # Wait until enough of the window's tokens have left it (a request larger than the
             # whole limit is admitted into an empty window, or it could never run).
             need, freed = self.token_sum + estimate - self.tpm, 0.0
-            for stamp, amount, _ in self.tokens:
+            for stamp, amount in zip(self.token_times, self.token_amounts, strict=True):
                 freed += amount
                 if freed >= need:
                     return Refusal("tpm", self.tpm, stamp + WINDOW_S - now)
-            return Refusal("tpm", self.tpm, self.tokens[-1][0] + WINDOW_S - now)
+            return Refusal("tpm", self.tpm, self.token_times[-1] + WINDOW_S - now)
         return None
 
 
@@ -115,8 +128,14 @@ def duration(seconds: float) -> str:
     if seconds < 1:
         return f"{max(0, math.ceil(seconds * 1000))}ms"
     whole = math.ceil(seconds)
+    if whole <= WHOLE_WINDOW:  # every answer carries one or two: most are a table lookup
+        return _SECONDS[whole]
     minutes, rest = divmod(whole, 60)
     return f"{minutes}m{rest}s" if minutes else f"{rest}s"
+
+
+WHOLE_WINDOW: Final = 60
+_SECONDS: Final = tuple(f"{s // 60}m{s % 60}s" if s >= 60 else f"{s}s" for s in range(WHOLE_WINDOW + 1))
 
 
 class Admitted(Protocol):
@@ -131,14 +150,14 @@ class Admission:
     """One admitted request's share of its subjects' limits in this process; ``settle`` (once)
     gives back the parallel slot and trues up the token reservation."""
 
-    __slots__ = ("_entries", "_estimate", "_settled", "_subjects", "headroom")
+    __slots__ = ("_estimate", "_seqs", "_settled", "_subjects", "headroom")
 
-    def __init__(self, subjects: Sequence[Budget], entries: Sequence[list[float]], estimate: int) -> None:
+    def __init__(self, subjects: Sequence[Budget], seqs: Sequence[int], estimate: int, headroom: Headroom) -> None:
         self._subjects = subjects
-        self._entries = entries
+        self._seqs = seqs  # each subject's reservation (-1: no tpm)
         self._estimate = estimate
         self._settled = False
-        self.headroom = Headroom()
+        self.headroom = headroom
 
     def settle(self, tokens: int | None) -> None:
         """``tokens``: what the request used (None: unknown, the estimate stands)."""
@@ -147,13 +166,12 @@ class Admission:
         self._settled = True
         for subject in self._subjects:
             subject.parallel -= 1
-        if tokens is None:
+        if tokens is None or tokens == self._estimate:
             return
         delta = tokens - self._estimate
-        for subject, entry in zip(self._subjects, self._entries, strict=True):
-            entry[1] += delta
-            if subject.tpm is not None and entry[2]:  # still in the window, still in the sum
-                subject.token_sum += delta
+        for subject, seq in zip(self._subjects, self._seqs, strict=True):
+            if seq >= 0:
+                subject.settle_tokens(seq, delta)
 
 
 class Limiter:
@@ -177,29 +195,31 @@ class Limiter:
             refused = subject.refusal(now, estimate)
             if refused is not None:
                 return refused
-        entries: list[list[float]] = []
-        admission = Admission(subjects, entries, estimate)
-        headroom = admission.headroom
+        seqs: list[int] = []
+        headroom = Headroom()
         for subject in subjects:
             subject.parallel += 1
-            if subject.rpm is not None:
-                subject.requests.append(now)
-            entry = [now, float(estimate), 1.0 if subject.tpm is not None else 0.0]
-            if subject.tpm is not None:
-                subject.tokens.append(entry)
-                subject.token_sum += estimate
-            entries.append(entry)
-            if subject.rpm is not None:
-                left = subject.rpm - len(subject.requests)
+            rpm, tpm = subject.rpm, subject.tpm
+            if rpm is not None:
+                requests = subject.requests
+                requests.append(now)
+                left = rpm - len(requests)
                 if headroom.remaining_requests is None or left < headroom.remaining_requests:
-                    headroom.limit_requests, headroom.remaining_requests = subject.rpm, left
-                    headroom.reset_requests_s = subject.requests[0] + WINDOW_S - now
-            if subject.tpm is not None:
-                left = int(subject.tpm - subject.token_sum)
+                    headroom.limit_requests, headroom.remaining_requests = rpm, left
+                    headroom.reset_requests_s = requests[0] + WINDOW_S - now
+            if tpm is not None:
+                times = subject.token_times
+                seqs.append(subject.token_gone + len(times))
+                times.append(now)
+                subject.token_amounts.append(float(estimate))
+                subject.token_sum += estimate
+                left = int(tpm - subject.token_sum)
                 if headroom.remaining_tokens is None or left < headroom.remaining_tokens:
-                    headroom.limit_tokens, headroom.remaining_tokens = subject.tpm, left
-                    headroom.reset_tokens_s = subject.tokens[0][0] + WINDOW_S - now
-        return admission
+                    headroom.limit_tokens, headroom.remaining_tokens = tpm, left
+                    headroom.reset_tokens_s = times[0] + WINDOW_S - now
+            else:
+                seqs.append(-1)
+        return Admission(subjects, seqs, estimate, headroom)
 
 
 COMPLETION_ESTIMATE: Final = 256  # reserved for an answer whose request sets no max_tokens
