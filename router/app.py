@@ -54,6 +54,7 @@ from router.resilience.breaker import Clock, utc_now
 from router.resilience.bulkhead import Bulkhead
 from router.resilience.retry import RetryPolicy, Sleep
 from router.resilience.targets import registry_from_config
+from router.state.redis_breakers import BreakerSync
 from router.store.database import Database
 from router.store.url import async_url
 from router.telemetry.export import MetricExport, export_interval_s, metric_exporter_from_env
@@ -133,11 +134,16 @@ def create_app(
         if guard.ledger is not None:
             app.state.outcomes.listeners.append(guard.ledger)  # spend, from every request's record
         upstreams = build_upstreams(settings, transport)
+        # resilience.breaker.shared: every worker and replica follows one picture of each breaker.
+        sync = BreakerSync(config.state.url, config.state.timeout_s) if resilience.breaker.shared else None
+        targets = registry_from_config(config, clock, sync)
+        if sync is not None:
+            await sync.start(targets)
         app.state.gateway = Gateway(
             Router(config),
             upstreams,
             resilience.timeouts,
-            registry_from_config(config, clock),
+            targets,
             RetryPolicy(resilience.retry, sleep),
             seeded_random(seed),
             Bulkhead(resilience.max_concurrent),
@@ -151,7 +157,9 @@ def create_app(
             "switchboard_active_streams": {(): float(gateway.active_streams)},
             "switchboard_breaker_state": breaker_gauge(gateway.targets.states(), metrics.names),
             "switchboard_breaker_transitions": breaker_transitions(gateway.targets.transitions(), metrics.names),
-            "switchboard_state_errors": {(): float(guard.shared.errors if guard.shared is not None else 0)},
+            "switchboard_state_errors": {
+                (): float((guard.shared.errors if guard.shared is not None else 0) + (sync.errors if sync else 0))
+            },
         }
         metrics.start()
         # Everything alive now (the app, the price table's thousands of objects) lives as long as
@@ -164,6 +172,8 @@ def create_app(
                 await metrics.stop()
             finally:
                 await close_upstreams(upstreams)
+                if sync is not None:
+                    await sync.close()
                 await guard.stop()
                 if guard.database is not None:
                     await guard.database.close()

@@ -55,6 +55,7 @@ from router.config_schema import (
     Strict,
     TargetConfig,
     TimeoutsConfig,
+    policy_problems,
 )
 
 __all__ = [
@@ -319,6 +320,9 @@ def _declared_keys(value: Any, report: _Report, env: Mapping[str, str]) -> list[
             report.add(f"keys[{i}]", "give exactly one of key_env (the variable holding the key) and key_hash")
         elif key.key_env is not None and (secret := env.get(key.key_env, "").strip()):
             key = msgspec.structs.replace(key, key_hash=hashlib.sha256(secret.encode()).hexdigest())
+        if key.params is not None:
+            for what, why in policy_problems(key.params):
+                report.add(f"keys[{i}].params.{what}", why)
         if key.name in names:
             report.add(f"keys[{i}].name", f"'{key.name}' is declared twice")
         names.add(key.name)
@@ -354,6 +358,12 @@ def _collect(data: dict[str, Any], env: Mapping[str, str], report: _Report, serv
         problem = multiplied_limits(server.workers, auth, state)
         if problem:
             report.add("state.backend", problem)
+    if resilience is not None and state is not None and resilience.breaker.shared and state.backend != "redis":
+        report.add(
+            "resilience.breaker.shared",
+            f"breakers are shared through the state backend, and state.backend is '{state.backend}': "
+            "set state.backend: redis (and state.url), or leave shared off (breakers per worker)",
+        )
     if report.errors or server is None or resilience is None or auth is None or database is None or state is None:
         return None
     return Config(
@@ -414,23 +424,13 @@ def _check_references(models: dict[str, Any], providers: Collection[str], report
                 _unknown_name(path, fallback, "model", [m for m in models if m != alias], report)
 
 
-# What a policy may not touch: the routing and the conversation have their own settings.
-_UNTOUCHABLE: Final = frozenset({"model", "messages", "stream", "stream_options"})
-
-
 def _check_policies(models: Mapping[str, ModelConfig | None], report: _Report) -> None:
     for alias, model in models.items():
         params = model.params if model is not None else None
         if params is None:
             continue
-        for what, names in (("force", list(params.force)), ("deny", params.deny)):
-            for name in names:
-                if name in _UNTOUCHABLE:
-                    report.add(
-                        f"models.{alias}.params.{what}",
-                        f"'{name}' cannot be {'forced' if what == 'force' else 'denied'} "
-                        "(use system_prompt, max_messages or max_chars for the conversation)",
-                    )
+        for what, why in policy_problems(params):
+            report.add(f"models.{alias}.params.{what}", why)
 
 
 def _check_cors(server: ServerConfig | None, report: _Report) -> None:

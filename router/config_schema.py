@@ -74,6 +74,9 @@ class BreakerConfig(Strict, frozen=True, kw_only=True):
     reset_timeout_s: PositiveFloat = 30.0
     half_open_max_calls: PositiveInt = 1
     success_threshold: PositiveInt = 1
+    # Every worker and replica opens, probes and closes each target together, through the state
+    # backend (Redis); only in `resilience.breaker`: a provider or target cannot opt out.
+    shared: bool = False
 
 
 class BreakerOverride(Strict, frozen=True, kw_only=True):
@@ -182,6 +185,24 @@ class ParamsPolicy(Strict, frozen=True, kw_only=True):
     max_chars: PositiveInt | None = None  # characters of text content across the messages
 
 
+# What a policy may not touch: the routing and the conversation have their own settings.
+UNTOUCHABLE: Final = frozenset({"model", "messages", "stream", "stream_options"})
+
+
+def policy_problems(params: ParamsPolicy) -> list[tuple[str, str]]:
+    """(``force`` or ``deny``, why) for each parameter the policy may not touch."""
+    return [
+        (
+            what,
+            f"'{name}' cannot be {'forced' if what == 'force' else 'denied'} "
+            "(use system_prompt, max_messages or max_chars for the conversation)",
+        )
+        for what, names in (("force", list(params.force)), ("deny", params.deny))
+        for name in names
+        if name in UNTOUCHABLE
+    ]
+
+
 class ModelConfig(Strict, frozen=True, kw_only=True):
     targets: Annotated[list[TargetConfig], Meta(min_length=1)]
     fallbacks: list[str] = []
@@ -227,6 +248,14 @@ BudgetPeriod = Literal["daily", "weekly", "monthly", "total"]
 ModelPattern = Annotated[str, Meta(min_length=1, max_length=256)]
 
 
+class ModelLimits(Strict, frozen=True, kw_only=True):
+    """A key's own limits on the models one pattern names (counted together), beside its own."""
+
+    rpm: PositiveInt | None = None
+    tpm: PositiveInt | None = None
+    max_parallel: PositiveInt | None = None
+
+
 class KeyLimits(Strict, frozen=True, kw_only=True):
     models: list[ModelPattern] = []  # aliases, `provider/model` and globs; empty: every model
     rpm: PositiveInt | None = None
@@ -234,6 +263,8 @@ class KeyLimits(Strict, frozen=True, kw_only=True):
     max_parallel: PositiveInt | None = None
     budget_usd: NonNegative | None = None
     budget_period: BudgetPeriod | None = None
+    model_limits: dict[ModelPattern, ModelLimits] = {}  # pattern → limits; the first that matches counts
+    params: ParamsPolicy | None = None  # the key's own server-controlled parameters, after the alias's
 
 
 class DeclaredKey(KeyLimits, frozen=True, kw_only=True):

@@ -136,3 +136,19 @@ def test_serve_refuses_several_workers_before_touching_the_database(
 ) -> None:
     assert main(["serve", "--workers", "2", "--config", str(config)]) == 2
     assert not (config.parent / "keys.db").exists()
+
+
+def test_model_limits_and_params_from_the_command_line(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    limits = '{"demo*": {"rpm": 10}}'
+    status, key, _ = run(capsys, config, "keys", "create", "--name", "k", "--model-limits", limits)
+    assert status == 0
+    assert key["model_limits"] == {"demo*": {"rpm": 10, "tpm": None, "max_parallel": None}}
+    status, key, _ = run(capsys, config, "keys", "update", key["id"], "--params", '{"max_tokens": 64}')
+    assert status == 0
+    assert key["params"]["max_tokens"] == 64
+    status, _, err = run(capsys, config, "keys", "update", key["id"], "--params", "{nope")
+    assert status != 0
+    assert "--params takes JSON" in err
+    status, _, err = run(capsys, config, "keys", "update", key["id"], "--params", '{"force": {"model": "x"}}')
+    assert status != 0
+    assert "cannot be forced" in err

@@ -424,6 +424,7 @@ async def test_admin_targets_reports_each_target() -> None:
     assert a == {
         "target": "a/ma",
         "state": "closed",
+        "breaker_scope": "worker",
         "consecutive_failures": 2,
         "opened_at": None,
         "in_flight": 0,

@@ -5,6 +5,7 @@ revocation, rotation and expiry, and secrets that are never stored or shown twic
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -29,9 +30,11 @@ ADMIN = {"authorization": f"Bearer {MASTER}"}
 class Upstreams:
     def __init__(self) -> None:
         self.hosts: list[str] = []
+        self.bodies: list[dict[str, Any]] = []
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.hosts.append(request.url.host)
+        self.bodies.append(json.loads(request.content))
         if request.url.host == "down.test":
             return httpx.Response(503, json={"error": {"message": "down"}})
         if request.headers.get("accept") == "text/event-stream":
@@ -397,7 +400,7 @@ def test_a_settlement_finds_its_own_reservation_after_older_ones_left() -> None:
 
     limiter = Limiter()
     subject = limiter.subject("key:k", None, 10_000, None)
-    first, second, third = (limiter.admit([subject], n, now=float(t)) for t, n in ((0, 100), (1, 200), (2, 300)))
+    _, second, third = (limiter.admit([subject], n, now=float(t)) for t, n in ((0, 100), (1, 200), (2, 300)))
     assert isinstance(second, Admission)
     assert isinstance(third, Admission)
     assert limiter.admit([subject], 1, now=60.5) is not None  # the first has left the window

@@ -37,10 +37,10 @@ REFRESH_S: Final = 0.5
 _WHAT: Final = {"rpm": "requests per minute", "tpm": "tokens per minute", "parallel": "requests in parallel"}
 
 
-def _refused(caller: Caller, refusal: Refusal) -> Refused:
+def _refused(label: str, refusal: Refusal) -> Refused:
     wait = max(refusal.wait_s, 0.001)
     return Refused(
-        f"Rate limit reached for {caller.label}: {refusal.limit} {_WHAT[refusal.kind]}. Try again in {wait:.3g}s.",
+        f"Rate limit reached for {label}: {refusal.limit} {_WHAT[refusal.kind]}. Try again in {wait:.3g}s.",
         code="rate_limit_exceeded",
         retry_after=wait,
         headers=refusal.headers(),
@@ -59,7 +59,20 @@ class Caller:
     """An authenticated caller: the master key, a virtual key (with its team), or anyone when
     Switchboard runs open."""
 
-    __slots__ = ("_rules", "budgeted", "expires", "key", "label", "limited", "local", "specs", "team")
+    __slots__ = (
+        "_rules",
+        "budgeted",
+        "by_model",
+        "expires",
+        "key",
+        "label",
+        "limited",
+        "local",
+        "model_local",
+        "params",
+        "specs",
+        "team",
+    )
 
     def __init__(self, key: KeyRecord | None, team: TeamRecord | None, label: str) -> None:
         self.key = key
@@ -78,6 +91,15 @@ class Caller:
         self.limited = [spec for spec in self.specs if spec[1] or spec[2] or spec[3]]  # counted in memory
         self.budgeted = [(name, r) for name, r in subjects if r.budget_usd is not None]
         self.local: list[Budget] = []  # this process's counts for ``limited`` (the guard fills it in)
+        # The key's limits per model pattern, in order (the first that matches a request counts),
+        # each a subject of its own counted beside the key's and the team's.
+        self.by_model: list[tuple[str, ModelRule, Spec]] = []
+        for pattern, m in key.model_limits.items() if key is not None else ():
+            if m.rpm or m.tpm or m.max_parallel:
+                spec: Spec = (f"{subjects[0][0]}:model:{pattern}", m.rpm, m.tpm, m.max_parallel, None, "")
+                self.by_model.append((pattern, ModelRule((pattern,)), spec))
+        self.model_local: list[Budget] = []  # this process's counts for ``by_model`` (the guard fills it in)
+        self.params = key.params if key is not None else None
 
     @property
     def restricted(self) -> bool:
@@ -196,6 +218,7 @@ class Guard:
         for key in (*self._declared, *keys):
             caller = Caller(key, team_of.get(key.team_id or ""), key.id)
             caller.local = [self.limiter.subject(*spec[:4]) for spec in caller.limited]  # counts survive reloads
+            caller.model_local = [self.limiter.subject(*spec[:4]) for _, _, spec in caller.by_model]
             entry = (key, caller)
             by_digest[key.key_hash] = entry
             by_id[key.id] = entry
@@ -233,46 +256,63 @@ class Guard:
         if caller.restricted and not caller.allows(model):
             raise ModelNotAllowed(f"This key may not use the model '{model}'.", param="model")
 
-    async def admit(self, caller: Caller, estimate: int, new_id: Callable[[], str]) -> Admitted | None:
-        """Take the request's share of its key's and team's limits, or refuse it with a 429
-        (``insufficient_quota`` over a budget, ``rate_limit_exceeded`` over a limit). With the
-        Redis backend the count is shared; Redis away, ``state.on_state_error`` decides: this
-        process's own count (``open``) or a 503 (``closed``)."""
+    async def admit(self, caller: Caller, model: str, estimate: int, new_id: Callable[[], str]) -> Admitted | None:
+        """Take the request's share of its key's and team's limits (and the key's limit on the
+        model asked for), or refuse it with a 429 (``insufficient_quota`` over a budget,
+        ``rate_limit_exceeded`` over a limit). With the Redis backend the count is shared; Redis
+        away, ``state.on_state_error`` decides: this process's own count (``open``) or a 503
+        (``closed``)."""
         if caller.budgeted:
             self._check_budgets(caller)
-        specs = caller.specs
+        specs, local, model_label = caller.specs, caller.local, None
+        for i, (pattern, rule, spec) in enumerate(caller.by_model):
+            if rule.allows(model):  # the model asked for (its fallbacks count as it); always last
+                specs, local = [*specs, spec], [*local, caller.model_local[i]]
+                model_label = f"{caller.label} on '{pattern}'"
+                break
         if not specs:
             return None
         if self.shared is not None:
-            request_id = new_id()
             try:
-                fields = self.ledger.fields() if self.ledger is not None else None
-                answer = await self.shared.admit(specs, estimate, request_id, fields)
+                return await self._admit_shared(self.shared, caller, specs, estimate, new_id(), model_label)
             except StateUnavailable:
                 if self.on_state_error == "closed":
                     raise StateRefused(
                         "Rate limits cannot be checked right now (the state backend is not answering); "
                         "try again shortly."
                     ) from None
-            else:
-                if answer[0] == 1:
-                    if caller.budgeted and self.ledger is not None:
-                        await self._seed_missing(self.shared, self.ledger, specs, answer)
-                    return SharedAdmission(self.shared, specs, request_id, estimate, answer[1:])
-                _, index, kind, figure = answer
-                subject, rpm, tpm, parallel, *_ = specs[int(index)]
-                kind = _text(kind)
-                if kind == "budget":
-                    record = next(r for name, r in caller.budgeted if name == subject)
-                    raise _over_budget(subject, record, float(_text(figure)))
-                limit = {"rpm": rpm, "tpm": tpm, "parallel": parallel}[kind] or 0
-                raise _refused(caller, Refusal(kind, limit, int(figure) / 1000))
-        if not caller.local:
+        if not local:
             return None
-        decision = self.limiter.admit(caller.local, estimate, time.monotonic())
+        decision = self.limiter.admit(local, estimate, time.monotonic())
         if isinstance(decision, Admission):
             return decision
-        raise _refused(caller, decision)
+        label = model_label if model_label and decision.index == len(local) - 1 else caller.label
+        raise _refused(label, decision)
+
+    async def _admit_shared(
+        self,
+        shared: RedisLimiter,
+        caller: Caller,
+        specs: list[Spec],
+        estimate: int,
+        request_id: str,
+        model_label: str | None,
+    ) -> SharedAdmission:
+        fields = self.ledger.fields() if self.ledger is not None else None
+        answer = await shared.admit(specs, estimate, request_id, fields)
+        if answer[0] == 1:
+            if caller.budgeted and self.ledger is not None:
+                await self._seed_missing(shared, self.ledger, specs, answer)
+            return SharedAdmission(shared, specs, request_id, estimate, answer[1:])
+        _, index, kind, figure = answer
+        subject, rpm, tpm, parallel, *_ = specs[int(index)]
+        kind = _text(kind)
+        if kind == "budget":
+            record = next(r for name, r in caller.budgeted if name == subject)
+            raise _over_budget(subject, record, float(_text(figure)))
+        limit = {"rpm": rpm, "tpm": tpm, "parallel": parallel}[kind] or 0
+        label = model_label if model_label and int(index) == len(specs) - 1 else caller.label
+        raise _refused(label, Refusal(kind, limit, int(figure) / 1000))
 
     def _check_budgets(self, caller: Caller) -> None:
         """This process's figure: the database's plus what it has not written yet. With Redis it
@@ -332,6 +372,8 @@ def _declared_keys(declared: Sequence[DeclaredKey]) -> list[KeyRecord]:
                 max_parallel=item.max_parallel,
                 budget_usd=item.budget_usd,
                 budget_period=item.budget_period,
+                model_limits=dict(item.model_limits),
+                params=item.params,
                 metadata={"source": "config"},
                 created_at=stamp,
                 updated_at=stamp,

@@ -82,6 +82,7 @@ class Refusal:
     kind: str
     limit: int
     wait_s: float
+    index: int = 0  # which of the request's subjects refused it
 
     def headers(self) -> tuple[tuple[str, str], ...]:
         """OpenAI's rate-limit headers for the exhausted limit."""
@@ -190,11 +191,11 @@ class Limiter:
 
     def admit(self, subjects: Sequence[Budget], estimate: int, now: float) -> Admission | Refusal:
         """Admit against every subject or none: the admission, or the refusal and its wait."""
-        for subject in subjects:
+        for i, subject in enumerate(subjects):
             subject.expire(now)
             refused = subject.refusal(now, estimate)
             if refused is not None:
-                return refused
+                return Refusal(refused.kind, refused.limit, refused.wait_s, i)
         seqs: list[int] = []
         headroom = Headroom()
         for subject in subjects:

@@ -41,6 +41,8 @@ def add_commands(commands: Any, config_help: str) -> None:
         sub.add_argument("--team", dest="team_id", help="the team's id")
         sub.add_argument("--expires-at", help="RFC 3339 time, e.g. 2027-01-01T00:00:00Z")
         sub.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE")
+        sub.add_argument("--model-limits", metavar="JSON", help='limits per model, e.g. \'{"gpt-4o*": {"rpm": 10}}\'')
+        sub.add_argument("--params", metavar="JSON", help="the key's own parameters, e.g. '{\"max_tokens\": 1024}'")
         if action == "update":
             switch = sub.add_mutually_exclusive_group()
             switch.add_argument("--enable", dest="enabled", action="store_const", const=True)
@@ -116,6 +118,13 @@ def _fields(args: argparse.Namespace, kind: type[KeyIn] | type[TeamIn]) -> dict[
         if any(not sep or not name for name, sep, _ in pairs):
             raise InvalidRequest("--metadata takes KEY=VALUE")
         raw["metadata"] = {name: value for name, _, value in pairs}
+    for name in ("model_limits", "params"):  # keys only: JSON, as the admin API takes it
+        text = getattr(args, name, None)
+        if text is not None:
+            try:
+                raw[name] = msgspec.json.decode(text)
+            except msgspec.DecodeError:
+                raise InvalidRequest(f"--{name.replace('_', '-')} takes JSON") from None
     _typed(raw)
     try:
         body = msgspec.convert(raw, kind)

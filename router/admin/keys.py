@@ -19,12 +19,13 @@ from router.access.guard import Guard
 from router.access.secrets import new_key
 from router.admin.auth import require_admin
 from router.api.responses import request_id_of
-from router.config_schema import BudgetPeriod, ModelPattern
+from router.config_schema import BudgetPeriod, ModelLimits, ModelPattern, ParamsPolicy, policy_problems
 from router.errors import InvalidRequest, RouteNotFound
 from router.store.database import Conflict, Database
 from router.store.records import KeyRecord, TeamRecord
 
-_PARAM = re.compile(r"(?:at `\$\.|unknown field `)([A-Za-z_]+)")
+_PATH = re.compile(r"`\$\.([A-Za-z_]+)")  # the top field of the path msgspec names
+_UNKNOWN = re.compile(r"unknown field `([A-Za-z_]+)")
 Name = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
 Positive = Annotated[int, Meta(gt=0)]
 Money = Annotated[float, Meta(ge=0)]
@@ -48,6 +49,8 @@ class KeyIn(LimitsIn, forbid_unknown_fields=True, kw_only=True):
     team_id: str | UnsetType | None = UNSET
     expires_at: datetime | UnsetType | None = UNSET
     enabled: bool | UnsetType = UNSET
+    model_limits: Annotated[dict[ModelPattern, ModelLimits], Meta(max_length=100)] | UnsetType = UNSET
+    params: ParamsPolicy | UnsetType | None = UNSET
 
 
 class TeamIn(LimitsIn, forbid_unknown_fields=True, kw_only=True):
@@ -64,6 +67,13 @@ def validated(body: msgspec.Struct) -> dict[str, Any]:
                 "expires_at must be an RFC 3339 time with its offset (…Z or …+02:00).", param="expires_at"
             )
         fields["expires_at"] = expires.astimezone(UTC)
+    params = fields.get("params")
+    if isinstance(params, ParamsPolicy):
+        for what, why in policy_problems(params):
+            raise InvalidRequest(f"params.{what}: {why}.", param="params")
+    for name in ("model_limits", "params"):  # stored as JSON
+        if isinstance(fields.get(name), (dict, msgspec.Struct)):
+            fields[name] = msgspec.to_builtins(fields[name])
     return fields
 
 
@@ -72,7 +82,7 @@ async def _decode(request: Request[Any, Any, State], kind: type[KeyIn] | type[Te
     try:
         body = msgspec.json.decode(raw or b"{}", type=kind)
     except msgspec.ValidationError as exc:
-        found = _PARAM.search(str(exc))
+        found = _PATH.search(str(exc)) or _UNKNOWN.search(str(exc))
         raise InvalidRequest(f"Invalid body: {exc}", param=found.group(1) if found else None) from None
     except msgspec.DecodeError:
         raise InvalidRequest("The body is not valid JSON.") from None
@@ -91,6 +101,8 @@ def key_view(key: KeyRecord, secret: str | None = None) -> dict[str, Any]:
         "max_parallel": key.max_parallel,
         "budget_usd": key.budget_usd,
         "budget_period": key.budget_period,
+        "model_limits": msgspec.to_builtins(key.model_limits),
+        "params": msgspec.to_builtins(key.params) if key.params is not None else None,
         "expires_at": _time(key.expires_at),
         "enabled": key.enabled,
         "revoked_at": _time(key.revoked_at),

@@ -14,7 +14,7 @@ from msgspec import UNSET, UnsetType
 from providers.schema import ErrorEnvelope
 from router.admin.auth import require_admin
 from router.admin.keys import KeyIn, TeamIn
-from router.config_schema import BudgetPeriod
+from router.config_schema import BudgetPeriod, ModelLimits, ParamsPolicy
 
 
 class KeyView(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -28,6 +28,8 @@ class KeyView(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_parallel: int | None
     budget_usd: float | None
     budget_period: BudgetPeriod | None
+    model_limits: dict[str, ModelLimits]
+    params: ParamsPolicy | None
     expires_at: str | None
     enabled: bool
     revoked_at: str | None

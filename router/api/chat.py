@@ -72,11 +72,13 @@ async def chat_completions(scope: HTTPScope, receive: Receive, send: Send) -> No
         policy = state.policies.get(call.chat.model)
         if policy is not None:  # the alias's server-side parameters; decoded again, checked again
             call = decode_call(_encode(apply_policy(call.chat, call.fields, call.chat.model, policy)))
+        if caller.params is not None:  # then the key's own, stricter for its holder
+            call = decode_call(_encode(apply_policy(call.chat, call.fields, call.chat.model, caller.params)))
         if guard.enforcing:  # open mode has no limits, budgets or spend to reserve for
             exchange.reserved_tokens = estimate_tokens(call.chat)
             # An admission's id of its own (never the client's x-request-id: two requests sharing
             # one must still count twice in the shared windows), made only if Redis needs one.
-            admission = await guard.admit(caller, exchange.reserved_tokens, outcomes.ids.next)
+            admission = await guard.admit(caller, call.chat.model, exchange.reserved_tokens, outcomes.ids.next)
         if exchange.trace is not None:
             exchange.trace.inputs(call.chat.messages)
         extra = admission.headroom.headers() if admission is not None else []

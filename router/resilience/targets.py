@@ -9,7 +9,7 @@ from typing import Final
 
 from providers.errors import SwitchboardError
 from router.config import BreakerConfig, Config
-from router.resilience.breaker import Breaker, Clock, utc_now
+from router.resilience.breaker import Breaker, Clock, Peers, utc_now
 
 EWMA_ALPHA: Final = 0.3
 
@@ -46,6 +46,7 @@ class TargetState:
         return {
             "target": self.label,
             "state": self.breaker.state,
+            "breaker_scope": self.breaker.scope,  # state, failures, opened_at: the fleet's or this worker's
             "consecutive_failures": self.breaker.failures,
             "opened_at": opened.isoformat() if opened else None,
             "in_flight": self.in_flight,
@@ -95,7 +96,8 @@ class TargetRegistry:
     the start and stay; ``<provider>/<model>`` requests add theirs on demand, kept in
     least-recently-used order up to ``max_ad_hoc``, so that clients inventing model names cannot
     grow memory, whatever the breakers' states. Every lookup is O(1). An evicted target that is
-    still in flight keeps its state object until its lease ends; a later request starts afresh."""
+    still in flight keeps its state object until its lease ends; a later request starts afresh.
+    With ``peers`` every breaker follows the fleet's (``resilience.breaker.shared``)."""
 
     def __init__(
         self,
@@ -103,17 +105,21 @@ class TargetRegistry:
         limits: Callable[[str, str], int | None],
         clock: Clock = utc_now,
         max_ad_hoc: int = 1024,
+        peers: Peers | None = None,
     ) -> None:
         self._breakers = breakers
         self._limits = limits
         self._clock = clock
+        self._peers = peers
         self._declared: dict[tuple[str, str], TargetState] = {}
         self._ad_hoc: OrderedDict[tuple[str, str], TargetState] = OrderedDict()
         self._max_ad_hoc = max_ad_hoc
 
     def _new(self, provider: str, model: str) -> TargetState:
         label = f"{provider}/{model}"
-        breaker = Breaker(label, self._breakers(provider, model), self._clock)
+        breaker = Breaker(label, self._breakers(provider, model), self._clock, self._peers)
+        if self._peers is not None:
+            self._peers.watch(label)
         return TargetState(label, breaker, self._limits(provider, model))
 
     def declare(self, provider: str, model: str) -> TargetState:
@@ -138,6 +144,17 @@ class TargetRegistry:
         state = self._ad_hoc[key] = self._new(provider, model)
         return state
 
+    def find(self, label: str) -> Breaker | None:
+        """The breaker of a target this process knows, by its label; never adds one, nor moves it
+        in the least-recently-used order."""
+        provider, _, model = label.partition("/")
+        key = (provider, model)
+        state = self._declared.get(key) or self._ad_hoc.get(key)
+        return state.breaker if state is not None and state.label == label else None
+
+    def labels(self) -> list[str]:
+        return [state.label for state in (*self._declared.values(), *self._ad_hoc.values())]
+
     def __len__(self) -> int:
         return len(self._declared) + len(self._ad_hoc)
 
@@ -157,9 +174,10 @@ class TargetRegistry:
         ]
 
 
-def registry_from_config(config: Config, clock: Clock = utc_now) -> TargetRegistry:
+def registry_from_config(config: Config, clock: Clock = utc_now, peers: Peers | None = None) -> TargetRegistry:
     """Breaker settings per target: ``resilience.breaker``, then the provider's ``breaker:``, then
-    the target's own; every configured target gets its state up front."""
+    the target's own; every configured target gets its state up front. ``peers`` when the
+    breakers are shared (``resilience.breaker.shared``)."""
     declared = {
         (t.provider, t.model): t for m in config.models.values() for t in m.targets if t.breaker or t.max_concurrent
     }
@@ -176,7 +194,7 @@ def registry_from_config(config: Config, clock: Clock = utc_now) -> TargetRegist
         target = declared.get((provider, model))
         return target.max_concurrent if target is not None else None
 
-    registry = TargetRegistry(breaker, limit, clock, config.resilience.max_ad_hoc_targets)
+    registry = TargetRegistry(breaker, limit, clock, config.resilience.max_ad_hoc_targets, peers)
     for model in config.models.values():
         for t in model.targets:
             registry.declare(t.provider, t.model)

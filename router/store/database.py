@@ -13,6 +13,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Final
 
+import msgspec
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import Connection, RowMapping, event, func, insert, select, text, update
@@ -22,12 +23,13 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from router.config_schema import ModelLimits, ParamsPolicy
 from router.store.records import KeyRecord, TeamRecord
 from router.store.tables import changes, keys, teams, usage
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 LIMIT_FIELDS = ("models", "rpm", "tpm", "max_parallel", "budget_usd", "budget_period", "metadata")
-KEY_FIELDS = frozenset({"name", "team_id", "expires_at", "enabled", *LIMIT_FIELDS})
+KEY_FIELDS = frozenset({"name", "team_id", "expires_at", "enabled", "model_limits", "params", *LIMIT_FIELDS})
 TEAM_FIELDS = frozenset({"name", *LIMIT_FIELDS})
 
 
@@ -307,6 +309,8 @@ def _key(row: RowMapping) -> KeyRecord:
         max_parallel=row["max_parallel"],
         budget_usd=row["budget_usd"],
         budget_period=row["budget_period"],
+        model_limits=msgspec.convert(row["model_limits"] or {}, dict[str, ModelLimits]),
+        params=msgspec.convert(row["params"], ParamsPolicy) if row["params"] is not None else None,
         expires_at=_aware(row["expires_at"]),
         enabled=bool(row["enabled"]),
         revoked_at=_aware(row["revoked_at"]),

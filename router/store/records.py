@@ -9,6 +9,8 @@ from typing import Literal
 
 import msgspec
 
+from router.config_schema import ModelLimits, ParamsPolicy
+
 BudgetPeriod = Literal["daily", "weekly", "monthly", "total"]
 
 
@@ -34,6 +36,8 @@ class KeyRecord(Limits, frozen=True, kw_only=True):
     name: str
     team_id: str | None = None
     key_hash: str
+    model_limits: dict[str, ModelLimits] = {}  # pattern → limits, in order: the first that matches counts
+    params: ParamsPolicy | None = None
     expires_at: datetime | None = None
     enabled: bool = True
     revoked_at: datetime | None = None

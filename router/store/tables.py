@@ -49,6 +49,8 @@ keys = Table(
     Column("max_parallel", Integer),
     Column("budget_usd", Float),
     Column("budget_period", String(16)),
+    Column("model_limits", JSON),  # {pattern: {rpm, tpm, max_parallel}}
+    Column("params", JSON),  # the key's server-controlled parameters
     Column("expires_at", DateTime(timezone=True)),
     Column("enabled", Boolean, nullable=False),
     Column("revoked_at", DateTime(timezone=True)),
