@@ -4,6 +4,7 @@ shared machine, so it is the tool for A/B-testing a hot-path change:
 
     python -m bench.inprocess            # non-streamed and streamed, microseconds of CPU per request
     python -m bench.inprocess --keys     # the same, called with a key that has rpm, tpm and a budget
+    python -m bench.inprocess --in-flight 64   # 64 requests at a time, as under load (default 1)
 """
 
 from __future__ import annotations
@@ -102,10 +103,10 @@ def caller(app: Litestar, body: bytes, key: str | None = None) -> Callable[[], A
     return one
 
 
-async def measure(stream: bool, keys: bool = False) -> float:
+async def measure(stream: bool, keys: bool = False, in_flight: int = 1) -> float:
     config: dict[str, Any] = {
         "providers": {"o": {"type": "openai", "base_url": "http://upstream/v1", "api_key": "k"}},
-        "models": {"m": {"targets": [{"provider": "o", "model": "x"}]}},
+        "models": {"m": {"targets": [{"provider": "o", "model": "gpt-4o-mini"}]}},
     }
     if keys:  # as the load test's switchboard-keys: every limit on, none reached
         limits = {"rpm": 100_000_000, "tpm": 100_000_000_000, "max_parallel": 100_000, "budget_usd": 1e9}
@@ -118,21 +119,29 @@ async def measure(stream: bool, keys: bool = False) -> float:
     app = create_app(settings, transport=httpx.MockTransport(upstream))
     await started(app)
     one = caller(app, request_body(stream), CLIENT_KEY if keys else None)
-    for _ in range(WARMUP):
-        await one()
+
+    async def run(count: int) -> None:  # ``count`` requests, ``in_flight`` at a time
+        async def worker(share: int) -> None:
+            for _ in range(share):
+                await one()
+
+        await asyncio.gather(*(worker(count // in_flight) for _ in range(in_flight)))
+
+    await run(WARMUP)
     best = float("inf")
     for _ in range(ROUNDS):
         cpu = time.process_time()
-        for _ in range(PER_ROUND):
-            await one()
-        best = min(best, (time.process_time() - cpu) / PER_ROUND * 1e6)
+        await run(PER_ROUND)
+        best = min(best, (time.process_time() - cpu) / (PER_ROUND // in_flight * in_flight) * 1e6)
     return best
 
 
 def main() -> None:
-    keys = "--keys" in sys.argv[1:]
+    args = sys.argv[1:]
+    keys = "--keys" in args
+    in_flight = int(args[args.index("--in-flight") + 1]) if "--in-flight" in args else 1
     for stream in (False, True):
-        us = asyncio.run(measure(stream, keys))
+        us = asyncio.run(measure(stream, keys, in_flight))
         print(f"{'streamed (43 events)' if stream else 'non-streamed'}: {us:.1f} us of CPU per request")
 
 
