@@ -291,6 +291,40 @@ async def test_a_batch_reaches_the_shared_count_before_the_database(tmp_path: Pa
         ledger(outcome("k1", "t1", 0.5))
         await ledger.flush()
         assert order == ["charge key:k1,team:t1 0.5", "drain", "write"]
-        assert ledger.stored("key:k1")["total"] == 0.5
+        stored = ledger.stored("key:k1")
+        assert stored is not None
+        assert stored["total"] == 0.5
+    finally:
+        await database.close()
+
+
+async def test_no_shared_count_starts_from_yesterdays_figure(tmp_path: Path) -> None:
+    """Just after midnight, before the first read of the new day, the database's figures are
+    yesterday's: a count seeded from them would carry yesterday's daily spend all day."""
+    database = Database(async_url(f"sqlite:///{tmp_path / 'midnight.db'}"))
+    await database.migrate()
+    today = [date(2026, 11, 29)]
+    ledger = Ledger(database, today=lambda: today[0])
+    ledger._day_checked = -1e9
+    try:
+        await ledger.refresh()
+        ledger(outcome("k1", None, 9.8))
+        await ledger.flush()
+        assert ledger.stored("key:k1") == {
+            "daily:2026-11-29": 9.8,
+            "weekly:2026-11-23": 9.8,
+            "monthly:2026-11-01": 9.8,
+            "total": 9.8,
+        }
+        today[0] = date(2026, 11, 30)
+        ledger._day_checked = -1e9  # the day is looked up again
+        assert ledger.stored("key:k1") is None
+        await ledger.refresh()
+        assert ledger.stored("key:k1") == {
+            "daily:2026-11-30": 0.0,
+            "weekly:2026-11-30": 0.0,
+            "monthly:2026-11-01": 9.8,
+            "total": 9.8,
+        }
     finally:
         await database.close()

@@ -89,7 +89,7 @@ async def test_a_key_has_its_own_server_controlled_parameters(tmp_path: Path, da
         assert (upstreams.bodies[-1]["max_tokens"], upstreams.bodies[-1]["temperature"]) == (500, 1.5)
 
 
-async def test_the_alias_policy_applies_first_then_the_keys(tmp_path: Path) -> None:
+async def test_the_keys_parameters_apply_first_and_the_alias_has_the_last_word(tmp_path: Path) -> None:
     extra: dict[str, Any] = {
         "models": {
             "m-small": {
@@ -102,8 +102,14 @@ async def test_the_alias_policy_applies_first_then_the_keys(tmp_path: Path) -> N
         key = (await new_key(http, params={"system_prompt": "KEY", "max_tokens": 10, "clamp": True}))["key"]
         assert (await http.post("/v1/chat/completions", json=chat(), headers=bearer(key))).status_code == 200
         sent = upstreams.bodies[-1]
-        assert [m["content"] for m in sent["messages"] if m["role"] == "system"] == ["KEY", "ALIAS"]
+        assert [m["content"] for m in sent["messages"] if m["role"] == "system"] == ["ALIAS", "KEY"]
         assert sent["max_tokens"] == 10
+        # what the alias inserts is not the client's: a key that denies max_tokens still gets the cap
+        strict = (await new_key(http, name="strict", params={"deny": ["max_tokens"], "force": {"top_p": 1}}))["key"]
+        assert (await http.post("/v1/chat/completions", json=chat(), headers=bearer(strict))).status_code == 200
+        assert (upstreams.bodies[-1]["max_tokens"], upstreams.bodies[-1]["top_p"]) == (100, 1)
+        denied = await http.post("/v1/chat/completions", json=chat(max_tokens=5), headers=bearer(strict))
+        assert denied.status_code == 400
 
 
 @pytest.mark.parametrize(

@@ -188,10 +188,12 @@ class Guard:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self.ledger is not None:
-            await self.ledger.stop()  # its last batch charges Redis first
-        if self.shared is not None:
-            await self.shared.close()
+        try:
+            if self.ledger is not None:
+                await self.ledger.stop()  # its last batch charges Redis first
+        finally:  # the database away must not keep Redis from getting its settlements
+            if self.shared is not None:
+                await self.shared.close()
 
     async def reload(self) -> None:
         assert self.database is not None
@@ -301,9 +303,14 @@ class Guard:
         fields = self.ledger.fields() if self.ledger is not None else None
         answer = await shared.admit(specs, estimate, request_id, fields)
         if answer[0] == 1:
+            admission = SharedAdmission(shared, specs, request_id, estimate, answer[1:])
             if caller.budgeted and self.ledger is not None:
-                await self._seed_missing(shared, self.ledger, specs, answer)
-            return SharedAdmission(shared, specs, request_id, estimate, answer[1:])
+                try:
+                    await self._seed_missing(shared, self.ledger, specs, answer)
+                except BaseException:  # cancelled meanwhile: the slot it took goes back
+                    admission.settle(None)
+                    raise
+            return admission
         _, index, kind, figure = answer
         subject, rpm, tpm, parallel, *_ = specs[int(index)]
         kind = _text(kind)
@@ -329,9 +336,10 @@ class Guard:
         or Redis restarted) from the database's figure. Awaited, so that this request's own
         charge lands on it; after that the count is there for every replica."""
         for i, spec in enumerate(specs):
-            if answer[5 + i * 5] in (b"-", "-"):
+            stored = ledger.stored(spec[0]) if answer[5 + i * 5] in (b"-", "-") else None
+            if stored is not None:  # (None: not read for today yet; the next request asks again)
                 with contextlib.suppress(StateUnavailable):  # the next request asks again
-                    await shared.seed(spec[0], ledger.stored(spec[0]))
+                    await shared.seed(spec[0], stored)
 
     def callers(self) -> list[Caller]:
         return [caller for _, caller in self._by_id.values()]

@@ -97,6 +97,7 @@ class Ledger:
         self._pending: dict[UsageKey, list[float]] = {}
         self._unwritten: dict[str, float] = {}  # subject → cost not in the database yet
         self._stored: dict[tuple[str, str], float] = {}  # (subject, period) → cost in the database
+        self._stored_day: date | None = None  # the day ``_stored`` was read for
         self._task: asyncio.Task[None] | None = None
         self._flushing = asyncio.Lock()
 
@@ -156,10 +157,12 @@ class Ledger:
     def spent(self, subject: str, period: str) -> float:
         return self._stored.get((subject, period), 0.0) + self._unwritten.get(subject, 0.0)
 
-    def stored(self, subject: str) -> dict[str, float]:
+    def stored(self, subject: str) -> dict[str, float] | None:
         """What the database held at the last read, per period field: what a shared count
-        starts from."""
-        self._day()
+        starts from. None in the moments after midnight before the first read of the new day:
+        yesterday's daily figure must not start today's count."""
+        if self._day() != self._stored_day:
+            return None
         return {field: self._stored.get((subject, period), 0.0) for period, field in self._fields.items()}
 
     async def start(self) -> None:
@@ -219,7 +222,7 @@ class Ledger:
         for key_id, team_id, cost in await self.database.spend_total():
             for subject in _subjects(key_id, team_id):
                 stored[(subject, "total")] = stored.get((subject, "total"), 0.0) + cost
-        self._stored = stored
+        self._stored, self._stored_day = stored, today
 
 
 def _subjects(key_id: str, team_id: str) -> list[str]:

@@ -69,11 +69,13 @@ async def chat_completions(scope: HTTPScope, receive: Receive, send: Send) -> No
         if caller.restricted:
             guard.check_model(caller, call.chat.model)
             exchange.allows = caller.allows  # and the fallbacks it may reach
-        policy = state.policies.get(call.chat.model)
-        if policy is not None:  # the alias's server-side parameters; decoded again, checked again
-            call = decode_call(_encode(apply_policy(call.chat, call.fields, call.chat.model, policy)))
-        if caller.params is not None:  # then the key's own, stricter for its holder
+        # Server-side parameters, each decoded again and checked again: the key's own first (they
+        # judge what its holder sent), then the alias's, which have the last word for everyone.
+        if caller.params is not None:
             call = decode_call(_encode(apply_policy(call.chat, call.fields, call.chat.model, caller.params)))
+        policy = state.policies.get(call.chat.model)
+        if policy is not None:
+            call = decode_call(_encode(apply_policy(call.chat, call.fields, call.chat.model, policy)))
         if guard.enforcing:  # open mode has no limits, budgets or spend to reserve for
             exchange.reserved_tokens = estimate_tokens(call.chat)
             # An admission's id of its own (never the client's x-request-id: two requests sharing
