@@ -70,7 +70,6 @@ log = logging.getLogger(__name__)
 _encode = msgspec.json.Encoder().encode
 JSON: Final = "application/json"
 ATTEMPTS_HEADER: Final = "x-switchboard-attempts"
-GC_THRESHOLD: Final = 20_000  # allocations between young collections (see the lifespan)
 
 
 def error_response(exc: SwitchboardError, request: Request[Any, Any, State]) -> Response[bytes]:
@@ -166,10 +165,6 @@ def create_app(
         # Everything alive now (the app, the price table's thousands of objects) lives as long as
         # the process: out of the collector's sight, it is not traversed again on every collection.
         gc.freeze()
-        # Requests in flight each hold hundreds of container objects; at the default threshold
-        # (700 allocations) a young collection ran every few requests and walked them all: 13 of
-        # the 98 µs of a keyed request at 64 in flight (bench.inprocess). Collections stay, rarer.
-        gc.set_threshold(GC_THRESHOLD, 20, 20)
         try:
             yield
         finally:
