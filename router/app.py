@@ -30,7 +30,7 @@ from router.admin.usage import usage_report
 from router.api.chat import chat_completions
 from router.api.health import live, ready
 from router.api.metrics import metrics_endpoint
-from router.api.models import list_models
+from router.api.models import list_models, retrieve_model
 from router.api.responses import request_id_of
 from router.config import Config, Settings, default_config_path, load_settings
 from router.config_schema import CORSConfig as CORSSettings
@@ -185,6 +185,7 @@ def create_app(
         route_handlers=[
             chat_completions,
             list_models,
+            retrieve_model,
             live,
             ready,
             list_targets,
@@ -276,6 +277,7 @@ def _initial_state(
         "tracing": tracing,
         "models_json": _encode(models),
         "aliases": list(config.models),
+        "alias_set": frozenset(config.models),
         "policies": {alias: model.params for alias, model in config.models.items() if model.params is not None},
         "max_body_bytes": config.server.max_body_bytes,
         "metrics": metrics,

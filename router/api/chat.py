@@ -45,7 +45,7 @@ SSE_HEADERS: Final = [
 CHAT_PATH: Final = "/v1/chat/completions"
 
 
-@asgi(CHAT_PATH, http_methods=["POST"], copy_scope=False)
+@asgi([CHAT_PATH, CHAT_PATH.removeprefix("/v1")], http_methods=["POST"], copy_scope=False)
 async def chat_completions(scope: HTTPScope, receive: Receive, send: Send) -> None:
     """A raw ASGI handler: the hot path skips Litestar's request and response modelling. Errors
     raised here still reach the app's exception handlers."""
