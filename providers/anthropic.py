@@ -36,6 +36,7 @@ from providers.base import (
     retry_after_seconds,
     tokens_of,
 )
+from providers.embeddings import EmbeddingsCall
 from providers.errors import UpstreamError, UpstreamProtocolError, UpstreamServerError
 from providers.schema import (
     ChatCompletion,
@@ -331,6 +332,12 @@ class AnthropicProvider:
 
     def stream_translator(self, call: Inbound) -> AnthropicStream:
         return AnthropicStream(self, call.chat.include_usage, int(time.time()))
+
+    def embeddings_request(self, call: EmbeddingsCall, model: str) -> None:
+        return None  # Anthropic has no embeddings API: the target is passed over
+
+    def parse_embeddings(self, body: bytes, call: EmbeddingsCall, model: str) -> Parsed:
+        raise UpstreamProtocolError(f"provider '{self.name}' has no embeddings API")
 
     def parse_error(self, status: int, body: bytes, headers: httpx.Headers) -> UpstreamError:
         try:

@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Final, NamedTuple, Protocol
 
 import httpx
 import msgspec
@@ -25,6 +25,9 @@ from providers.errors import (
     UpstreamServerError,
 )
 from providers.schema import ChatCompletion, ChatRequest, Usage
+
+if TYPE_CHECKING:
+    from providers.embeddings import EmbeddingsCall
 from providers.sse import SSEEvent
 
 # Statuses a later attempt may cure (openai-python retries the same set, plus Anthropic's 529).
@@ -115,6 +118,15 @@ class Provider(Protocol):
     def stream_translator(self, call: Inbound) -> StreamTranslator: ...
 
     def parse_error(self, status: int, body: bytes, headers: httpx.Headers) -> UpstreamError: ...
+
+    def embeddings_request(self, call: EmbeddingsCall, model: str) -> httpx.Request | None:
+        """The upstream request for an embeddings call, or None when the provider has no
+        embeddings API (the target is then passed over)."""
+        ...
+
+    def parse_embeddings(self, body: bytes, call: EmbeddingsCall, model: str) -> Parsed:
+        """A successful embeddings answer as OpenAI's ``list`` of embeddings, and its report."""
+        ...
 
 
 def post(url: httpx.URL, headers: httpx.Headers, body: bytes) -> httpx.Request:

@@ -39,7 +39,9 @@ from providers.base import (
     retry_after_seconds,
     tokens_of,
 )
+from providers.embeddings import EmbeddingsCall, embedding_list, estimate_tokens, usage_report
 from providers.errors import (
+    UntranslatableRequest,
     UpstreamAuthFailed,
     UpstreamError,
     UpstreamProtocolError,
@@ -166,6 +168,35 @@ def from_gemini(resp: wire.GenerateContentResponse, model: str, created: int, id
 # ---- stream -------------------------------------------------------------------------------------
 
 _decode_response = msgspec.json.Decoder(wire.GenerateContentResponse).decode
+
+
+class _EmbedPart(msgspec.Struct):
+    text: str
+
+
+class _EmbedContent(msgspec.Struct):
+    parts: list[_EmbedPart]
+
+
+class _EmbedRequest(msgspec.Struct, omit_defaults=True, rename="camel"):
+    model: str
+    content: _EmbedContent
+    output_dimensionality: int | None = None
+
+
+class _BatchEmbed(msgspec.Struct):
+    requests: list[_EmbedRequest]
+
+
+class _Values(msgspec.Struct):
+    values: list[float]
+
+
+class _BatchEmbedAnswer(msgspec.Struct):
+    embeddings: list[_Values] | None = None
+
+
+_decode_embeddings = msgspec.json.Decoder(_BatchEmbedAnswer).decode
 
 
 class GeminiStream:
@@ -320,6 +351,38 @@ class GeminiProvider:
 
     def stream_translator(self, call: Inbound) -> GeminiStream:
         return GeminiStream(self, call.chat.model, call.chat.include_usage, int(time.time()), self._ids)
+
+    def embeddings_request(self, call: EmbeddingsCall, model: str) -> httpx.Request:
+        """``batchEmbedContents``: one request per input. Gemini embeds text, not token ids."""
+        texts = call.texts
+        if texts is None:
+            raise UntranslatableRequest(
+                f"provider '{self.name}' (Gemini) embeds text, not token arrays: send `input` as strings",
+                param="input",
+            )
+        name = "models/" + model
+        requests = [
+            _EmbedRequest(
+                model=name,
+                content=_EmbedContent(parts=[_EmbedPart(text=t)]),
+                output_dimensionality=call.request.dimensions,
+            )
+            for t in texts
+        ]
+        url = httpx.URL(self._base + quote(model, safe="") + ":batchEmbedContents")
+        return post(url, self._headers, _encode(_BatchEmbed(requests=requests)))
+
+    def parse_embeddings(self, body: bytes, call: EmbeddingsCall, model: str) -> Parsed:
+        try:
+            answer = _decode_embeddings(body)
+        except (msgspec.DecodeError, RecursionError):
+            raise UpstreamProtocolError(f"provider '{self.name}' answered with a malformed response") from None
+        texts = call.texts or []
+        if answer.embeddings is None or len(answer.embeddings) != len(texts):
+            raise UpstreamProtocolError(f"provider '{self.name}' answered without an embedding for every input")
+        tokens = estimate_tokens(call)  # Gemini reports none: the estimate is what is counted
+        listing = embedding_list([e.values for e in answer.embeddings], model, tokens, call.base64)
+        return Parsed(_encode(listing), Report(usage=usage_report(tokens), response_model=model))
 
     def parse_error(self, status: int, body: bytes, headers: httpx.Headers) -> UpstreamError:
         try:

@@ -8,9 +8,12 @@ user message, any other model a fixed sentence, streamed word by word.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import math
 import random
 import re
 import secrets
+import struct
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,6 +22,7 @@ from typing import Final
 import httpx
 import msgspec
 
+from providers.embeddings import embedding_list
 from providers.schema import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -62,6 +66,29 @@ class _Request(msgspec.Struct):
 
 
 _decode_request = msgspec.json.Decoder(_Request).decode
+
+
+class _EmbedAsk(msgspec.Struct):
+    model: str
+    input: str | list[str | int | list[int]]
+    encoding_format: str | None = None
+    dimensions: int | None = None
+
+
+_decode_embed = msgspec.json.Decoder(_EmbedAsk).decode
+MOCK_DIMENSIONS: Final = 256
+
+
+def mock_vector(text: str, size: int) -> list[float]:
+    """A unit vector from the text's SHA-256 stream: deterministic, spread over every dimension."""
+    raw = b""
+    counter = 0
+    while len(raw) < size * 4:
+        raw += hashlib.sha256(f"{counter}:{text}".encode()).digest()
+        counter += 1
+    values = [(v / 2**31) - 1.0 for v in struct.unpack(f"<{size}I", raw[: size * 4])]
+    norm = math.sqrt(sum(v * v for v in values)) or 1.0
+    return [v / norm for v in values]
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +143,8 @@ class MockTransport(httpx.AsyncBaseTransport):
             await asyncio.sleep(b.latency_s)
         if b.failure_rate and self._random.random() < b.failure_rate:
             return self._error(b.failure_status, f"injected failure ({b.failure_status})", "server_error")
+        if request.url.path.endswith("/embeddings"):
+            return self._embeddings(await request.aread(), request)
         if not request.url.path.endswith("/chat/completions"):
             return self._error(404, f"the mock provider has no route {request.url.path}", "invalid_request_error")
         try:
@@ -168,6 +197,28 @@ class MockTransport(httpx.AsyncBaseTransport):
         if usage is not None:
             yield event([], usage)
         yield b"data: [DONE]\n\n"
+
+    def _embeddings(self, body: bytes, request: httpx.Request) -> httpx.Response:
+        """Deterministic unit vectors: the same input always gets the same one (any model)."""
+        try:
+            asked = _decode_embed(body)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return self._error(400, f"mock provider: {exc}", "invalid_request_error")
+        given = asked.input
+        inputs: list[str | list[int]]
+        if isinstance(given, str):
+            inputs = [given]
+        elif given and isinstance(given[0], int):  # one token array
+            inputs = [[i for i in given if isinstance(i, int)]]
+        else:
+            inputs = [i for i in given if not isinstance(i, int)]
+        size = asked.dimensions or MOCK_DIMENSIONS
+        vectors = [mock_vector(item if isinstance(item, str) else " ".join(map(str, item)), size) for item in inputs]
+        tokens = sum(len(_WORD.findall(i)) if isinstance(i, str) else len(i) for i in inputs)
+        listing = embedding_list(vectors, asked.model, tokens, asked.encoding_format == "base64")
+        return httpx.Response(
+            200, headers={"content-type": "application/json"}, content=_encode(listing), request=request
+        )
 
     @staticmethod
     def _error(status: int, message: str, error_type: str) -> httpx.Response:

@@ -26,6 +26,7 @@ from providers.base import (
     post,
     retry_after_seconds,
 )
+from providers.embeddings import EmbeddingsCall
 from providers.errors import UntranslatableRequest, UpstreamError, UpstreamProtocolError, UpstreamServerError
 from providers.sse import SSEEvent
 
@@ -72,6 +73,22 @@ _decode_view = msgspec.json.Decoder(_ChunkView).decode
 _decode_answer = msgspec.json.Decoder(_AnswerView).decode
 _decode_usage = msgspec.json.Decoder(_UsageView).decode
 _decode_any = msgspec.json.Decoder().decode
+
+
+class _EmbeddingsUsageView(msgspec.Struct):
+    prompt_tokens: object = None
+
+
+class _EmbeddingsView(msgspec.Struct):
+    """Just what the gateway reads of an embeddings answer; the body goes to the client as it is."""
+
+    data: list[msgspec.Raw] | None = None
+    model: object = None
+    usage: _EmbeddingsUsageView | None = None
+    error: msgspec.Raw | None = None
+
+
+_decode_embeddings = msgspec.json.Decoder(_EmbeddingsView).decode
 _ASK_USAGE: Final = msgspec.Raw(b'{"include_usage":true}')
 
 
@@ -182,6 +199,7 @@ class OpenAIProvider:
         self.name = name
         self._stream_usage = stream_usage  # ask for usage in every stream (servers that refuse it: off)
         self._url = httpx.URL(base_url.rstrip("/") + "/chat/completions")
+        self._embeddings_url = httpx.URL(base_url.rstrip("/") + "/embeddings")
         base_headers = {"content-type": "application/json", "user-agent": USER_AGENT, **(headers or {})}
         if api_key:
             base_headers.update(self.auth_headers(api_key))
@@ -195,6 +213,36 @@ class OpenAIProvider:
 
     def url_for(self, model: str) -> httpx.URL:
         return self._url
+
+    def embeddings_url_for(self, model: str) -> httpx.URL:
+        return self._embeddings_url
+
+    def embeddings_request(self, call: EmbeddingsCall, model: str) -> httpx.Request:
+        """The client's body as it came, the model named by the target (OpenAI-compatible servers
+        take whatever else OpenAI's API does)."""
+        fields = call.fields
+        if call.request.model != model:
+            fields = {**fields, "model": msgspec.Raw(_encode(model))}
+        return post(self.embeddings_url_for(model), self._headers, _encode(fields))
+
+    def parse_embeddings(self, body: bytes, call: EmbeddingsCall, model: str) -> Parsed:
+        try:
+            view = _decode_embeddings(body)
+        except (msgspec.DecodeError, RecursionError):
+            raise UpstreamProtocolError(f"provider '{self.name}' answered with a body that is not JSON") from None
+        if view.error is not None and bytes(view.error) != b"null":
+            raise self.stream_error(body)
+        if view.data is None:
+            raise UpstreamProtocolError(f"provider '{self.name}' answered without `data`")
+        usage = view.usage
+        prompt = usage.prompt_tokens if usage is not None and isinstance(usage.prompt_tokens, int) else None
+        return Parsed(
+            body,
+            Report(
+                usage=TokenUsage(prompt=prompt, completion=0) if prompt is not None else None,
+                response_model=view.model if isinstance(view.model, str) else None,
+            ),
+        )
 
     def build_request(self, call: Inbound, model: str) -> httpx.Request:
         fields = call.fields
@@ -294,14 +342,20 @@ class AzureProvider(OpenAIProvider):
         return {"api-key": api_key}
 
     def url_for(self, model: str) -> httpx.URL:
-        url = self._urls.get(model)
+        return self._deployment_url(model, "chat/completions")
+
+    def embeddings_url_for(self, model: str) -> httpx.URL:
+        return self._deployment_url(model, "embeddings")
+
+    def _deployment_url(self, model: str, operation: str) -> httpx.URL:
+        url = self._urls.get(f"{operation} {model}")
         if url is None:
             if model in (".", ".."):  # a dot segment would resolve to another path on the host
                 raise UntranslatableRequest(f"'{model}' is not a deployment name", param="model", code="invalid_value")
             url = httpx.URL(
-                f"{self._endpoint}/openai/deployments/{quote(model, safe='')}/chat/completions",
+                f"{self._endpoint}/openai/deployments/{quote(model, safe='')}/{operation}",
                 params={"api-version": self._api_version},
             )
             if len(self._urls) < self.MAX_URLS:  # deployments named by clients must not grow this forever
-                self._urls[model] = url
+                self._urls[f"{operation} {model}"] = url
         return url

@@ -28,6 +28,7 @@ from router.admin.openapi import admin_openapi
 from router.admin.targets import list_targets
 from router.admin.usage import usage_report
 from router.api.chat import chat_completions
+from router.api.embeddings import embeddings
 from router.api.health import live, ready
 from router.api.metrics import metrics_endpoint
 from router.api.models import list_models, retrieve_model
@@ -184,6 +185,7 @@ def create_app(
     return Litestar(
         route_handlers=[
             chat_completions,
+            embeddings,
             list_models,
             retrieve_model,
             live,

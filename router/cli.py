@@ -82,6 +82,12 @@ def describe(settings: Settings, upstreams: dict[str, Upstream], out: TextIO) ->
         )
         fallbacks = f"  fallbacks: {', '.join(route.fallbacks)}" if route.fallbacks else ""
         print(f"  {alias:<24} → {targets}{fallbacks}", file=out)
+        models = sorted({t.model for t in route.targets})
+        if len(models) > 1:  # vectors from different models are not interchangeable
+            print(
+                f"  {'':<24}   not for /v1/embeddings: its targets serve different models ({', '.join(models)})",
+                file=out,
+            )
 
 
 def _database(url: str) -> str:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import msgspec
 from aiohttp import web
 
+from providers.embeddings import as_base64
 from providers.sse import SSEParser
 from tests.conftest import fixture_bytes
 
@@ -47,6 +48,23 @@ class FakeUpstream:
     calls: Counter[str] = field(default_factory=Counter)
     endless_sent: int = 0
     flood_bytes: int = 0  # what the `flood` model managed to write before it was stopped
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        """OpenAI's embeddings endpoint: one fixed vector per input, base64 when asked (as OpenAI)."""
+        body = msgspec.json.decode(await request.read())
+        assert isinstance(body, dict)
+        self.seen.append(Seen(dict(request.headers), body))
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        vector = [0.125, -0.25, 0.5]
+        encoded = as_base64(vector) if body.get("encoding_format") == "base64" else vector
+        data = [{"object": "embedding", "index": i, "embedding": encoded} for i in range(len(inputs))]
+        answer = {
+            "object": "list",
+            "data": data,
+            "model": "text-embedding-3-small-e2e",
+            "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)},
+        }
+        return _json(msgspec.json.encode(answer))
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = msgspec.json.decode(await request.read())
@@ -230,6 +248,7 @@ def running_upstream() -> Iterator[FakeUpstream]:
     fake = FakeUpstream()
     app = web.Application()
     app.router.add_post("/v1/chat/completions", fake.handle)
+    app.router.add_post("/v1/embeddings", fake.embeddings)
     with serving_in_thread(app) as port:
         fake.port = port
         try:

@@ -34,6 +34,7 @@ models:
   leaky: {{targets: [{{provider: up, model: leaky}}]}}
   hang: {{targets: [{{provider: up, model: hang}}]}}
   demo: {{targets: [{{provider: demo, model: echo}}]}}
+  embed: {{targets: [{{provider: up, model: text-embedding-3-small}}]}}
 """
 
 
@@ -274,3 +275,20 @@ def test_workers_flag_starts_several_processes(tmp_path: Path) -> None:
         process.terminate()
         out, _ = process.communicate(timeout=15)
     assert out.count(b"Started server process") == 2, out.decode(errors="replace")
+
+
+@pytest.mark.parametrize("model", ["embed", "demo"])
+def test_embeddings_in_both_encodings(proxy: Proxy, model: str) -> None:
+    """The SDK asks for base64 unless told otherwise, and decodes it; floats come as they are."""
+    client = proxy.client()
+    default = client.embeddings.create(model=model, input=["one", "two"])
+    floats = client.embeddings.create(model=model, input=["one", "two"], encoding_format="float")
+    assert [d.index for d in default.data] == [0, 1]
+    for a, b in zip(default.data, floats.data, strict=True):
+        assert a.embedding == pytest.approx(b.embedding, abs=1e-6)
+    if model == "embed":  # passed through: what the upstream sent, base64 asked of it by the SDK
+        assert floats.data[0].embedding == [0.125, -0.25, 0.5]
+        assert proxy.fake.seen[-2].body["encoding_format"] == "base64"
+        assert proxy.fake.seen[-2].body["model"] == "text-embedding-3-small"
+        assert proxy.fake.seen[-1].headers["Authorization"] == f"Bearer {UPSTREAM_KEY}"
+    assert floats.usage.prompt_tokens > 0

@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Final
 
 import msgspec
 from litestar import asgi
 from litestar.types import HTTPScope, Receive, Send
 
-from providers.base import Inbound
 from providers.errors import SwitchboardError
 from router.access.guard import Guard, key_id_of_caller
 from router.access.limits import Admitted, estimate_tokens
@@ -22,7 +22,7 @@ from router.api.disconnect import ClientWatch
 from router.api.responses import CLIENT_GONE, JSONBody
 from router.api.streams import SSEResponse
 from router.errors import InvalidRequest, MethodNotAllowed, PayloadTooLarge
-from router.gateway.failover import Gateway, OpenStream
+from router.gateway.failover import Answer, Gateway, OpenStream
 from router.gateway.outcome import REQUEST_ID_KEY, Exchange
 from router.gateway.routing import Target
 from router.telemetry.spans import RequestTrace
@@ -84,20 +84,26 @@ async def chat_completions(scope: HTTPScope, receive: Receive, send: Send) -> No
         if exchange.trace is not None:
             exchange.trace.inputs(call.chat.messages)
         extra = admission.headroom.headers() if admission is not None else []
-        status, code = await _serve(state.gateway, call, scope, receive, send, exchange, extra)
+        gateway: Gateway = state.gateway
+        if call.chat.is_stream:
+            answer = None
+            stream: Callable[[], Awaitable[OpenStream]] | None = partial(gateway.open_stream, call, exchange)
+        else:
+            answer, stream = partial(gateway.complete, call, exchange), None
+        status, code = await serve(gateway, scope, receive, send, exchange, extra, answer, stream)
     except SwitchboardError as exc:
-        _finish(exchange, admission, exc.status, exc.code)
+        finish(exchange, admission, exc.status, exc.code)
         raise
     except Exception:
-        _finish(exchange, admission, 500, "internal_error")
+        finish(exchange, admission, 500, "internal_error")
         raise
     except BaseException:  # cancelled: the server is shutting down
-        _finish(exchange, admission, 503, "cancelled")
+        finish(exchange, admission, 503, "cancelled")
         raise
-    _finish(exchange, admission, status, code)
+    finish(exchange, admission, status, code)
 
 
-def _finish(exchange: Exchange, admission: Admitted | None, status: int, code: str | None) -> None:
+def finish(exchange: Exchange, admission: Admitted | None, status: int, code: str | None) -> None:
     """End the request's record, then true up its limits with what it really used."""
     try:
         exchange.finish(status, code)
@@ -128,36 +134,39 @@ async def read_body(scope: HTTPScope, receive: Receive, limit: int) -> bytes:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def _serve(
+async def serve(
     gateway: Gateway,
-    call: Inbound,
     scope: HTTPScope,
     receive: Receive,
     send: Send,
     exchange: Exchange,
     extra: list[tuple[bytes, bytes]],
+    answer: Callable[[], Awaitable[Answer]] | None,
+    stream: Callable[[], Awaitable[OpenStream]] | None = None,
 ) -> tuple[int, str | None]:
-    """Answer the request; the status and code it ended with. This is the one owner of what a
-    request holds: the bulkhead slot, the client watch and, for a stream, the upstream response
-    and its target's lease are each released here, once, however the request ends (the relay
-    only reports to the lease how the stream went)."""
+    """Answer the request (from ``stream`` when given, else from ``answer``); the status and code
+    it ended with. This is the one owner of what a request holds: the bulkhead slot, the client
+    watch and, for a stream, the upstream response and its target's lease are each released
+    here, once, however the request ends (the relay only reports to the lease how the stream
+    went)."""
     gateway.bulkhead.enter()
     watch = ClientWatch(receive)
     opened: OpenStream | None = None
     base = [(REQUEST_ID_HEADER, exchange.request_id.encode()), *extra]
     try:
-        if call.chat.is_stream:
-            opened = await gateway.open_stream(call, exchange)
+        if stream is not None:
+            opened = await stream()
             headers = _headers([*SSE_HEADERS, *base], opened.target, opened.calls, opened.dropped)
             relay = SSEResponse(opened, headers, watch, gateway, exchange)
             await relay(scope, receive, send)
             return 200, relay.code
-        answer = await gateway.complete(call, exchange)
+        assert answer is not None
+        whole = await answer()
         await watch.stop()  # the answer is in: the end of the response would read as a disconnect
         exchange.first_chunk()
         if exchange.trace is not None:
-            exchange.trace.answer(answer.body)
-        await JSONBody(answer.body, _headers(base, answer.target, answer.calls, answer.dropped))(scope, receive, send)
+            exchange.trace.answer(whole.body)
+        await JSONBody(whole.body, _headers(base, whole.target, whole.calls, whole.dropped))(scope, receive, send)
         return 200, None
     except asyncio.CancelledError:
         if not watch.absorb():

@@ -1,4 +1,5 @@
-"""A chat request body → ``Inbound``, or an ``InvalidRequest`` that names what is wrong.
+"""A request body (chat → ``Inbound``, embeddings → ``EmbeddingsCall``), or an ``InvalidRequest``
+that names what is wrong.
 
 Nothing a client sends gets past here unchecked in ways that could hurt later: the body must be
 a JSON object in valid UTF-8 (an unknown field is forwarded as it came, so it is checked here),
@@ -9,16 +10,20 @@ from __future__ import annotations
 
 import itertools
 import re
-from typing import Final
+from collections.abc import Callable
+from typing import Final, TypeVar
 
 import msgspec
 
 from providers.base import Inbound
+from providers.embeddings import EmbeddingsCall, EmbeddingsRequest
 from providers.schema import ChatRequest
 from router.errors import InvalidRequest
 
 _decode_fields = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
 _decode_chat = msgspec.json.Decoder(ChatRequest).decode
+_decode_embeddings = msgspec.json.Decoder(EmbeddingsRequest).decode
+V = TypeVar("V")
 _decode_key = msgspec.json.Decoder(str).decode
 _AT: Final = re.compile(r"^(?P<what>.*?)(?: - at `\$\.?(?P<path>[^`]*)`)?$", re.DOTALL)
 _MISSING: Final = re.compile(r"Object missing required field `([^`]+)`")
@@ -134,9 +139,24 @@ def _bad_utf8(fields: dict[str, msgspec.Raw]) -> InvalidRequest:
 
 
 def decode_call(body: bytes) -> Inbound:
+    fields, chat = _decode(body, _decode_chat)
+    return Inbound(chat, fields)
+
+
+def decode_embeddings(body: bytes) -> EmbeddingsCall:
+    fields, request = _decode(body, _decode_embeddings)
+    call = EmbeddingsCall(request, fields)
+    problem = call.input_problem()
+    if problem is not None:
+        raise InvalidRequest(f"Invalid value for 'input': {problem}.", param="input", code="invalid_value")
+    return call
+
+
+def _decode(body: bytes, decode: Callable[[bytes], V]) -> tuple[dict[str, msgspec.Raw], V]:
+    """The body field by field, and its validated view; or an ``InvalidRequest`` naming what is wrong."""
     try:
         fields = _decode_fields(body)
-        chat = _decode_chat(body)
+        view = decode(body)
     except msgspec.ValidationError as exc:
         if "Expected `object`" in str(exc) and " - at `$" not in str(exc):
             raise InvalidRequest("The request body must be a JSON object.", code="invalid_json") from None
@@ -150,4 +170,4 @@ def decode_call(body: bytes) -> Inbound:
             body.decode("utf-8")  # msgspec checks the strings it decodes, not the fields it skips
         except UnicodeDecodeError:
             raise _bad_utf8(fields) from None
-    return Inbound(chat, fields)
+    return fields, view

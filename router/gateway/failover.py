@@ -22,6 +22,7 @@ from typing import Final, TypeVar
 import httpx
 
 from providers.base import Inbound, Parsed, Provider, SecretRedactor
+from providers.embeddings import EmbeddingsCall
 from providers.errors import (
     SwitchboardError,
     UpstreamError,
@@ -45,6 +46,8 @@ from router.upstreams.transport import upstream_failure
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Once = Callable[["Attempt", httpx.Request, "Lease", "Run"], Awaitable[T]]  # one try at one target
+Build = Callable[["Attempt"], tuple[httpx.Request, Sequence[str]]]  # a target's request, and what it drops
+Parse = Callable[["Attempt", bytes], Parsed]  # a whole answer, as the client's API has it
 
 
 class TargetSkipped(Exception):
@@ -220,6 +223,7 @@ class Gateway:
         self.targets = targets
         self.retry = retry
         self.rng = rng
+        self._chat_once = partial(self._complete_once, _parse_chat)
         self._prepared = {
             alias: tuple(self._prepare(group) for group in route.groups) for alias, route in router.routes.items()
         }
@@ -264,18 +268,21 @@ class Gateway:
                     continue
                 yield attempt
 
-    async def _walk(self, call: Inbound, once: Once[T], exchange: Exchange) -> tuple[T, Attempt, Run]:
-        route = self.router.resolve(call.chat.model)
+    async def _walk(self, model: str, build: Build, once: Once[T], exchange: Exchange) -> tuple[T, Attempt, Run]:
+        """Walk the route of ``model`` until a target answers. The loop knows nothing of the
+        operation: ``build`` makes each target's request (or raises ``TargetSkipped`` for a target
+        that cannot serve it, or a client error for a request no target could take), and
+        ``once`` makes one try."""
+        route = self.router.resolve(model)
         exchange.alias = route.alias
         run = Run(route.alias, self.timeouts.total_s, exchange.attempts, exchange.trace)
         for attempt in self.candidates(route, run, exchange.allows):
             if run.remaining() <= 0:
                 run.skipped(attempt.target, "deadline passed before this target")
                 break
-            run.dropped = _unsupported(call, attempt)
-            # Built before any lease: a request the target cannot express fails without touching it.
-            request = attempt.adapter.build_request(call, attempt.target.model)
             try:
+                # Built before any lease: a request the target cannot express fails without touching it.
+                request, run.dropped = build(attempt)
                 return await self._on_target(attempt, request, run, once), attempt, run
             except TargetSkipped as skipped:
                 run.skipped(attempt.target, str(skipped))
@@ -342,7 +349,9 @@ class Gateway:
         return result
 
     async def complete(self, call: Inbound, exchange: Exchange) -> Answer:
-        parsed, attempt, run = await self._walk(call, self._complete_once, exchange)
+        parsed, attempt, run = await self._walk(
+            call.chat.model, partial(_chat_request, call), self._chat_once, exchange
+        )
         _answered(exchange, attempt)
         exchange.reported(parsed.report)
         return Answer(parsed.body, attempt.target, run.calls, run.dropped)
@@ -350,11 +359,36 @@ class Gateway:
     async def open_stream(self, call: Inbound, exchange: Exchange) -> OpenStream:
         """Start a stream and wait for its first chunk, so that a failure before it can still move
         on to the next target, or become an HTTP error."""
-        opened, attempt, _ = await self._walk(call, partial(self._open_once, call), exchange)
+        build = partial(_chat_request, call)
+        opened, attempt, _ = await self._walk(call.chat.model, build, partial(self._open_once, call), exchange)
         _answered(exchange, attempt)
         return opened
 
-    async def _complete_once(self, attempt: Attempt, request: httpx.Request, lease: Lease, run: Run) -> Parsed:
+    async def embed(self, call: EmbeddingsCall, exchange: Exchange) -> Answer:
+        """An embeddings request. Vectors from two models are not interchangeable, so it fails
+        over only between targets serving one upstream model: an alias whose targets name
+        different models is refused (``switchboard check`` says so), and fallbacks to another
+        model are passed over."""
+        route = self.router.resolve(call.request.model)
+        models = sorted({t.model for t in route.targets})  # the alias's own; fallbacks may differ
+        if len(models) > 1:
+            raise InvalidRequest(
+                f"The model '{route.alias}' routes to different upstream models ({', '.join(models)}); "
+                "embeddings from different models are not interchangeable, so it cannot serve /v1/embeddings. "
+                "Use an alias whose targets all serve one embedding model.",
+                param="model",
+                code="invalid_value",
+            )
+        once = partial(self._complete_once, partial(_parse_embeddings, call))
+        build = partial(_embeddings_request, call, models[0] if models else "")
+        parsed, attempt, run = await self._walk(call.request.model, build, once, exchange)
+        _answered(exchange, attempt)
+        exchange.reported(parsed.report)
+        return Answer(parsed.body, attempt.target, run.calls, run.dropped)
+
+    async def _complete_once(
+        self, parse: Parse, attempt: Attempt, request: httpx.Request, lease: Lease, run: Run
+    ) -> Parsed:
         adapter, provider = attempt.adapter, attempt.target.provider
         budget = min(self.timeouts.attempt_s, run.remaining())
         loop = asyncio.get_running_loop()
@@ -367,7 +401,7 @@ class Gateway:
             raise UpstreamTimeout(f"provider '{provider}' did not answer within {budget:g}s") from None
         except httpx.HTTPError as exc:
             raise _logged(upstream_failure(exc, provider), exc, adapter.redact) from None
-        answer = adapter.parse_response(body, attempt.target.model)
+        answer = parse(attempt, body)
         attempt.state.observe_latency(loop.time() - started)
         lease.succeeded()
         return answer
@@ -405,6 +439,28 @@ def _answered(exchange: Exchange, attempt: Attempt) -> None:
     exchange.target = attempt.target.label
     exchange.model = attempt.target.model
     exchange.provider = attempt.kind
+
+
+def _chat_request(call: Inbound, attempt: Attempt) -> tuple[httpx.Request, Sequence[str]]:
+    dropped = _unsupported(call, attempt)
+    return attempt.adapter.build_request(call, attempt.target.model), dropped
+
+
+def _parse_chat(attempt: Attempt, body: bytes) -> Parsed:
+    return attempt.adapter.parse_response(body, attempt.target.model)
+
+
+def _embeddings_request(call: EmbeddingsCall, model: str, attempt: Attempt) -> tuple[httpx.Request, Sequence[str]]:
+    if attempt.target.model != model:
+        raise TargetSkipped(f"serves another embedding model ({attempt.target.model}, not {model})")
+    request = attempt.adapter.embeddings_request(call, attempt.target.model)
+    if request is None:
+        raise TargetSkipped(f"its provider type ({attempt.kind}) has no embeddings API")
+    return request, ()
+
+
+def _parse_embeddings(call: EmbeddingsCall, attempt: Attempt, body: bytes) -> Parsed:
+    return attempt.adapter.parse_embeddings(body, call, attempt.target.model)
 
 
 def _unsupported(call: Inbound, attempt: Attempt) -> Sequence[str]:

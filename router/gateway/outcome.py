@@ -101,6 +101,7 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     key_id: str | None = None  # the caller's virtual key ("" for the master key; None when open)
     team_id: str | None = None
     reserved_tokens: int | None = None  # what its rate limits reserved at admission
+    operation: str = "chat"  # OpenTelemetry's gen_ai.operation.name: chat, embeddings
 
 
 Listener = Callable[[Outcome], None]
@@ -156,6 +157,7 @@ class Exchange:
         "first_chunk_s",
         "key_id",
         "model",
+        "operation",
         "provider",
         "request_id",
         "reserved_tokens",
@@ -168,8 +170,9 @@ class Exchange:
         "usage",
     )
 
-    def __init__(self, outcomes: Outcomes, request_id: str, stream: bool = False) -> None:
+    def __init__(self, outcomes: Outcomes, request_id: str, stream: bool = False, operation: str = "chat") -> None:
         self._outcomes = outcomes
+        self.operation = operation
         self._started = time.perf_counter()
         self._done = False
         self.request_id = request_id
@@ -234,6 +237,7 @@ class Exchange:
             key_id=self.key_id,
             team_id=self.team_id,
             reserved_tokens=self.reserved_tokens,
+            operation=self.operation,
         )
         if self.trace is not None:
             try:

@@ -373,8 +373,8 @@ class Recorder:
         self._figures = figures
         self._names = names
         self._requests: dict[tuple[str, str, int, str], Cell] = {}
-        self._answers: dict[tuple[str, str, str | None, str | None], _AnswerCells] = {}
-        self._calls: dict[tuple[str, str | None, str, str], Cell] = {}
+        self._answers: dict[tuple[str, str, str | None, str | None, str], _AnswerCells] = {}
+        self._calls: dict[tuple[str, str | None, str, str, str], Cell] = {}
         self._overhead = figures.histogram("switchboard_overhead_seconds", ())
         self._disconnects = figures.counter("switchboard_client_disconnects", ())
         self._rejections = figures.counter("switchboard_bulkhead_rejections", ())
@@ -420,20 +420,20 @@ class Recorder:
         label = self._names.target(attempt.target)
         answered = (outcome.response_model or "") if attempt.result == "ok" else ""
         error = (attempt.error or attempt.result) if failed else ""
-        key = (label, attempt.provider, answered, error)
+        key = (label, attempt.provider, answered, error, outcome.operation)
         cell = self._calls.get(key)
         if cell is None:
             provider = GENAI_PROVIDERS.get(attempt.provider or "", attempt.provider or "")
-            genai = ("chat", provider, self._names.model(attempt.target), answered, error)
+            genai = (outcome.operation, provider, self._names.model(attempt.target), answered, error)
             cell = self._calls[key] = self._figures.histogram("gen_ai_client_operation_duration_seconds", genai)
         _observe(cell, DURATION_BUCKETS, attempt.duration_s)
 
     def _answered(self, outcome: Outcome, alias: str, target: str) -> None:
-        key = (alias, target, outcome.provider, outcome.response_model)
+        key = (alias, target, outcome.provider, outcome.response_model, outcome.operation)
         cells = self._answers.get(key)
         if cells is None:
             provider = GENAI_PROVIDERS.get(outcome.provider or "", outcome.provider or "")
-            genai = ("chat", provider, self._names.model(outcome.target or ""), outcome.response_model or "")
+            genai = (outcome.operation, provider, self._names.model(outcome.target or ""), outcome.response_model or "")
             cells = self._answers[key] = _AnswerCells(self._figures, alias, target, genai)
         if outcome.stream and outcome.ttft_s is not None:
             _observe(cells.ttft or cells.ttft_cell(), DURATION_BUCKETS, outcome.ttft_s)

@@ -87,6 +87,7 @@ class RequestTrace:
         "_calls",
         "_events",
         "_input",
+        "_operation",
         "_output",
         "_parent",
         "_parent_context",
@@ -99,8 +100,14 @@ class RequestTrace:
     )
 
     def __init__(
-        self, tracing: Tracing, headers: Iterable[tuple[bytes, bytes]], path: str, capture: bool = False
+        self,
+        tracing: Tracing,
+        headers: Iterable[tuple[bytes, bytes]],
+        path: str,
+        capture: bool = False,
+        operation: str = "chat",
     ) -> None:
+        self._operation = operation
         fields = tracing.fields
         carrier = {name.decode("latin-1"): value.decode("latin-1") for name, value in headers if name in fields}
         self._parent_context: Context | None = propagate.extract(carrier) if carrier else None
@@ -144,7 +151,7 @@ class RequestTrace:
             server.trace_id, self._tracing.ids.generate_span_id(), False, server.trace_flags, server.trace_state
         )
         attributes: Attributes = {
-            "gen_ai.operation.name": "chat",
+            "gen_ai.operation.name": self._operation,
             "gen_ai.provider.name": GENAI_PROVIDERS.get(provider_type, provider_type),
             "gen_ai.request.model": model,
             "server.address": request.url.host,
@@ -153,7 +160,7 @@ class RequestTrace:
         }
         if self._input is not None:
             attributes["gen_ai.input.messages"] = self._input
-        call = _Call(f"chat {model}", context, attributes)
+        call = _Call(f"{self._operation} {model}", context, attributes)
         self._calls.append(call)
         carrier: dict[str, str] = {}
         # On the client's context, so its baggage travels on with the trace.
