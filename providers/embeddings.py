@@ -18,7 +18,8 @@ Token = Annotated[int, msgspec.Meta(ge=0)]
 Tokens = Annotated[list[Token], msgspec.Meta(min_length=1)]
 # A string, or a list of strings, of token ids, or of token arrays (msgspec takes one list type in
 # a union: the list's kind is checked by ``input_problem``).
-Input = str | Annotated[list[str | Token | Tokens], msgspec.Meta(min_length=1, max_length=2048)]
+Text = Annotated[str, msgspec.Meta(min_length=1)]  # OpenAI refuses empty strings
+Input = Text | Annotated[list[Text | Token | Tokens], msgspec.Meta(min_length=1, max_length=2048)]
 EncodingFormat = Literal["float", "base64"]
 
 

@@ -215,6 +215,8 @@ async def test_bad_requests_are_400s_naming_the_parameter(tmp_path: Path) -> Non
             ({"model": "demo"}, "input"),
             ({"input": "x"}, "model"),
             ({"model": "demo", "input": []}, "input"),
+            ({"model": "demo", "input": ""}, "input"),
+            ({"model": "demo", "input": ["a", ""]}, "input[1]"),
             ({"model": "demo", "input": ["a", 1]}, "input"),
             ({"model": "demo", "input": "a", "encoding_format": "int8"}, "encoding_format"),
             ({"model": "demo", "input": "a", "dimensions": 0}, "dimensions"),
