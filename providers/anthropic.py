@@ -286,6 +286,44 @@ class AnthropicStream:
         return out
 
 
+class AnthropicPassThrough:
+    """An Anthropic stream relayed to a Messages client as it came, event by event. An
+    ``AnthropicStream`` reads along for the record (usage, finish) and for in-band errors. The
+    events before the first content (``message_start``, ``ping``) wait with it, so that a failure
+    until then can still move the request to another target."""
+
+    def __init__(self, reader: AnthropicStream) -> None:
+        self._reader = reader
+        self._held: list[bytes] = []
+        self._content = False
+
+    @property
+    def finished(self) -> bool:
+        return self._reader.finished
+
+    @property
+    def complete(self) -> bool:
+        return self._reader.complete
+
+    @property
+    def report(self) -> Report:
+        return self._reader.report
+
+    def translate(self, event: SSEEvent) -> Sequence[bytes]:
+        produced = self._reader.translate(event)  # raises on an error event
+        if event.event == "message":
+            return _NOTHING  # data-only frames: Anthropic's clients ignore them too
+        framed = b"event: " + event.event.encode() + b"\ndata: " + event.data + b"\n\n"
+        if self._content:
+            return (framed,)
+        self._held.append(framed)
+        if produced or event.event in ("message_delta", "message_stop"):
+            self._content = True
+            held, self._held = self._held, []
+            return held
+        return _NOTHING
+
+
 # ---- adapter ----------------------------------------------------------------------------------------
 
 
@@ -332,6 +370,22 @@ class AnthropicProvider:
 
     def stream_translator(self, call: Inbound) -> AnthropicStream:
         return AnthropicStream(self, call.chat.include_usage, int(time.time()))
+
+    def passthrough_request(
+        self, fields: Mapping[str, msgspec.Raw], model: str, stream: bool, forwarded: Mapping[str, str]
+    ) -> httpx.Request:
+        """A Messages request sent on as the client wrote it (the model named by the target), with
+        the client's ``anthropic-version`` and ``anthropic-beta``: features Switchboard does not
+        model (thinking signatures, ``cache_control``, server tools) survive."""
+        body = {**fields, "model": msgspec.Raw(_encode(model))}
+        headers = self._stream_headers if stream else self._headers
+        if forwarded:
+            headers = headers.copy()
+            headers.update(forwarded)
+        return post(self._url, headers, _encode(body))
+
+    def passthrough_stream(self) -> AnthropicPassThrough:
+        return AnthropicPassThrough(AnthropicStream(self, include_usage=False, created=0))
 
     def embeddings_request(self, call: EmbeddingsCall, model: str) -> None:
         return None  # Anthropic has no embeddings API: the target is passed over

@@ -30,6 +30,7 @@ from router.admin.usage import usage_report
 from router.api.chat import chat_completions
 from router.api.embeddings import embeddings
 from router.api.health import live, ready
+from router.api.messages import count_tokens, create_message
 from router.api.metrics import metrics_endpoint
 from router.api.models import list_models, retrieve_model
 from router.api.responses import request_id_of
@@ -186,6 +187,8 @@ def create_app(
         route_handlers=[
             chat_completions,
             embeddings,
+            create_message,
+            count_tokens,
             list_models,
             retrieve_model,
             live,

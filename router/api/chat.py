@@ -20,7 +20,7 @@ from router.access.policy import apply as apply_policy
 from router.api.decode import decode_call
 from router.api.disconnect import ClientWatch
 from router.api.responses import CLIENT_GONE, JSONBody
-from router.api.streams import SSEResponse
+from router.api.streams import Framing, SSEResponse
 from router.errors import InvalidRequest, MethodNotAllowed, PayloadTooLarge
 from router.gateway.failover import Answer, Gateway, OpenStream
 from router.gateway.outcome import REQUEST_ID_KEY, Exchange
@@ -143,6 +143,7 @@ async def serve(
     extra: list[tuple[bytes, bytes]],
     answer: Callable[[], Awaitable[Answer]] | None,
     stream: Callable[[], Awaitable[OpenStream]] | None = None,
+    framing: Callable[[OpenStream, Exchange], Framing] | None = None,
 ) -> tuple[int, str | None]:
     """Answer the request (from ``stream`` when given, else from ``answer``); the status and code
     it ended with. This is the one owner of what a request holds: the bulkhead slot, the client
@@ -157,7 +158,8 @@ async def serve(
         if stream is not None:
             opened = await stream()
             headers = _headers([*SSE_HEADERS, *base], opened.target, opened.calls, opened.dropped)
-            relay = SSEResponse(opened, headers, watch, gateway, exchange)
+            frames = framing(opened, exchange) if framing is not None else None
+            relay = SSEResponse(opened, headers, watch, gateway, exchange, frames)
             await relay(scope, receive, send)
             return 200, relay.code
         assert answer is not None

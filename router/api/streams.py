@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from typing import Final
+from typing import Final, Protocol
 
 from litestar.types import Receive, Scope, Send
 
@@ -51,6 +51,31 @@ def error_frame(exc: SwitchboardError, request_id: str | None = None) -> bytes:
     return b"data: " + encode_error(exc, request_id) + b"\n\n"
 
 
+class Framing(Protocol):
+    """How a stream's chunks reach the client in its own API's events."""
+
+    def frames(self, payloads: Sequence[bytes]) -> bytes: ...
+
+    def done(self) -> bytes: ...
+
+    def error(self, exc: SwitchboardError, request_id: str | None) -> bytes: ...
+
+
+class ChatFraming:
+    """Chat Completions: ``data: {chunk}`` events and ``data: [DONE]``."""
+
+    __slots__ = ("frames",)
+
+    def __init__(self, trace: Trace | None) -> None:
+        self.frames = _framer(trace)
+
+    def done(self) -> bytes:
+        return DONE_FRAME
+
+    def error(self, exc: SwitchboardError, request_id: str | None) -> bytes:
+        return error_frame(exc, request_id)
+
+
 class SSEResponse:
     """The client's side of a stream, as a plain ASGI app.
 
@@ -61,7 +86,7 @@ class SSEResponse:
     the stream holds is released by its owner (``router.api.chat``), not here.
     """
 
-    __slots__ = ("_exchange", "_first", "_gateway", "_headers", "_opened", "_watch", "code")
+    __slots__ = ("_exchange", "_first", "_framing", "_gateway", "_headers", "_opened", "_watch", "code")
 
     def __init__(
         self,
@@ -70,7 +95,9 @@ class SSEResponse:
         watch: ClientWatch,
         gateway: Gateway,
         exchange: Exchange,
+        framing: Framing | None = None,
     ) -> None:
+        self._framing = framing or ChatFraming(exchange.trace)
         self._exchange = exchange
         self._opened = opened
         self._first = opened.first
@@ -118,7 +145,8 @@ class SSEResponse:
         opened = self._opened
         upstream, idle_s, deadline = opened.upstream, self._gateway.timeouts.idle_s, opened.deadline
         loop = asyncio.get_running_loop()
-        framed = _framer(self._exchange.trace)
+        framing = self._framing
+        framed = framing.frames
         pending = framed(self._first) if self._first else None  # the write in progress
         self._exchange.first_chunk()
         self._first = ()  # an open stream holds no more than it is writing
@@ -136,7 +164,7 @@ class SSEResponse:
                         timer.reschedule(min(loop.time() + idle_s, deadline))
                         payloads = await upstream.pull()
                         if payloads is None:
-                            pending, finished = DONE_FRAME, True
+                            pending, finished = framing.done(), True
                         else:
                             pending = framed(payloads)
             except TimeoutError:
@@ -163,7 +191,7 @@ class SSEResponse:
             await upstream.drain()
             return None
         log.warning("stream-failed target=%s reason=%r", opened.target.label, failure.message)
-        if not await self._write_until(send, error_frame(failure, self._exchange.request_id), deadline):
+        if not await self._write_until(send, framing.error(failure, self._exchange.request_id), deadline):
             return self._stalled()
         return failure
 

@@ -21,7 +21,7 @@ from typing import Final, TypeVar
 
 import httpx
 
-from providers.base import Inbound, Parsed, Provider, SecretRedactor
+from providers.base import Inbound, Parsed, Provider, SecretRedactor, StreamTranslator
 from providers.embeddings import EmbeddingsCall
 from providers.errors import (
     SwitchboardError,
@@ -32,7 +32,9 @@ from providers.errors import (
 )
 from router.config import TimeoutsConfig
 from router.errors import AllTargetsFailed, InvalidRequest, NoTargetAvailable
+from router.gateway import messages
 from router.gateway.balancing import order
+from router.gateway.messages import MessagesCall
 from router.gateway.outcome import AttemptRecord, Exchange
 from router.gateway.routing import Group, Route, Router, Target
 from router.gateway.tracing import Trace
@@ -360,7 +362,26 @@ class Gateway:
         """Start a stream and wait for its first chunk, so that a failure before it can still move
         on to the next target, or become an HTTP error."""
         build = partial(_chat_request, call)
-        opened, attempt, _ = await self._walk(call.chat.model, build, partial(self._open_once, call), exchange)
+        once = partial(self._open_once, partial(_chat_translator, call))
+        opened, attempt, _ = await self._walk(call.chat.model, build, once, exchange)
+        _answered(exchange, attempt)
+        return opened
+
+    async def messages(self, call: MessagesCall, exchange: Exchange) -> Answer:
+        """Anthropic's Messages API, non-streamed (see ``router.gateway.messages``)."""
+        once = partial(self._complete_once, partial(messages.parse, call))
+        build = partial(messages.build, call, _unsupported)
+        parsed, attempt, run = await self._walk(call.model, build, once, exchange)
+        _answered(exchange, attempt)
+        exchange.reported(parsed.report)
+        return Answer(parsed.body, attempt.target, run.calls, run.dropped)
+
+    async def open_messages(self, call: MessagesCall, exchange: Exchange) -> OpenStream:
+        """Anthropic's Messages API, streamed: the stream's chunks are Anthropic events from an
+        ``anthropic`` target, Chat Completions chunks from any other (``exchange.provider`` says)."""
+        once = partial(self._open_once, partial(messages.translator, call))
+        build = partial(messages.build, call, _unsupported)
+        opened, attempt, _ = await self._walk(call.model, build, once, exchange)
         _answered(exchange, attempt)
         return opened
 
@@ -407,7 +428,12 @@ class Gateway:
         return answer
 
     async def _open_once(
-        self, call: Inbound, attempt: Attempt, request: httpx.Request, lease: Lease, run: Run
+        self,
+        translator: Callable[[Attempt], StreamTranslator],
+        attempt: Attempt,
+        request: httpx.Request,
+        lease: Lease,
+        run: Run,
     ) -> OpenStream:
         adapter, provider = attempt.adapter, attempt.target.provider
         loop = asyncio.get_running_loop()
@@ -417,7 +443,7 @@ class Gateway:
         try:
             async with asyncio.timeout(budget):
                 response = await _send(attempt, request)
-                upstream = UpstreamStream(response, adapter.stream_translator(call), provider, self.max_event_bytes)
+                upstream = UpstreamStream(response, translator(attempt), provider, self.max_event_bytes)
                 first = await upstream.pull()
         except TimeoutError:
             await _close(upstream)
@@ -444,6 +470,10 @@ def _answered(exchange: Exchange, attempt: Attempt) -> None:
 def _chat_request(call: Inbound, attempt: Attempt) -> tuple[httpx.Request, Sequence[str]]:
     dropped = _unsupported(call, attempt)
     return attempt.adapter.build_request(call, attempt.target.model), dropped
+
+
+def _chat_translator(call: Inbound, attempt: Attempt) -> StreamTranslator:
+    return attempt.adapter.stream_translator(call)
 
 
 def _parse_chat(attempt: Attempt, body: bytes) -> Parsed:
