@@ -292,3 +292,24 @@ def test_embeddings_in_both_encodings(proxy: Proxy, model: str) -> None:
         assert proxy.fake.seen[-2].body["model"] == "text-embedding-3-small"
         assert proxy.fake.seen[-1].headers["Authorization"] == f"Bearer {UPSTREAM_KEY}"
     assert floats.usage.prompt_tokens > 0
+
+
+def test_the_anthropic_sdk_through_a_live_switchboard(proxy: Proxy) -> None:
+    """Anthropic's SDK, base URL at Switchboard, answered by the OpenAI-format upstream."""
+    import anthropic
+
+    client = anthropic.Anthropic(base_url=proxy.base_url.removesuffix("/v1"), api_key=CLIENT_KEY, max_retries=0)
+    message = client.messages.create(model="gpt", max_tokens=50, messages=[{"role": "user", "content": "Hello"}])
+    assert message.content[0].type == "text"
+    assert message.content[0].text == "Hello! How can I help?"
+    assert message.stop_reason == "end_turn"
+    with client.messages.stream(model="gpt", max_tokens=50, messages=[{"role": "user", "content": "Hello"}]) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text
+    assert final.content[0].type == "text"
+    assert final.content[0].text == text
+    assert client.messages.count_tokens(model="gpt", messages=[{"role": "user", "content": "Hello"}]).input_tokens > 0
+    seen = proxy.fake.seen[-1]
+    assert seen.headers["Authorization"] == f"Bearer {UPSTREAM_KEY}"
+    assert CLIENT_KEY not in str(seen.headers)
