@@ -76,6 +76,16 @@ class _EmbedAsk(msgspec.Struct):
 
 
 _decode_embed = msgspec.json.Decoder(_EmbedAsk).decode
+
+
+class _TextAsk(msgspec.Struct):
+    model: str
+    prompt: str | list[str | int | list[int]]
+    max_tokens: int | None = None
+    stream: bool = False
+
+
+_decode_text = msgspec.json.Decoder(_TextAsk).decode
 MOCK_DIMENSIONS: Final = 256
 
 
@@ -145,6 +155,8 @@ class MockTransport(httpx.AsyncBaseTransport):
             return self._error(b.failure_status, f"injected failure ({b.failure_status})", "server_error")
         if request.url.path.endswith("/embeddings"):
             return self._embeddings(await request.aread(), request)
+        if request.url.path.endswith("/v1/completions"):
+            return self._text_completion(await request.aread(), request)
         if not request.url.path.endswith("/chat/completions"):
             return self._error(404, f"the mock provider has no route {request.url.path}", "invalid_request_error")
         try:
@@ -197,6 +209,52 @@ class MockTransport(httpx.AsyncBaseTransport):
         if usage is not None:
             yield event([], usage)
         yield b"data: [DONE]\n\n"
+
+    def _text_completion(self, body: bytes, request: httpx.Request) -> httpx.Response:
+        """The legacy completions API: ``echo`` repeats the prompt, any other model the sentence."""
+        try:
+            asked = _decode_text(body)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return self._error(400, f"mock provider: {exc}", "invalid_request_error")
+        prompt = asked.prompt if isinstance(asked.prompt, str) else " ".join(map(str, asked.prompt))
+        words = _WORD.findall(prompt if asked.model == "echo" else CANNED_TEXT)
+        limit = asked.max_tokens if asked.max_tokens is not None else 16
+        finish = "length" if limit < len(words) else "stop"
+        words = words[:limit]
+        prompt_tokens = len(_WORD.findall(prompt))
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": len(words),
+            "total_tokens": prompt_tokens + len(words),
+        }
+        ident, created = f"cmpl-mock-{secrets.token_hex(12)}", int(time.time())
+
+        def chunk(text: str, finish_reason: str | None, with_usage: bool = False) -> dict[str, object]:
+            choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}
+            out: dict[str, object] = {
+                "id": ident,
+                "object": "text_completion",
+                "created": created,
+                "model": asked.model,
+                "choices": [choice],
+            }
+            if with_usage:
+                out["usage"] = usage
+            return out
+
+        if asked.stream:
+            frames = [b"data: " + _encode(chunk(w, None)) + b"\n\n" for w in words]
+            frames.append(b"data: " + _encode(chunk("", finish, with_usage=True)) + b"\n\n")
+            frames.append(b"data: [DONE]\n\n")
+            return httpx.Response(
+                200, headers={"content-type": "text/event-stream"}, content=b"".join(frames), request=request
+            )
+        return httpx.Response(
+            200,
+            headers={"content-type": "application/json"},
+            content=_encode(chunk("".join(words), finish, True)),
+            request=request,
+        )
 
     def _embeddings(self, body: bytes, request: httpx.Request) -> httpx.Response:
         """Deterministic unit vectors: the same input always gets the same one (any model)."""

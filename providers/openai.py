@@ -200,6 +200,7 @@ class OpenAIProvider:
         self._stream_usage = stream_usage  # ask for usage in every stream (servers that refuse it: off)
         self._url = httpx.URL(base_url.rstrip("/") + "/chat/completions")
         self._embeddings_url = httpx.URL(base_url.rstrip("/") + "/embeddings")
+        self._completions_url = httpx.URL(base_url.rstrip("/") + "/completions")
         base_headers = {"content-type": "application/json", "user-agent": USER_AGENT, **(headers or {})}
         if api_key:
             base_headers.update(self.auth_headers(api_key))
@@ -216,6 +217,17 @@ class OpenAIProvider:
 
     def embeddings_url_for(self, model: str) -> httpx.URL:
         return self._embeddings_url
+
+    def completions_url_for(self, model: str) -> httpx.URL:
+        return self._completions_url
+
+    def completions_request(self, fields: Mapping[str, msgspec.Raw], model: str, stream: bool) -> httpx.Request:
+        """The legacy completions API, passed through as sent (the model named by the target)."""
+        body = {**fields, "model": msgspec.Raw(_encode(model))}
+        return post(self.completions_url_for(model), self._stream_headers if stream else self._headers, _encode(body))
+
+    def completions_stream(self) -> OpenAIStream:
+        return OpenAIStream(self, hide_usage=False)
 
     def embeddings_request(self, call: EmbeddingsCall, model: str) -> httpx.Request:
         """The client's body as it came, the model named by the target (OpenAI-compatible servers
@@ -346,6 +358,9 @@ class AzureProvider(OpenAIProvider):
 
     def embeddings_url_for(self, model: str) -> httpx.URL:
         return self._deployment_url(model, "embeddings")
+
+    def completions_url_for(self, model: str) -> httpx.URL:
+        return self._deployment_url(model, "completions")
 
     def _deployment_url(self, model: str, operation: str) -> httpx.URL:
         url = self._urls.get(f"{operation} {model}")

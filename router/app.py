@@ -28,6 +28,7 @@ from router.admin.openapi import admin_openapi
 from router.admin.targets import list_targets
 from router.admin.usage import usage_report
 from router.api.chat import chat_completions
+from router.api.completions import legacy_completions
 from router.api.embeddings import embeddings
 from router.api.health import live, ready
 from router.api.messages import count_tokens, create_message
@@ -187,6 +188,7 @@ def create_app(
         route_handlers=[
             chat_completions,
             embeddings,
+            legacy_completions,
             create_message,
             count_tokens,
             list_models,

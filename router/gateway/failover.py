@@ -32,11 +32,13 @@ from providers.errors import (
 )
 from router.config import TimeoutsConfig
 from router.errors import AllTargetsFailed, InvalidRequest, NoTargetAvailable
-from router.gateway import messages
+from router.gateway import completions, messages
 from router.gateway.balancing import order
+from router.gateway.completions import CompletionsCall
 from router.gateway.messages import MessagesCall
 from router.gateway.outcome import AttemptRecord, Exchange
 from router.gateway.routing import Group, Route, Router, Target
+from router.gateway.skipped import TargetSkipped
 from router.gateway.tracing import Trace
 from router.gateway.upstream_stream import UpstreamStream
 from router.resilience.bulkhead import Bulkhead
@@ -50,10 +52,6 @@ T = TypeVar("T")
 Once = Callable[["Attempt", httpx.Request, "Lease", "Run"], Awaitable[T]]  # one try at one target
 Build = Callable[["Attempt"], tuple[httpx.Request, Sequence[str]]]  # a target's request, and what it drops
 Parse = Callable[["Attempt", bytes], Parsed]  # a whole answer, as the client's API has it
-
-
-class TargetSkipped(Exception):
-    """The target refused the attempt before any call (breaker open, probe in flight, full)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,6 +364,35 @@ class Gateway:
         opened, attempt, _ = await self._walk(call.chat.model, build, once, exchange)
         _answered(exchange, attempt)
         return opened
+
+    async def completions(self, call: CompletionsCall, exchange: Exchange) -> Answer:
+        """The legacy completions API, passed through to OpenAI-compatible targets only."""
+        once = partial(self._complete_once, completions.parse)
+        parsed, attempt, run = await self._walk(
+            self._text_model(call), partial(completions.build, call), once, exchange
+        )
+        _answered(exchange, attempt)
+        exchange.reported(parsed.report)
+        return Answer(parsed.body, attempt.target, run.calls, run.dropped)
+
+    async def open_completions(self, call: CompletionsCall, exchange: Exchange) -> OpenStream:
+        once, build = partial(self._open_once, completions.translator), partial(completions.build, call)
+        opened, attempt, _ = await self._walk(self._text_model(call), build, once, exchange)
+        _answered(exchange, attempt)
+        return opened
+
+    def _text_model(self, call: CompletionsCall) -> str:
+        """The model, once it is known to have an OpenAI-compatible target: else a 400."""
+        route = self.router.resolve(call.model)
+        if not any(completions.compatible(self.upstreams[t.provider].adapter) for t in route.plan):
+            raise InvalidRequest(
+                f"The model '{route.alias}' has no OpenAI-compatible target: the legacy completions API "
+                "(/v1/completions) is only passed through to openai, azure and mock providers. "
+                "Use /v1/chat/completions.",
+                param="model",
+                code="invalid_value",
+            )
+        return call.model
 
     async def messages(self, call: MessagesCall, exchange: Exchange) -> Answer:
         """Anthropic's Messages API, non-streamed (see ``router.gateway.messages``)."""
