@@ -34,6 +34,7 @@ from router.api.health import live, ready
 from router.api.messages import count_tokens, create_message
 from router.api.metrics import metrics_endpoint
 from router.api.models import list_models, retrieve_model
+from router.api.openai_responses import create_response, delete_response, retrieve_response
 from router.api.responses import request_id_of
 from router.config import Config, Settings, default_config_path, load_settings
 from router.config_schema import CORSConfig as CORSSettings
@@ -59,6 +60,7 @@ from router.resilience.retry import RetryPolicy, Sleep
 from router.resilience.targets import registry_from_config
 from router.state.redis_breakers import BreakerSync
 from router.store.database import Database
+from router.store.responses import ResponseStore
 from router.store.url import async_url
 from router.telemetry.export import MetricExport, export_interval_s, metric_exporter_from_env
 from router.telemetry.logs import RequestLog
@@ -136,6 +138,9 @@ def create_app(
         app.state.guard = guard
         if guard.ledger is not None:
             app.state.outcomes.listeners.append(guard.ledger)  # spend, from every request's record
+        response_store = ResponseStore(guard.database, config.responses.store_ttl_s)
+        await response_store.start()
+        app.state.response_store = response_store
         upstreams = build_upstreams(settings, transport)
         # resilience.breaker.shared: every worker and replica follows one picture of each breaker.
         sync = BreakerSync(config.state.url, config.state.timeout_s) if resilience.breaker.shared else None
@@ -177,6 +182,7 @@ def create_app(
                 await close_upstreams(upstreams)
                 if sync is not None:
                     await sync.close()
+                await response_store.stop()
                 await guard.stop()
                 if guard.database is not None:
                     await guard.database.close()
@@ -191,6 +197,9 @@ def create_app(
             legacy_completions,
             create_message,
             count_tokens,
+            create_response,
+            retrieve_response,
+            delete_response,
             list_models,
             retrieve_model,
             live,

@@ -47,6 +47,7 @@ from router.config_schema import (
     PriceConfig,
     ProviderConfig,
     ResilienceConfig,
+    ResponsesConfig,
     RetryConfig,
     ServerConfig,
     Settings,
@@ -354,6 +355,7 @@ def _collect(data: dict[str, Any], env: Mapping[str, str], report: _Report, serv
     database = _build(raw.get("database") or {}, DatabaseConfig, "database", report)
     state = _build(raw.get("state") or {}, StateConfig, "state", report)
     keys = _declared_keys(raw.get("keys") or [], report, env)
+    responses = _build(raw.get("responses") or {}, ResponsesConfig, "responses", report)
     if server is not None and auth is not None and state is not None:
         problem = multiplied_limits(server.workers, auth, state)
         if problem:
@@ -364,9 +366,18 @@ def _collect(data: dict[str, Any], env: Mapping[str, str], report: _Report, serv
             f"breakers are shared through the state backend, and state.backend is '{state.backend}': "
             "set state.backend: redis (and state.url), or leave shared off (breakers per worker)",
         )
-    if report.errors or server is None or resilience is None or auth is None or database is None or state is None:
+    if (
+        report.errors
+        or server is None
+        or resilience is None
+        or auth is None
+        or database is None
+        or state is None
+        or responses is None
+    ):
         return None
     return Config(
+        responses=responses,
         auth=auth,
         database=database,
         state=state,

@@ -275,6 +275,13 @@ class DeclaredKey(KeyLimits, frozen=True, kw_only=True):
     key_hash: Annotated[str, Meta(pattern="^[0-9a-f]{64}$")] | None = None
 
 
+class ResponsesConfig(Strict, frozen=True, kw_only=True):
+    """The Responses API's store: how long a response stays continuable (``previous_response_id``)
+    and readable (``GET /v1/responses/{id}``)."""
+
+    store_ttl_s: PositiveFloat = 30 * 86400.0
+
+
 class Config(Strict, frozen=True, kw_only=True):
     server: ServerConfig = ServerConfig()
     providers: dict[str, ProviderConfig] = {}
@@ -285,6 +292,7 @@ class Config(Strict, frozen=True, kw_only=True):
     database: DatabaseConfig = DatabaseConfig()
     state: StateConfig = StateConfig()
     keys: list[DeclaredKey] = []
+    responses: ResponsesConfig = ResponsesConfig()
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from typing import Final
 
@@ -13,14 +13,16 @@ import msgspec
 from litestar import asgi
 from litestar.types import HTTPScope, Receive, Send
 
+from providers.base import Inbound
 from providers.errors import SwitchboardError
-from router.access.guard import Guard, key_id_of_caller
+from router.access.guard import Caller, Guard, key_id_of_caller
 from router.access.limits import Admitted, estimate_tokens
 from router.access.policy import apply as apply_policy
 from router.api.decode import decode_call
 from router.api.disconnect import ClientWatch
 from router.api.responses import CLIENT_GONE, JSONBody
 from router.api.streams import Framing, SSEResponse
+from router.config_schema import ParamsPolicy
 from router.errors import InvalidRequest, MethodNotAllowed, PayloadTooLarge
 from router.gateway.failover import Answer, Gateway, OpenStream
 from router.gateway.outcome import REQUEST_ID_KEY, Exchange
@@ -69,13 +71,7 @@ async def chat_completions(scope: HTTPScope, receive: Receive, send: Send) -> No
         if caller.restricted:
             guard.check_model(caller, call.chat.model)
             exchange.allows = caller.allows  # and the fallbacks it may reach
-        # Server-side parameters, each decoded again and checked again: the key's own first (they
-        # judge what its holder sent), then the alias's, which have the last word for everyone.
-        if caller.params is not None:
-            call = decode_call(_encode(apply_policy(call.chat, call.fields, call.chat.model, caller.params)))
-        policy = state.policies.get(call.chat.model)
-        if policy is not None:
-            call = decode_call(_encode(apply_policy(call.chat, call.fields, call.chat.model, policy)))
+        call = governed(call, caller, state.policies)
         if guard.enforcing:  # open mode has no limits, budgets or spend to reserve for
             exchange.reserved_tokens = estimate_tokens(call.chat)
             # An admission's id of its own (never the client's x-request-id: two requests sharing
@@ -101,6 +97,17 @@ async def chat_completions(scope: HTTPScope, receive: Receive, send: Send) -> No
         finish(exchange, admission, 503, "cancelled")
         raise
     finish(exchange, admission, status, code)
+
+
+def governed(call: Inbound, caller: Caller, policies: Mapping[str, ParamsPolicy]) -> Inbound:
+    """Server-side parameters, each decoded again and checked again: the key's own first (they
+    judge what its holder sent), then the alias's, which have the last word for everyone."""
+    if caller.params is not None:
+        call = decode_call(_encode(apply_policy(call.chat, call.fields, call.chat.model, caller.params)))
+    policy = policies.get(call.chat.model)
+    if policy is not None:
+        call = decode_call(_encode(apply_policy(call.chat, call.fields, call.chat.model, policy)))
+    return call
 
 
 def finish(exchange: Exchange, admission: Admitted | None, status: int, code: str | None) -> None:

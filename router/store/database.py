@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from router.config_schema import ModelLimits, ParamsPolicy
 from router.store.records import KeyRecord, TeamRecord
-from router.store.tables import changes, keys, teams, usage
+from router.store.tables import changes, keys, responses, teams, usage
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 LIMIT_FIELDS = ("models", "rpm", "tpm", "max_parallel", "budget_usd", "budget_period", "metadata")
@@ -73,6 +73,36 @@ class Database:
             key_rows = (await conn.execute(select(keys))).mappings().all()
             team_rows = (await conn.execute(select(teams))).mappings().all()
         return int(version or 0), [_key(r) for r in key_rows], [_team(r) for r in team_rows]
+
+    # responses (the Responses API's store)
+
+    async def put_responses(self, rows: Sequence[StoredResponse]) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(insert(responses), [msgspec.structs.asdict(r) for r in rows])
+
+    async def get_response(self, response_id: str) -> StoredResponse | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(responses).where(responses.c.id == response_id))).mappings().one_or_none()
+        if row is None:
+            return None
+        return StoredResponse(
+            id=row["id"],
+            key_id=row["key_id"],
+            created_at=_aware(row["created_at"]) or now(),
+            expires_at=_aware(row["expires_at"]) or now(),
+            response=dict(row["response"]),
+            items=list(row["items"]),
+        )
+
+    async def delete_response(self, response_id: str) -> bool:
+        async with self.engine.begin() as conn:
+            done = await conn.execute(responses.delete().where(responses.c.id == response_id))
+        return bool(done.rowcount)
+
+    async def purge_responses(self, before: datetime) -> int:
+        async with self.engine.begin() as conn:
+            done = await conn.execute(responses.delete().where(responses.c.expires_at < before))
+        return int(done.rowcount or 0)
 
     # keys
 
@@ -266,6 +296,15 @@ class Database:
 
 
 MIGRATION_LOCK: Final = 0x5B1D_0001  # a PostgreSQL advisory lock: one migration at a time
+
+
+class StoredResponse(msgspec.Struct, frozen=True):
+    id: str
+    key_id: str
+    created_at: datetime
+    expires_at: datetime
+    response: dict[str, Any]
+    items: list[Any]
 
 
 def _upgrade(connection: Connection) -> None:

@@ -82,3 +82,15 @@ usage = Table(
     Column("cost_usd", Float, nullable=False),
     PrimaryKeyConstraint("day", "key_id", "team_id", "model"),
 )
+
+# Responses kept for ``previous_response_id`` and ``GET /v1/responses/{id}``, until they expire.
+responses = Table(
+    "responses",
+    metadata,
+    Column("id", String(80), primary_key=True),
+    Column("key_id", String(64), nullable=False),  # the owner: "" for the master key
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("response", JSON, nullable=False),
+    Column("items", JSON, nullable=False),  # the conversation to continue from
+)

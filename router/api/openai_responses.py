@@ -1,0 +1,221 @@
+"""``POST /v1/responses``, ``GET`` and ``DELETE /v1/responses/{id}``: OpenAI's Responses API, for
+the Agents SDK, the Vercel AI SDK and every client that speaks it, answered by any provider.
+
+A request is translated to Chat Completions (``providers.responses``), routed and failed over
+like any chat request (keys, limits, budgets, policies, records), and its answer and stream are
+translated back. With ``store`` (OpenAI's default) the response is kept (``router.store.responses``)
+so that ``previous_response_id`` can continue from it: the earlier turns are put before the new
+input. An unknown, expired or another key's ``previous_response_id`` is OpenAI's 400
+``previous_response_not_found``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+from typing import Annotated, Any, Final
+
+import msgspec
+from litestar import Request, Response, asgi, delete, get
+from litestar.datastructures import State
+from litestar.types import HTTPScope, Receive, Send
+
+from providers.base import Inbound
+from providers.errors import SwitchboardError
+from providers.responses import Builder, Item, ResponsesStream, Untranslatable, input_items, to_chat
+from router.access.guard import Caller, Guard, key_id_of_caller
+from router.access.limits import Admitted, estimate_tokens
+from router.api.chat import finish, governed, read_body, serve
+from router.api.decode import decode_call, explain
+from router.api.responses import request_id_of
+from router.api.streams import Framing
+from router.errors import ClientError, InvalidRequest, MethodNotAllowed
+from router.gateway.failover import Answer, Gateway, OpenStream
+from router.gateway.outcome import REQUEST_ID_KEY, Exchange
+from router.store.responses import ResponseStore
+from router.telemetry.spans import RequestTrace
+
+RESPONSES_PATH: Final = "/v1/responses"
+_encode = msgspec.json.Encoder().encode
+
+
+class ResponseNotFound(ClientError):
+    status = 404
+    code = "not_found"
+
+
+class _Required(msgspec.Struct):
+    model: Annotated[str, msgspec.Meta(min_length=1)]
+    input: str | list[Any]
+    stream: bool | None = None
+    store: bool | None = None
+    previous_response_id: str | None = None
+
+
+_decode_any = msgspec.json.Decoder(dict[str, Any]).decode
+
+
+def decode(body: bytes) -> tuple[dict[str, Any], _Required]:
+    try:
+        request = _decode_any(body)
+        return request, msgspec.convert(request, _Required)
+    except msgspec.ValidationError as exc:
+        raise explain(exc) from None
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        raise InvalidRequest("The request body must be a JSON object in UTF-8.", code="invalid_json") from None
+
+
+def owner(caller: Caller) -> str:
+    return key_id_of_caller(caller) or ""
+
+
+async def conversation(store: ResponseStore, request: dict[str, Any], fields: _Required, key: str) -> list[Item]:
+    """The earlier turns (from ``previous_response_id``) and then the new input, item references
+    resolved."""
+    items: list[Item] = []
+    if fields.previous_response_id is not None:
+        stored = await store.get(fields.previous_response_id, key)
+        if stored is None:
+            raise InvalidRequest(
+                f"Previous response with id '{fields.previous_response_id}' not found.",
+                param="previous_response_id",
+                code="previous_response_not_found",
+            )
+        items = [("previous_response_id", item) for item in stored.items if isinstance(item, dict)]
+    for where, item in _input(request):
+        if item.get("type") == "item_reference":
+            found = store.item(str(item.get("id")))
+            if found is None:
+                raise InvalidRequest(f"Item with id '{item.get('id')}' not found.", param=f"{where}.id")
+            item = found
+        items.append((where, item))
+    return items
+
+
+def _input(request: dict[str, Any]) -> list[Item]:
+    try:
+        return input_items(request.get("input"))
+    except Untranslatable as exc:
+        raise InvalidRequest(exc.message, param=exc.param) from None
+
+
+def translated(request: dict[str, Any], items: Sequence[Item]) -> Inbound:
+    try:
+        return decode_call(_encode(to_chat(request, items)))
+    except Untranslatable as exc:
+        raise InvalidRequest(exc.message, param=exc.param, code="unsupported_for_target") from None
+
+
+class _Framing:
+    """Chat chunks as the Responses event stream; the whole response stored once complete."""
+
+    __slots__ = ("_keep", "_stream")
+
+    def __init__(self, stream: ResponsesStream, keep: partial[None] | None) -> None:
+        self._stream = stream
+        self._keep = keep
+
+    def frames(self, payloads: Sequence[bytes]) -> bytes:
+        return self._stream.frames(payloads)
+
+    def done(self) -> bytes:
+        out = self._stream.done()
+        if self._keep is not None and self._stream.final is not None:
+            self._keep(self._stream.final)
+        return out
+
+    def error(self, exc: SwitchboardError, request_id: str | None) -> bytes:
+        return self._stream.failed(exc.code or "server_error", exc.message)
+
+
+def _keep(store: ResponseStore, key: str, items: Sequence[Item], response: dict[str, Any]) -> None:
+    store.put(key, response, [item for _, item in items] + list(response.get("output") or ()))
+
+
+@asgi([RESPONSES_PATH, RESPONSES_PATH.removeprefix("/v1")], http_methods=["POST"], copy_scope=False)
+async def create_response(scope: HTTPScope, receive: Receive, send: Send) -> None:
+    if scope["method"] != "POST":  # asgi handlers do not enforce http_methods
+        raise MethodNotAllowed(f"Method {scope['method']} is not allowed for /v1/responses.")
+    state = scope["app"].state
+    outcomes = state.outcomes
+    exchange = Exchange(outcomes, outcomes.ids.of(scope["headers"]))
+    scope["state"][REQUEST_ID_KEY] = exchange.request_id
+    if state.tracing is not None:
+        exchange.trace = RequestTrace(state.tracing, scope["headers"], RESPONSES_PATH)
+    guard: Guard = state.guard
+    store: ResponseStore = state.response_store
+    admission: Admitted | None = None
+    try:
+        caller = guard.authenticate(scope["headers"])  # before the body is read
+        exchange.key_id = key_id_of_caller(caller)
+        exchange.team_id = caller.team.id if caller.team is not None else None
+        request, fields = decode(await read_body(scope, receive, state.max_body_bytes))
+        exchange.stream = fields.stream is True
+        if caller.restricted:
+            guard.check_model(caller, fields.model)
+            exchange.allows = caller.allows
+        key = owner(caller)
+        items = await conversation(store, request, fields, key)
+        call = governed(translated(request, items), caller, state.policies)
+        if guard.enforcing:
+            exchange.reserved_tokens = estimate_tokens(call.chat)
+            admission = await guard.admit(caller, fields.model, exchange.reserved_tokens, outcomes.ids.next)
+        extra = admission.headroom.headers() if admission is not None else []
+        gateway: Gateway = state.gateway
+        builder = Builder(request)
+        keep = partial(_keep, store, key, items) if fields.store is not False else None
+        if fields.stream:
+            stream = partial(gateway.open_stream, call, exchange)
+            framing = partial(_framing, builder, keep)
+            status, code = await serve(gateway, scope, receive, send, exchange, extra, None, stream, framing)
+        else:
+            answer = partial(_answer, gateway, call, exchange, builder, keep)
+            status, code = await serve(gateway, scope, receive, send, exchange, extra, answer)
+    except SwitchboardError as exc:
+        finish(exchange, admission, exc.status, exc.code)
+        raise
+    except Exception:
+        finish(exchange, admission, 500, "internal_error")
+        raise
+    except BaseException:  # cancelled: the server is shutting down
+        finish(exchange, admission, 503, "cancelled")
+        raise
+    finish(exchange, admission, status, code)
+
+
+def _framing(builder: Builder, keep: partial[None] | None, opened: OpenStream, exchange: Exchange) -> Framing:
+    return _Framing(ResponsesStream(builder), keep)
+
+
+async def _answer(
+    gateway: Gateway, call: Inbound, exchange: Exchange, builder: Builder, keep: partial[None] | None
+) -> Answer:
+    answer = await gateway.complete(call, exchange)
+    response = builder.from_chat(answer.body, exchange.usage)
+    if keep is not None:
+        keep(response)
+    return Answer(_encode(response), answer.target, answer.calls, answer.dropped)
+
+
+def _not_found(response_id: str) -> ResponseNotFound:
+    return ResponseNotFound(f"Response with id '{response_id}' not found.", param="response_id")
+
+
+@get([f"{RESPONSES_PATH}/{{response_id:str}}", "/responses/{response_id:str}"])
+async def retrieve_response(request: Request[Any, Any, State], response_id: str) -> Response[bytes]:
+    state = request.app.state
+    caller = state.guard.authenticate(request.scope["headers"])
+    stored = await state.response_store.get(response_id, owner(caller))
+    if stored is None:
+        raise _not_found(response_id)
+    headers = {"x-request-id": request_id_of(request.scope)}
+    return Response(_encode(stored.response), media_type="application/json", headers=headers)
+
+
+@delete([f"{RESPONSES_PATH}/{{response_id:str}}", "/responses/{response_id:str}"], status_code=200)
+async def delete_response(request: Request[Any, Any, State], response_id: str) -> Response[bytes]:
+    state = request.app.state
+    caller = state.guard.authenticate(request.scope["headers"])
+    if not await state.response_store.delete(response_id, owner(caller)):
+        raise _not_found(response_id)
+    body = _encode({"id": response_id, "object": "response", "deleted": True})
+    return Response(body, media_type="application/json", headers={"x-request-id": request_id_of(request.scope)})

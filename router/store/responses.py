@@ -1,0 +1,123 @@
+"""Stored responses (the Responses API's ``store``): what ``previous_response_id`` continues from
+and ``GET``/``DELETE /v1/responses/{id}`` read.
+
+A response is kept in this worker's memory at once (the most recent ``MEMORY`` of them) and
+written to the database within ``FLUSH_S``, off the request path, for every worker and replica,
+until it expires (``responses.store_ttl_s``). Without a database (open mode), memory is all there
+is. A response belongs to the key that made it: another key cannot read, continue or delete it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+from router.store.database import Database, StoredResponse
+
+log = logging.getLogger(__name__)
+
+FLUSH_S: Final = 0.5
+PURGE_EVERY_S: Final = 3600.0
+MEMORY: Final = 1000  # responses
+ITEMS: Final = 10_000  # output items findable by id (``item_reference``)
+
+
+class ResponseStore:
+    def __init__(self, database: Database | None, ttl_s: float) -> None:
+        self.database = database
+        self._ttl = timedelta(seconds=ttl_s)
+        self._recent: OrderedDict[str, StoredResponse] = OrderedDict()
+        self._items: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._pending: list[StoredResponse] = []
+        self._deleted: set[str] = set()  # deleted here, maybe not yet written: never served again
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self.database is not None:
+            self._task = asyncio.get_running_loop().create_task(self._flush_forever())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(Exception):
+            await self.flush()
+
+    def put(self, key_id: str, response: dict[str, Any], items: list[Any]) -> None:
+        now = datetime.now(UTC)
+        stored = StoredResponse(
+            id=str(response["id"]),
+            key_id=key_id,
+            created_at=now,
+            expires_at=now + self._ttl,
+            response=response,
+            items=items,
+        )
+        self._remember(stored)
+        if self.database is not None:
+            self._pending.append(stored)
+
+    def _remember(self, stored: StoredResponse) -> None:
+        self._recent[stored.id] = stored
+        while len(self._recent) > MEMORY:
+            self._recent.popitem(last=False)
+        for item in stored.response.get("output") or ():
+            if isinstance(item, dict) and isinstance(item.get("id"), str):
+                self._items[item["id"]] = item
+        while len(self._items) > ITEMS:
+            self._items.popitem(last=False)
+
+    async def get(self, response_id: str, key_id: str) -> StoredResponse | None:
+        """The response, if it exists, has not expired and belongs to ``key_id``."""
+        if response_id in self._deleted:
+            return None
+        stored = self._recent.get(response_id)
+        if stored is None and self.database is not None:
+            stored = await self.database.get_response(response_id)
+            if stored is not None:
+                self._remember(stored)
+        if stored is None or stored.key_id != key_id or stored.expires_at <= datetime.now(UTC):
+            return None
+        return stored
+
+    def item(self, item_id: str) -> dict[str, Any] | None:
+        """An output item of a recent response, for ``item_reference``."""
+        return self._items.get(item_id)
+
+    async def delete(self, response_id: str, key_id: str) -> bool:
+        stored = await self.get(response_id, key_id)
+        if stored is None:
+            return False
+        self._recent.pop(response_id, None)
+        self._pending = [p for p in self._pending if p.id != response_id]
+        self._deleted.add(response_id)
+        if self.database is not None:
+            await self.database.delete_response(response_id)
+        return True
+
+    async def flush(self) -> None:
+        batch, self._pending = self._pending, []
+        if batch and self.database is not None:
+            try:
+                await self.database.put_responses(batch)
+            except Exception:
+                self._pending[:0] = batch  # tried again with the next batch
+                raise
+
+    async def _flush_forever(self) -> None:
+        purged_at = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(FLUSH_S)
+            try:
+                await self.flush()
+                if loop.time() - purged_at > PURGE_EVERY_S and self.database is not None:
+                    purged_at = loop.time()
+                    await self.database.purge_responses(datetime.now(UTC))
+            except Exception:
+                log.warning("responses: cannot write to the database; will retry", exc_info=True)
