@@ -17,12 +17,13 @@ import struct
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import httpx
 import msgspec
 
 from providers.embeddings import embedding_list
+from providers.mock_answers import ToolCallPlan, plan
 from providers.schema import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -31,7 +32,11 @@ from providers.schema import (
     Delta,
     ErrorBody,
     ErrorEnvelope,
+    FunctionCallDelta,
+    FunctionCallOut,
     ResponseMessage,
+    ToolCallDelta,
+    ToolCallOut,
     Usage,
 )
 
@@ -58,6 +63,7 @@ class _Message(msgspec.Struct):
 
 class _Request(msgspec.Struct):
     model: str = "echo"
+    n: int | None = None
     messages: list[_Message] = []
     stream: bool | None = None
     stream_options: _Options | None = None
@@ -66,6 +72,8 @@ class _Request(msgspec.Struct):
 
 
 _decode_request = msgspec.json.Decoder(_Request).decode
+_decode_any = msgspec.json.Decoder(dict[str, Any]).decode
+MAX_CHOICES: Final = 8
 
 
 class _EmbedAsk(msgspec.Struct):
@@ -129,6 +137,19 @@ def reply_text(req: _Request) -> str:
     return CANNED_TEXT
 
 
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """One streamed answer: text words or a tool call, for each of ``n`` choices."""
+
+    id: str
+    created: int
+    model: str
+    words: list[str]
+    call: ToolCallPlan | None
+    finish: str
+    n: int
+
+
 class _Stream(httpx.AsyncByteStream):
     def __init__(self, chunks: AsyncIterator[bytes]) -> None:
         self._chunks = chunks
@@ -159,53 +180,80 @@ class MockTransport(httpx.AsyncBaseTransport):
             return self._text_completion(await request.aread(), request)
         if not request.url.path.endswith("/chat/completions"):
             return self._error(404, f"the mock provider has no route {request.url.path}", "invalid_request_error")
+        body = await request.aread()
         try:
-            req = _decode_request(await request.aread())
+            req = _decode_request(body)
+            asked = _decode_any(body)
         except msgspec.DecodeError as exc:
             return self._error(400, f"mock provider: {exc}", "invalid_request_error")
-        words = _WORD.findall(reply_text(req))
-        limit = req.max_completion_tokens or req.max_tokens
-        finish = "stop"
-        if limit is not None and limit < len(words):
-            words, finish = words[:limit], "length"
+        decided = plan(asked, reply_text(req))
+        n = req.n if isinstance(req.n, int) and 1 <= req.n <= MAX_CHOICES else 1
+        words: list[str] = []
+        finish = "tool_calls" if decided.call is not None else "stop"
+        if decided.text is not None:
+            words = _WORD.findall(decided.text)
+            limit = req.max_completion_tokens or req.max_tokens
+            if limit is not None and limit < len(words):
+                words, finish = words[:limit], "length"
+        completion_tokens = len(words) if decided.call is None else len(decided.call.arguments) // 4 + 1
         prompt_tokens = sum(len(_WORD.findall(_text_of(m))) for m in req.messages)
         usage = Usage(
-            prompt_tokens=prompt_tokens, completion_tokens=len(words), total_tokens=prompt_tokens + len(words)
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens * n,
+            total_tokens=prompt_tokens + completion_tokens * n,
         )
         ident = f"chatcmpl-mock-{secrets.token_hex(12)}"  # unique across restarts, as a real id is
         created = int(time.time())
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            chunks = self._chunks(ident, created, req.model, words, finish, usage if include_usage else None)
+            answer = _Answer(ident, created, req.model, words, decided.call, finish, n)
+            chunks = self._chunks(answer, usage if include_usage else None)
             return httpx.Response(
                 200, headers={"content-type": "text/event-stream"}, stream=_Stream(chunks), request=request
+            )
+        message = ResponseMessage(content="".join(words))
+        if decided.call is not None:
+            call = decided.call
+            message = ResponseMessage(
+                content=None,
+                tool_calls=[
+                    ToolCallOut(id=call.id, function=FunctionCallOut(name=call.name, arguments=call.arguments))
+                ],
             )
         completion = ChatCompletion(
             id=ident,
             created=created,
             model=req.model,
-            choices=[Choice(index=0, message=ResponseMessage(content="".join(words)), finish_reason=finish)],
+            choices=[Choice(index=i, message=message, finish_reason=finish) for i in range(n)],
             usage=usage,
         )
         return httpx.Response(
             200, headers={"content-type": "application/json"}, content=_encode(completion), request=request
         )
 
-    async def _chunks(
-        self, ident: str, created: int, model: str, words: list[str], finish: str, usage: Usage | None
-    ) -> AsyncIterator[bytes]:
+    async def _chunks(self, answer: _Answer, usage: Usage | None) -> AsyncIterator[bytes]:
         def event(choices: list[ChunkChoice], chunk_usage: Usage | None = None) -> bytes:
-            chunk = ChatCompletionChunk(id=ident, created=created, model=model, choices=choices)
+            chunk = ChatCompletionChunk(id=answer.id, created=answer.created, model=answer.model, choices=choices)
             if chunk_usage is not None:
                 chunk.usage = chunk_usage
             return b"data: " + _encode(chunk) + b"\n\n"
 
-        yield event([ChunkChoice(index=0, delta=Delta(role="assistant", content=""))])
-        for word in words:
-            if self.behaviour.token_delay_s:
-                await asyncio.sleep(self.behaviour.token_delay_s)
-            yield event([ChunkChoice(index=0, delta=Delta(content=word))])
-        yield event([ChunkChoice(index=0, delta=Delta(), finish_reason=finish)])
+        for index in range(answer.n):
+            call = answer.call
+            if call is not None:
+                head = ToolCallDelta(
+                    index=0, id=call.id, type="function", function=FunctionCallDelta(name=call.name, arguments="")
+                )
+                yield event([ChunkChoice(index=index, delta=Delta(role="assistant", content=None, tool_calls=[head]))])
+                rest = ToolCallDelta(index=0, function=FunctionCallDelta(arguments=call.arguments))
+                yield event([ChunkChoice(index=index, delta=Delta(tool_calls=[rest]))])
+            else:
+                yield event([ChunkChoice(index=index, delta=Delta(role="assistant", content=""))])
+                for word in answer.words:
+                    if self.behaviour.token_delay_s:
+                        await asyncio.sleep(self.behaviour.token_delay_s)
+                    yield event([ChunkChoice(index=index, delta=Delta(content=word))])
+            yield event([ChunkChoice(index=index, delta=Delta(), finish_reason=answer.finish)])
         if usage is not None:
             yield event([], usage)
         yield b"data: [DONE]\n\n"
