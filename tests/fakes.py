@@ -292,16 +292,24 @@ class FakeAnthropic:
         self.seen.append(Seen(dict(request.headers), body))
         if request.headers.get("x-api-key") != "sk-ant-e2e":
             return web.Response(status=401, body=fixture_bytes("anthropic", "error_auth_401.json"))
+        calls = bool(body.get("tools")) and not _answers_a_tool(body)  # a tool's result gets text back
         if not body.get("stream"):
-            name = "message_tool_use.json" if body.get("tools") else "message_text.json"
+            name = "message_tool_use.json" if calls else "message_text.json"
             return _json(fixture_bytes("anthropic", name))
         response = await _sse(request)
-        name = "stream_tools.sse" if body.get("tools") else "stream_text.sse"
+        name = "stream_tools.sse" if calls else "stream_text.sse"
         for event in fixture_bytes("anthropic", name).split(b"\n\n"):
             if event:
                 await response.write(event + b"\n\n")
         await response.write_eof()
         return response
+
+
+def _answers_a_tool(body: dict[str, object]) -> bool:
+    messages = body.get("messages")
+    last = messages[-1] if isinstance(messages, list) and messages else {}
+    content = last.get("content") if isinstance(last, dict) else None
+    return isinstance(content, list) and any(isinstance(b, dict) and b.get("type") == "tool_result" for b in content)
 
 
 @contextlib.contextmanager

@@ -171,3 +171,54 @@ def test_failover_from_openai_to_gemini(env: Env, stream: bool) -> None:
         assert parsed.choices[0].message.content == "Hello there! How can I help?"
     else:
         assert "".join(c.choices[0].delta.content or "" for c in parsed if c.choices) == "Hello, world!"
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_an_agents_sdk_agent_uses_tools_answered_by_anthropic(env: Env, streamed: bool) -> None:
+    """The OpenAI Agents SDK (Responses API by default) runs a tool-using agent through Switchboard;
+    the model's turns come from the Anthropic-format upstream."""
+    import asyncio
+
+    from agents import Agent, OpenAIResponsesModel, Runner, function_tool, set_tracing_disabled
+
+    set_tracing_disabled(True)  # the SDK would otherwise send traces to OpenAI
+    called: list[str] = []
+
+    @function_tool
+    def get_weather(city: str, unit: str = "celsius") -> str:
+        """The weather in a city."""
+        called.append(f"weather {city} {unit}")
+        return f"Sunny in {city}, 21 degrees {unit}"
+
+    @function_tool
+    def get_time(tz: str) -> str:
+        """The time in a time zone."""
+        called.append(f"time {tz}")
+        return f"12:00 {tz}"
+
+    client = openai.AsyncOpenAI(base_url=str(env.client.base_url), api_key="sk-client", max_retries=0)
+    agent = Agent(
+        name="weather",
+        instructions="Use the tools.",
+        tools=[get_weather, get_time],
+        model=OpenAIResponsesModel(model="claude", openai_client=client),
+    )
+
+    async def run() -> str:
+        if streamed:
+            result = Runner.run_streamed(agent, "Weather and time in Paris?")
+            async for _ in result.stream_events():
+                pass
+            return str(result.final_output)
+        return str((await Runner.run(agent, "Weather and time in Paris?")).final_output)
+
+    before = len(env.anthropic.seen)
+    final = asyncio.run(run())
+    assert called == ["weather Paris celsius", "time CET"]
+    assert final == ("Hello! How are you?" if streamed else "Hello! How can I help you today?")  # the fixtures' texts
+    sent = env.anthropic.seen[before:]
+    assert len(sent) == 2  # the call, then the answer to its results
+    messages = sent[1].body["messages"]
+    assert isinstance(messages, list)
+    results = [b for b in messages[-1]["content"] if b["type"] == "tool_result"]
+    assert [r["content"] for r in results] == ["Sunny in Paris, 21 degrees celsius", "12:00 CET"]
