@@ -16,6 +16,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Final
 
 import httpx
 import msgspec
@@ -214,8 +215,26 @@ class Direct:
 
 
 def load(subject: Subject | Direct, kind: str, connections: int, seconds: int, workdir: Path) -> LoadResult:
-    body = request_body(subject.model(kind), kind.endswith("stream"))
-    return run_wrk(subject.url(kind), body, connections=connections, seconds=seconds, cpu=LOAD_CPU, workdir=workdir)
+    if kind in API_KINDS and isinstance(subject, Subject):
+        url, body = api_request(subject, kind)
+    else:
+        url, body = subject.url(kind), request_body(subject.model(kind), kind.endswith("stream"))
+    return run_wrk(url, body, connections=connections, seconds=seconds, cpu=LOAD_CPU, workdir=workdir)
+
+
+API_KINDS: Final = ("responses-stream", "messages-stream")
+
+
+def api_request(subject: Subject, kind: str) -> tuple[str, bytes]:
+    """The same conversation, streamed from the same OpenAI-format upstream, asked through the
+    Responses API or Anthropic's Messages API: every event translated on the way back."""
+    system, user = "You are a helpful assistant.", "Write one sentence about foxes."
+    if kind == "responses-stream":
+        body = {"model": "bench-stream", "instructions": system, "input": user, "temperature": 0.7, "stream": True}
+        return f"http://127.0.0.1:{subject.port}/v1/responses", msgspec.json.encode(body)
+    message = {"role": "user", "content": user}
+    body = {"model": "bench-stream", "system": system, "messages": [message], "max_tokens": 256, "stream": True}
+    return f"http://127.0.0.1:{subject.port}/v1/messages", msgspec.json.encode(body)
 
 
 def median_run(runs: list[LoadResult]) -> LoadResult:
@@ -234,12 +253,12 @@ def open_stream_kb(subject: Subject, count: int) -> float:
 def switchboard_scenarios(subject: Subject, args: argparse.Namespace, workdir: Path) -> dict[str, LoadResult]:
     """Failover (one of two targets failing half the time) and an Anthropic-format stream against
     an OpenAI-format one, 64 clients, interleaved in rounds like the main scenarios."""
-    kinds = ("failover-json", "failover-stream", "anthropic-stream", "stream")
+    kinds = ("failover-json", "failover-stream", "anthropic-stream", "responses-stream", "messages-stream", "stream")
     samples: dict[str, list[LoadResult]] = {kind: [] for kind in kinds}
     for _ in range(args.rounds):
         for kind in kinds:
             samples[kind].append(load(subject, kind, 64, args.seconds, workdir))
-    runs = {f"{kind}-c64": median_run(samples[kind]) for kind in kinds[:3]}
+    runs = {f"{kind}-c64": median_run(samples[kind]) for kind in kinds[:5]}
     runs["openai-stream-c64"] = median_run(samples["stream"])
     return runs
 
@@ -306,6 +325,13 @@ def report(results: list[SubjectResult]) -> str:
                 f"| `anthropic` target (every event translated) | {anthropic.rps:,.0f} · {anthropic.p50_ms:.2f} · "
                 f"{anthropic.p99_ms:.2f} ({anthropic.rps / openai.rps:.2f}x, target >= 0.8) |",
             ]
+            for kind, what in (("responses", "Responses API"), ("messages", "Messages API")):
+                api = runs.get(f"{kind}-stream-c64")
+                if api is not None:
+                    lines.append(
+                        f"| {what} from the `openai` target (every event translated) | {api.rps:,.0f} · "
+                        f"{api.p50_ms:.2f} · {api.p99_ms:.2f} ({api.rps / openai.rps:.2f}x, target >= 0.8) |"
+                    )
     reference = "baseline" if "baseline" in by_name else "switchboard"
     telemetry = (("switchboard-logged", 0.95), ("switchboard-traced", 0.8), ("switchboard-traced-otlp", 0.0))
     lines += _ratios(by_name, reference, reference, telemetry)

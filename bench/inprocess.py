@@ -5,6 +5,7 @@ shared machine, so it is the tool for A/B-testing a hot-path change:
     python -m bench.inprocess            # non-streamed and streamed, microseconds of CPU per request
     python -m bench.inprocess --keys     # the same, called with a key that has rpm, tpm and a budget
     python -m bench.inprocess --in-flight 64   # 64 requests at a time, as under load (default 1)
+    python -m bench.inprocess --api responses  # the same answers asked through the Responses API (or messages)
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
 import httpx
+import msgspec
 from litestar import Litestar
 
 from bench.upstream import completion_body, stream_body
@@ -56,7 +58,27 @@ async def started(app: Litestar) -> None:
 CLIENT_KEY = "sk-bench-client-0123456789"
 
 
-def caller(app: Litestar, body: bytes, key: str | None = None) -> Callable[[], Awaitable[None]]:
+API_PATHS: Final = {"chat": "/v1/chat/completions", "responses": "/v1/responses", "messages": "/v1/messages"}
+
+
+def api_body(api: str, stream: bool) -> bytes:
+    """The bench conversation in each API's own shape."""
+    system, user = "You are a helpful assistant.", "Write one sentence about foxes."
+    if api == "responses":
+        return msgspec.json.encode(
+            {"model": "m", "instructions": system, "input": user, "temperature": 0.7, "stream": stream}
+        )
+    if api == "messages":
+        message = {"role": "user", "content": user}
+        return msgspec.json.encode(
+            {"model": "m", "system": system, "messages": [message], "max_tokens": 256, "stream": stream}
+        )
+    return request_body(stream)
+
+
+def caller(
+    app: Litestar, body: bytes, key: str | None = None, path: str = "/v1/chat/completions"
+) -> Callable[[], Awaitable[None]]:
     headers = [
         (b"host", b"bench"),
         (b"content-type", b"application/json"),
@@ -70,8 +92,8 @@ def caller(app: Litestar, body: bytes, key: str | None = None) -> Callable[[], A
         "http_version": "1.1",
         "method": "POST",
         "scheme": "http",
-        "path": "/v1/chat/completions",
-        "raw_path": b"/v1/chat/completions",
+        "path": path,
+        "raw_path": path.encode(),
         "query_string": b"",
         "root_path": "",
         "headers": headers,
@@ -103,7 +125,7 @@ def caller(app: Litestar, body: bytes, key: str | None = None) -> Callable[[], A
     return one
 
 
-async def measure(stream: bool, keys: bool = False, in_flight: int = 1) -> float:
+async def measure(stream: bool, keys: bool = False, in_flight: int = 1, api: str = "chat") -> float:
     config: dict[str, Any] = {
         "providers": {"o": {"type": "openai", "base_url": "http://upstream/v1", "api_key": "k"}},
         "models": {"m": {"targets": [{"provider": "o", "model": "gpt-4o-mini"}]}},
@@ -118,7 +140,7 @@ async def measure(stream: bool, keys: bool = False, in_flight: int = 1) -> float
     settings = settings_from_dict(config, {"BENCH_CLIENT_KEY": CLIENT_KEY})
     app = create_app(settings, transport=httpx.MockTransport(upstream))
     await started(app)
-    one = caller(app, request_body(stream), CLIENT_KEY if keys else None)
+    one = caller(app, api_body(api, stream), CLIENT_KEY if keys else None, API_PATHS[api])
 
     async def run(count: int) -> None:  # ``count`` requests, ``in_flight`` at a time
         async def worker(share: int) -> None:
@@ -140,8 +162,9 @@ def main() -> None:
     args = sys.argv[1:]
     keys = "--keys" in args
     in_flight = int(args[args.index("--in-flight") + 1]) if "--in-flight" in args else 1
+    api = args[args.index("--api") + 1] if "--api" in args else "chat"
     for stream in (False, True):
-        us = asyncio.run(measure(stream, keys, in_flight))
+        us = asyncio.run(measure(stream, keys, in_flight, api))
         print(f"{'streamed (43 events)' if stream else 'non-streamed'}: {us:.1f} us of CPU per request")
 
 

@@ -338,6 +338,7 @@ class _Chunk(msgspec.Struct):
 
 
 _decode_chunk = msgspec.json.Decoder(_Chunk).decode
+_decode_texts = msgspec.json.Decoder(list[str]).decode
 
 
 class ResponsesStream:
@@ -350,11 +351,13 @@ class ResponsesStream:
         self._started = False
         self._output: list[dict[str, Any]] = []
         self._open: dict[str, Any] | None = None  # the item being streamed
-        self._text = ""
+        self._tokens: list[bytes] = []  # the open message's text, as JSON string tokens
         self._calls: dict[int, dict[str, Any]] = {}  # chat tool call index → its item
         self._finish: str | None = None
         self._usage: TokenUsage | None = None
         self._model: str | None = None
+        self._text_head = b""  # a text delta event up to its sequence number, for the open message
+        self._text_tail = b""  # … from after it up to the delta
         self.final: dict[str, Any] | None = None  # the response, once complete
 
     def _event(self, kind: str, payload: dict[str, Any]) -> bytes:
@@ -363,23 +366,36 @@ class ResponsesStream:
         return b"event: " + kind.encode() + b"\ndata: " + _encode(payload) + b"\n\n"
 
     def start(self) -> bytes:
+        """``response.created`` and ``response.in_progress``: the same response, encoded once."""
         self._started = True
-        shell = self._builder.response("in_progress", [])
-        return self._event("response.created", {"response": shell}) + self._event(
-            "response.in_progress", {"response": shell}
-        )
+        shell = _encode(self._builder.response("in_progress", []))
+        out = b""
+        for kind in ("response.created", "response.in_progress"):
+            head = _encode({"type": kind, "sequence_number": self._sequence})[:-1]  # without its closing brace
+            out += b"event: " + kind.encode() + b"\ndata: " + head + b',"response":' + shell + b"}\n\n"
+            self._sequence += 1
+        return out
 
     def frames(self, payloads: Sequence[bytes]) -> bytes:
         out: list[bytes] = [] if self._started else [self.start()]
         for payload in payloads:
             chunk = _decode_chunk(payload)
-            self._model = self._model or chunk.model
             if chunk.usage:
                 self._usage = _token_usage(chunk.usage)
-            for choice in chunk.choices[:1]:
-                self._delta(choice.delta, out)
-                if choice.finish_reason:
-                    self._finish = choice.finish_reason
+            if not chunk.choices:
+                continue
+            choice = chunk.choices[0]  # Responses has one answer
+            delta = choice.delta
+            text = delta.content
+            if text and self._open is not None and self._open["type"] == "message" and delta.tool_calls is None:
+                token = _encode(text)  # the common case, once per token, inline
+                self._tokens.append(token)
+                out.append(self._text_delta(token))
+            else:
+                self._model = self._model or chunk.model
+                self._delta(delta, out)
+            if choice.finish_reason:
+                self._finish = choice.finish_reason
         return b"".join(out)
 
     def done(self) -> bytes:
@@ -407,10 +423,9 @@ class ResponsesStream:
             if self._open is None or self._open["type"] != "message":
                 self._begin(out, message_item(new_id("msg"), "", status="in_progress") | {"content": []})
                 out.append(self._item_event("response.content_part.added", {"content_index": 0, "part": _part("")}))
-            self._text += text
-            out.append(
-                self._item_event("response.output_text.delta", {"content_index": 0, "delta": text, "logprobs": []})
-            )
+            token = _encode(text)
+            self._tokens.append(token)
+            out.append(self._text_delta(token))
         for call in delta.tool_calls or ():
             position = call.get("index", 0)
             function = call.get("function") or {}
@@ -426,12 +441,28 @@ class ResponsesStream:
                 item["arguments"] += arguments
                 out.append(self._item_event("response.function_call_arguments.delta", {"delta": arguments}))
 
+    def _text_delta(self, token: bytes) -> bytes:
+        """``response.output_text.delta``, once per token: the token (a JSON string, as the chunk
+        held it) spliced into bytes prepared when the message began, rather than decoded, put in a
+        dict and encoded again (the bytes are the same)."""
+        if not self._text_head:
+            sample = self._item_event("response.output_text.delta", {"content_index": 0, "delta": "", "logprobs": []})
+            self._sequence -= 1  # the sample was not sent
+            number = b'"sequence_number":' + str(self._sequence).encode()
+            head, _, rest = sample.partition(number)
+            self._text_head = head + b'"sequence_number":'
+            self._text_tail = rest.partition(b'"delta":""')[0] + b'"delta":'
+        event = self._text_head + str(self._sequence).encode() + self._text_tail + token + b',"logprobs":[]}\n\n'
+        self._sequence += 1
+        return event
+
     def _item_event(self, kind: str, payload: dict[str, Any]) -> bytes:
         assert self._open is not None
         return self._event(kind, {"item_id": self._open["id"], "output_index": len(self._output) - 1, **payload})
 
     def _begin(self, out: list[bytes], item: dict[str, Any]) -> None:
         self._close(out)
+        self._text_head = b""  # another item: another prefix
         self._open = item
         self._output.append(item)
         out.append(
@@ -443,13 +474,14 @@ class ResponsesStream:
         if item is None:
             return
         if item["type"] == "message":
-            part = _part(self._text)
+            text = "".join(_decode_texts(b"[" + b",".join(self._tokens) + b"]"))
+            part = _part(text)
             out.append(
-                self._item_event("response.output_text.done", {"content_index": 0, "text": self._text, "logprobs": []})
+                self._item_event("response.output_text.done", {"content_index": 0, "text": text, "logprobs": []})
             )
             out.append(self._item_event("response.content_part.done", {"content_index": 0, "part": part}))
             item["content"] = [part]
-            self._text = ""
+            self._tokens = []
         else:
             out.append(
                 self._item_event(
