@@ -89,6 +89,104 @@ class _EmbeddingsView(msgspec.Struct):
 
 
 _decode_embeddings = msgspec.json.Decoder(_EmbeddingsView).decode
+
+
+class _ResponseUsageView(msgspec.Struct):
+    input_tokens: int = 0
+    output_tokens: int = 0
+    input_tokens_details: dict[str, object] | None = None
+    output_tokens_details: dict[str, object] | None = None
+
+
+class _ResponseView(msgspec.Struct):
+    """What the gateway reads of a native Responses answer."""
+
+    id: object = None
+    model: object = None
+    output: object = None
+    usage: _ResponseUsageView | None = None
+    kind: object = msgspec.field(default=None, name="object")
+
+
+class _ResponseEvent(msgspec.Struct):
+    type: str = ""
+    response: _ResponseView | None = None
+
+
+_decode_response_view = msgspec.json.Decoder(_ResponseView).decode
+_decode_response_event = msgspec.json.Decoder(_ResponseEvent).decode
+
+
+def response_report(usage: _ResponseUsageView | None, ident: object, model: object) -> Report:
+    tokens = None
+    if usage is not None:
+        details, out = usage.input_tokens_details or {}, usage.output_tokens_details or {}
+        cached, reasoning = details.get("cached_tokens"), out.get("reasoning_tokens")
+        tokens = TokenUsage(
+            prompt=usage.input_tokens,
+            completion=usage.output_tokens,
+            cached=cached if isinstance(cached, int) else 0,
+            reasoning=reasoning if isinstance(reasoning, int) else 0,
+        )
+    return Report(
+        usage=tokens,
+        response_id=ident if isinstance(ident, str) else None,
+        response_model=model if isinstance(model, str) else None,
+    )
+
+
+class ResponsesPassThrough:
+    """A native Responses event stream relayed as it came, every event with its ``event:`` line;
+    its terminal event gives the record its usage. ``error`` and ``response.failed`` before the
+    first output fail the attempt (so another target can take it); after it, they go to the client."""
+
+    __slots__ = ("_content", "_done", "_held", "_provider", "_report")
+
+    def __init__(self, provider: OpenAIProvider) -> None:
+        self._provider = provider
+        self._report = Report()
+        self._done = False
+        self._content = False
+        self._held: list[bytes] = []
+
+    @property
+    def finished(self) -> bool:
+        return self._done
+
+    @property
+    def complete(self) -> bool:
+        return self._done
+
+    @property
+    def report(self) -> Report:
+        return self._report
+
+    def translate(self, event: SSEEvent) -> Sequence[bytes]:
+        data = event.data
+        if data[:1] != b"{":
+            return _NOTHING  # [DONE] (clients ignore it) or a keep-alive
+        try:
+            parsed = _decode_response_event(data)
+        except (msgspec.DecodeError, RecursionError):
+            raise UpstreamProtocolError(
+                f"provider '{self._provider.name}' sent a stream event that is not JSON"
+            ) from None
+        kind = parsed.type
+        if kind in ("response.completed", "response.incomplete", "response.failed") and parsed.response is not None:
+            self._done = True
+            view = parsed.response
+            self._report = response_report(view.usage, view.id, view.model)
+        if kind in ("error", "response.failed") and not self._content:
+            raise self._provider.stream_error(data)
+        framed = b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n"
+        if self._content or kind.startswith("response.output_item") or self._done:
+            self._content = True
+            held, self._held = self._held, []
+            return (*held, framed)
+        self._held.append(framed)  # response.created, in_progress: wait for the first output
+        return _NOTHING
+
+
 _ASK_USAGE: Final = msgspec.Raw(b'{"include_usage":true}')
 
 
@@ -195,12 +293,15 @@ class OpenAIProvider:
         api_key: str | None,
         headers: Mapping[str, str] | None = None,
         stream_usage: bool = True,
+        responses_native: bool = False,
     ) -> None:
         self.name = name
+        self.responses_native = responses_native  # /v1/responses passed through, not translated
         self._stream_usage = stream_usage  # ask for usage in every stream (servers that refuse it: off)
         self._url = httpx.URL(base_url.rstrip("/") + "/chat/completions")
         self._embeddings_url = httpx.URL(base_url.rstrip("/") + "/embeddings")
         self._completions_url = httpx.URL(base_url.rstrip("/") + "/completions")
+        self._responses_url = httpx.URL(base_url.rstrip("/") + "/responses")
         base_headers = {"content-type": "application/json", "user-agent": USER_AGENT, **(headers or {})}
         if api_key:
             base_headers.update(self.auth_headers(api_key))
@@ -220,6 +321,27 @@ class OpenAIProvider:
 
     def completions_url_for(self, model: str) -> httpx.URL:
         return self._completions_url
+
+    def responses_url_for(self, model: str) -> httpx.URL:
+        return self._responses_url
+
+    def responses_request(self, fields: Mapping[str, object], model: str, stream: bool) -> httpx.Request:
+        """The Responses API passed through as sent (the model named by the target)."""
+        body = {**fields, "model": model}
+        return post(self.responses_url_for(model), self._stream_headers if stream else self._headers, _encode(body))
+
+    def parse_responses(self, body: bytes) -> Parsed:
+        """A native Responses answer, as it came; its usage for the record."""
+        try:
+            view = _decode_response_view(body)
+        except (msgspec.DecodeError, RecursionError):
+            raise UpstreamProtocolError(f"provider '{self.name}' answered with a body that is not JSON") from None
+        if view.kind != "response" or not isinstance(view.output, list):
+            raise UpstreamProtocolError(f"provider '{self.name}' answered with something that is not a response")
+        return Parsed(body, response_report(view.usage, view.id, view.model))
+
+    def responses_stream(self) -> ResponsesPassThrough:
+        return ResponsesPassThrough(self)
 
     def completions_request(self, fields: Mapping[str, msgspec.Raw], model: str, stream: bool) -> httpx.Request:
         """The legacy completions API, passed through as sent (the model named by the target)."""
@@ -344,8 +466,9 @@ class AzureProvider(OpenAIProvider):
         api_version: str,
         headers: Mapping[str, str] | None = None,
         stream_usage: bool = True,
+        responses_native: bool = True,
     ) -> None:
-        super().__init__(name, endpoint, api_key, headers, stream_usage)
+        super().__init__(name, endpoint, api_key, headers, stream_usage, responses_native)
         self._endpoint = endpoint.rstrip("/")
         self._api_version = api_version
         self._urls: dict[str, httpx.URL] = {}
@@ -361,6 +484,10 @@ class AzureProvider(OpenAIProvider):
 
     def completions_url_for(self, model: str) -> httpx.URL:
         return self._deployment_url(model, "completions")
+
+    def responses_url_for(self, model: str) -> httpx.URL:
+        # Azure's Responses API is addressed by its v1 route, the deployment named in the body.
+        return httpx.URL(f"{self._endpoint}/openai/v1/responses")
 
     def _deployment_url(self, model: str, operation: str) -> httpx.URL:
         url = self._urls.get(f"{operation} {model}")

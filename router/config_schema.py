@@ -122,11 +122,23 @@ class HTTPProviderConfig(Strict, tag_field="type", frozen=True, kw_only=True):
     drop_unsupported_params: bool = True  # false: a request using one gets a 400 naming it
 
 
+ResponsesAPI = Literal["native", "translate"]
+
+
 class OpenAIProviderConfig(HTTPProviderConfig, tag="openai", frozen=True, kw_only=True):
     base_url: str = "https://api.openai.com/v1"
     # Ask for usage in every stream (and hide it from clients that did not): off for servers that
     # refuse `stream_options`.
     stream_usage: bool = True
+    # /v1/responses: passed through (native) or through Chat Completions (translate). Unset:
+    # native for OpenAI's own API, translate for other OpenAI-compatible servers.
+    responses_api: ResponsesAPI | None = None
+
+    @property
+    def responses_native(self) -> bool:
+        if self.responses_api is not None:
+            return self.responses_api == "native"
+        return self.base_url.rstrip("/").startswith("https://api.openai.com")
 
 
 class AnthropicProviderConfig(HTTPProviderConfig, tag="anthropic", frozen=True, kw_only=True):
@@ -144,6 +156,11 @@ class AzureProviderConfig(HTTPProviderConfig, tag="azure", frozen=True, kw_only=
 
     api_version: str = "2024-10-21"
     stream_usage: bool = True  # as for `openai`
+    responses_api: ResponsesAPI = "native"  # Azure serves the Responses API itself
+
+    @property
+    def responses_native(self) -> bool:
+        return self.responses_api == "native"
 
 
 class MockProviderConfig(Strict, tag_field="type", tag="mock", frozen=True, kw_only=True):

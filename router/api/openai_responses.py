@@ -10,7 +10,7 @@ input. An unknown, expired or another key's ``previous_response_id`` is OpenAI's
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Annotated, Any, Final
 
@@ -23,7 +23,7 @@ from providers.base import Inbound
 from providers.errors import SwitchboardError
 from providers.responses import Builder, Item, ResponsesStream, Untranslatable, input_items, to_chat
 from router.access.guard import Caller, Guard, key_id_of_caller
-from router.access.limits import Admitted, estimate_tokens
+from router.access.limits import Admitted
 from router.api.chat import finish, governed, read_body, serve
 from router.api.decode import decode_call, explain
 from router.api.responses import request_id_of
@@ -31,6 +31,7 @@ from router.api.streams import Framing
 from router.errors import ClientError, InvalidRequest, MethodNotAllowed
 from router.gateway.failover import Answer, Gateway, OpenStream
 from router.gateway.outcome import REQUEST_ID_KEY, Exchange
+from router.gateway.responses import ResponsesCall
 from router.store.responses import ResponseStore
 from router.telemetry.spans import RequestTrace
 
@@ -68,27 +69,35 @@ def owner(caller: Caller) -> str:
     return key_id_of_caller(caller) or ""
 
 
-async def conversation(store: ResponseStore, request: dict[str, Any], fields: _Required, key: str) -> list[Item]:
-    """The earlier turns (from ``previous_response_id``) and then the new input, item references
-    resolved."""
+async def conversation(
+    store: ResponseStore, gateway: Gateway, request: dict[str, Any], fields: _Required, key: str, builder: Builder
+) -> ResponsesCall:
+    """The call: the earlier turns Switchboard keeps (``previous_response_id``) and the new input,
+    item references resolved. An id Switchboard does not know may still be one a native target's
+    provider knows; without such a target it is OpenAI's 400 ``previous_response_not_found``."""
     items: list[Item] = []
-    if fields.previous_response_id is not None:
-        stored = await store.get(fields.previous_response_id, key)
-        if stored is None:
+    expanded, upstream_knows = True, False
+    previous = fields.previous_response_id
+    if previous is not None:
+        stored = await store.get(previous, key)
+        if stored is not None:
+            items = [("previous_response_id", item) for item in stored.items if isinstance(item, dict)]
+            upstream_knows = stored.native
+        elif gateway.native_responses(fields.model):
+            expanded, upstream_knows = False, True
+        else:
             raise InvalidRequest(
-                f"Previous response with id '{fields.previous_response_id}' not found.",
+                f"Previous response with id '{previous}' not found.",
                 param="previous_response_id",
                 code="previous_response_not_found",
             )
-        items = [("previous_response_id", item) for item in stored.items if isinstance(item, dict)]
     for where, item in _input(request):
-        if item.get("type") == "item_reference":
-            found = store.item(str(item.get("id")))
-            if found is None:
-                raise InvalidRequest(f"Item with id '{item.get('id')}' not found.", param=f"{where}.id")
-            item = found
+        if item.get("type") == "item_reference" and store.item(str(item.get("id"))) is not None:
+            item = store.item(str(item.get("id"))) or item
+        elif item.get("type") == "item_reference" and not gateway.native_responses(fields.model):
+            raise InvalidRequest(f"Item with id '{item.get('id')}' not found.", param=f"{where}.id")
         items.append((where, item))
-    return items
+    return ResponsesCall(request, items, expanded, upstream_knows, translated, builder)
 
 
 def _input(request: dict[str, Any]) -> list[Item]:
@@ -105,12 +114,12 @@ def translated(request: dict[str, Any], items: Sequence[Item]) -> Inbound:
         raise InvalidRequest(exc.message, param=exc.param, code="unsupported_for_target") from None
 
 
-class _Framing:
+class _Translated:
     """Chat chunks as the Responses event stream; the whole response stored once complete."""
 
     __slots__ = ("_keep", "_stream")
 
-    def __init__(self, stream: ResponsesStream, keep: partial[None] | None) -> None:
+    def __init__(self, stream: ResponsesStream, keep: Keep | None) -> None:
         self._stream = stream
         self._keep = keep
 
@@ -120,15 +129,45 @@ class _Framing:
     def done(self) -> bytes:
         out = self._stream.done()
         if self._keep is not None and self._stream.final is not None:
-            self._keep(self._stream.final)
+            self._keep(self._stream.final, False)
         return out
 
     def error(self, exc: SwitchboardError, request_id: str | None) -> bytes:
         return self._stream.failed(exc.code or "server_error", exc.message)
 
 
-def _keep(store: ResponseStore, key: str, items: Sequence[Item], response: dict[str, Any]) -> None:
-    store.put(key, response, [item for _, item in items] + list(response.get("output") or ()))
+class _Native:
+    """A native target's own events, as they came; its final response stored."""
+
+    __slots__ = ("_keep",)
+
+    def __init__(self, keep: Keep | None) -> None:
+        self._keep = keep
+
+    def frames(self, payloads: Sequence[bytes]) -> bytes:
+        if self._keep is not None:
+            for payload in payloads:
+                if payload.startswith((b"event: response.completed\n", b"event: response.incomplete\n")):
+                    event = msgspec.json.decode(payload.partition(b"\ndata: ")[2])
+                    if isinstance(event, dict) and isinstance(event.get("response"), dict):
+                        self._keep(event["response"], True)
+        return b"".join(payloads)
+
+    @staticmethod
+    def done() -> bytes:
+        return b""
+
+    @staticmethod
+    def error(exc: SwitchboardError, request_id: str | None) -> bytes:
+        body = {"type": "error", "code": exc.code or "server_error", "message": exc.message, "param": None}
+        return b"event: error\ndata: " + _encode(body) + b"\n\n"
+
+
+Keep = Callable[[dict[str, Any], bool], None]
+
+
+def _keep(store: ResponseStore, key: str, items: Sequence[Item], response: dict[str, Any], native: bool) -> None:
+    store.put(key, response, [item for _, item in items] + list(response.get("output") or ()), native)
 
 
 @asgi([RESPONSES_PATH, RESPONSES_PATH.removeprefix("/v1")], http_methods=["POST"], copy_scope=False)
@@ -154,21 +193,23 @@ async def create_response(scope: HTTPScope, receive: Receive, send: Send) -> Non
             guard.check_model(caller, fields.model)
             exchange.allows = caller.allows
         key = owner(caller)
-        items = await conversation(store, request, fields, key)
-        call = governed(translated(request, items), caller, state.policies)
-        if guard.enforcing:
-            exchange.reserved_tokens = estimate_tokens(call.chat)
-            admission = await guard.admit(caller, fields.model, exchange.reserved_tokens, outcomes.ids.next)
-        extra = admission.headroom.headers() if admission is not None else []
         gateway: Gateway = state.gateway
         builder = Builder(request)
-        keep = partial(_keep, store, key, items) if fields.store is not False else None
+        call = await conversation(store, gateway, request, fields, key, builder)
+        policies = state.policies
+        call.translate = lambda asked, items: governed(translated(asked, items), caller, policies)
+        if guard.enforcing:
+            exchange.reserved_tokens = estimate(request)
+            admission = await guard.admit(caller, fields.model, exchange.reserved_tokens, outcomes.ids.next)
+        extra = admission.headroom.headers() if admission is not None else []
+        keep = partial(_keep, store, key, call.items) if fields.store is not False else None
         if fields.stream:
-            stream = partial(gateway.open_stream, call, exchange)
-            framing = partial(_framing, builder, keep)
+            natives: list[bool] = []
+            stream = partial(_open, gateway, call, exchange, natives)
+            framing = partial(_framing, builder, keep, natives)
             status, code = await serve(gateway, scope, receive, send, exchange, extra, None, stream, framing)
         else:
-            answer = partial(_answer, gateway, call, exchange, builder, keep)
+            answer = partial(_answer, gateway, call, exchange, keep)
             status, code = await serve(gateway, scope, receive, send, exchange, extra, answer)
     except SwitchboardError as exc:
         finish(exchange, admission, exc.status, exc.code)
@@ -182,18 +223,34 @@ async def create_response(scope: HTTPScope, receive: Receive, send: Send) -> Non
     finish(exchange, admission, status, code)
 
 
-def _framing(builder: Builder, keep: partial[None] | None, opened: OpenStream, exchange: Exchange) -> Framing:
-    return _Framing(ResponsesStream(builder), keep)
+async def _open(gateway: Gateway, call: ResponsesCall, exchange: Exchange, natives: list[bool]) -> OpenStream:
+    opened, native = await gateway.open_responses(call, exchange)
+    natives.append(native)
+    return opened
 
 
-async def _answer(
-    gateway: Gateway, call: Inbound, exchange: Exchange, builder: Builder, keep: partial[None] | None
-) -> Answer:
-    answer = await gateway.complete(call, exchange)
-    response = builder.from_chat(answer.body, exchange.usage)
+def _framing(
+    builder: Builder, keep: Keep | None, natives: list[bool], opened: OpenStream, exchange: Exchange
+) -> Framing:
+    if natives and natives[-1]:
+        return _Native(keep)
+    return _Translated(ResponsesStream(builder), keep)
+
+
+async def _answer(gateway: Gateway, call: ResponsesCall, exchange: Exchange, keep: Keep | None) -> Answer:
+    answer, native = await gateway.responses(call, exchange)
     if keep is not None:
-        keep(response)
-    return Answer(_encode(response), answer.target, answer.calls, answer.dropped)
+        response = msgspec.json.decode(answer.body)
+        if isinstance(response, dict):
+            keep(response, native)
+    return answer
+
+
+def estimate(request: dict[str, Any]) -> int:
+    """About four characters a token of what is sent, plus the output cap (or 256)."""
+    size = sum(len(_encode(request.get(name))) for name in ("instructions", "input", "tools") if request.get(name))
+    cap = request.get("max_output_tokens")
+    return size // 4 + 1 + (cap if isinstance(cap, int) else 256)
 
 
 def _not_found(response_id: str) -> ResponseNotFound:

@@ -30,13 +30,15 @@ from providers.errors import (
     UpstreamRejected,
     UpstreamTimeout,
 )
+from providers.openai import OpenAIProvider
 from router.config import TimeoutsConfig
 from router.errors import AllTargetsFailed, InvalidRequest, NoTargetAvailable
-from router.gateway import completions, messages
+from router.gateway import completions, messages, responses
 from router.gateway.balancing import order
 from router.gateway.completions import CompletionsCall
 from router.gateway.messages import MessagesCall
 from router.gateway.outcome import AttemptRecord, Exchange
+from router.gateway.responses import ResponsesCall
 from router.gateway.routing import Group, Route, Router, Target
 from router.gateway.skipped import TargetSkipped
 from router.gateway.tracing import Trace
@@ -393,6 +395,32 @@ class Gateway:
                 code="invalid_value",
             )
         return call.model
+
+    async def responses(self, call: ResponsesCall, exchange: Exchange) -> tuple[Answer, bool]:
+        """OpenAI's Responses API, non-streamed (see ``router.gateway.responses``); whether a
+        native target answered."""
+        once = partial(self._complete_once, partial(responses.parse, call))
+        build = partial(responses.build, call, _unsupported)
+        parsed, attempt, run = await self._walk(call.model, build, once, exchange)
+        _answered(exchange, attempt)
+        exchange.reported(parsed.report)
+        answer = Answer(parsed.body, attempt.target, run.calls, run.dropped)
+        return answer, responses.native(attempt) is not None
+
+    def native_responses(self, model: str) -> bool:
+        """Whether any target of ``model`` serves the Responses API natively."""
+        route = self.router.resolve(model)
+        return any(
+            isinstance(adapter := self.upstreams[t.provider].adapter, OpenAIProvider) and adapter.responses_native
+            for t in route.plan
+        )
+
+    async def open_responses(self, call: ResponsesCall, exchange: Exchange) -> tuple[OpenStream, bool]:
+        once = partial(self._open_once, partial(responses.translator, call))
+        build = partial(responses.build, call, _unsupported)
+        opened, attempt, _ = await self._walk(call.model, build, once, exchange)
+        _answered(exchange, attempt)
+        return opened, responses.native(attempt) is not None
 
     async def messages(self, call: MessagesCall, exchange: Exchange) -> Answer:
         """Anthropic's Messages API, non-streamed (see ``router.gateway.messages``)."""

@@ -92,6 +92,7 @@ class Database:
             expires_at=_aware(row["expires_at"]) or now(),
             response=dict(row["response"]),
             items=list(row["items"]),
+            native=bool(row["native"]),
         )
 
     async def delete_response(self, response_id: str) -> bool:
@@ -305,6 +306,7 @@ class StoredResponse(msgspec.Struct, frozen=True):
     expires_at: datetime
     response: dict[str, Any]
     items: list[Any]
+    native: bool = False  # its target knows it by its id (previous_response_id can go there as is)
 
 
 def _upgrade(connection: Connection) -> None:

@@ -48,7 +48,7 @@ class ResponseStore:
         with contextlib.suppress(Exception):
             await self.flush()
 
-    def put(self, key_id: str, response: dict[str, Any], items: list[Any]) -> None:
+    def put(self, key_id: str, response: dict[str, Any], items: list[Any], native: bool = False) -> None:
         now = datetime.now(UTC)
         stored = StoredResponse(
             id=str(response["id"]),
@@ -57,6 +57,7 @@ class ResponseStore:
             expires_at=now + self._ttl,
             response=response,
             items=items,
+            native=native,
         )
         self._remember(stored)
         if self.database is not None:

@@ -93,4 +93,5 @@ responses = Table(
     Column("expires_at", DateTime(timezone=True), nullable=False, index=True),
     Column("response", JSON, nullable=False),
     Column("items", JSON, nullable=False),  # the conversation to continue from
+    Column("native", Boolean, nullable=False),  # answered by a target's own Responses API
 )

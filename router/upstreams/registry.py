@@ -48,13 +48,15 @@ def _missing_key(name: str, key_vars: tuple[str, ...]) -> str:
 def _adapter(name: str, cfg: HTTPProviderConfig) -> Provider:
     """The adapter for an HTTP provider."""
     if isinstance(cfg, AzureProviderConfig):
-        return AzureProvider(name, cfg.base_url, cfg.api_key, cfg.api_version, cfg.headers, cfg.stream_usage)
+        return AzureProvider(
+            name, cfg.base_url, cfg.api_key, cfg.api_version, cfg.headers, cfg.stream_usage, cfg.responses_native
+        )
     if isinstance(cfg, AnthropicProviderConfig):
         return AnthropicProvider(name, cfg.base_url, cfg.api_key, cfg.default_max_tokens, cfg.headers)
     if isinstance(cfg, GeminiProviderConfig):
         return GeminiProvider(name, cfg.base_url, cfg.api_key, cfg.headers)
     assert isinstance(cfg, OpenAIProviderConfig)
-    return OpenAIProvider(name, cfg.base_url, cfg.api_key, cfg.headers, cfg.stream_usage)
+    return OpenAIProvider(name, cfg.base_url, cfg.api_key, cfg.headers, cfg.stream_usage, cfg.responses_native)
 
 
 def build_upstream(

@@ -25,6 +25,7 @@ def upgrade() -> None:
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False, index=True),
         sa.Column("response", sa.JSON, nullable=False),
         sa.Column("items", sa.JSON, nullable=False),  # the conversation to continue from
+        sa.Column("native", sa.Boolean, nullable=False),  # answered by a target's own Responses API
     )
 
 
