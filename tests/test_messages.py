@@ -415,3 +415,16 @@ async def test_count_tokens_with_the_sdk(tmp_path: Path) -> None:
         counted = await client.messages.count_tokens(model="gpt", messages=[{"role": "user", "content": "x" * 400}])
         assert 100 <= counted.input_tokens <= 120
         assert upstreams.requests == []  # answered by Switchboard itself
+
+
+async def test_server_controlled_parameters_apply_to_translated_messages(tmp_path: Path) -> None:
+    models = {
+        "gpt": {
+            "targets": [{"provider": "oai", "model": "gpt-4o"}],
+            "params": {"max_tokens": 10, "clamp": True, "force": {"temperature": 0}},
+        }
+    }
+    async with sdk(tmp_path, models={**config(tmp_path)["models"], **models}) as (client, upstreams):
+        await client.messages.create(model="gpt", max_tokens=500, messages=HELLO, extra_body={"temperature": 0.9})
+        sent = json.loads(upstreams.requests[-1].content)
+        assert (sent["max_tokens"], sent["temperature"]) == (10, 0)

@@ -22,7 +22,7 @@ from providers.base import Inbound
 from providers.errors import SwitchboardError
 from router.access.guard import Caller, Guard, key_id_of_caller
 from router.access.limits import Admitted
-from router.api.chat import finish, read_body, serve
+from router.api.chat import finish, governed, read_body, serve
 from router.api.decode import decode_call, explain
 from router.api.responses import JSONBody
 from router.api.streams import Framing
@@ -163,7 +163,10 @@ async def create_message(scope: HTTPScope, receive: Receive, send: Send) -> None
     try:
         caller = _caller(guard, scope, exchange)  # before the body is read
         fields, request = decode(await read_body(scope, receive, state.max_body_bytes), _Required)
-        call = MessagesCall(fields, request, forwarded(scope["headers"]), translated)
+        policies = state.policies
+        call = MessagesCall(
+            fields, request, forwarded(scope["headers"]), lambda asked: governed(translated(asked), caller, policies)
+        )
         exchange.stream = call.stream
         if caller.restricted:
             guard.check_model(caller, call.model)
