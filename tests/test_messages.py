@@ -428,3 +428,22 @@ async def test_server_controlled_parameters_apply_to_translated_messages(tmp_pat
         await client.messages.create(model="gpt", max_tokens=500, messages=HELLO, extra_body={"temperature": 0.9})
         sent = json.loads(upstreams.requests[-1].content)
         assert (sent["max_tokens"], sent["temperature"]) == (10, 0)
+
+
+async def test_an_alias_with_parameters_is_never_passed_through(tmp_path: Path) -> None:
+    """An Anthropic target would get the body untouched: with server-controlled parameters the
+    request goes through Chat Completions instead, so the rules hold (streamed too)."""
+    models = {
+        "claude": {
+            "targets": [{"provider": "claude", "model": "claude-sonnet-4-5"}],
+            "params": {"max_tokens": 10, "clamp": True},
+        }
+    }
+    async with sdk(tmp_path, models={**config(tmp_path)["models"], **models}) as (client, upstreams):
+        message = await client.messages.create(model="claude", max_tokens=500, messages=HELLO)
+        assert json.loads(upstreams.requests[-1].content)["max_tokens"] == 10
+        assert message.content[0].type == "text"
+        async with client.messages.stream(model="claude", max_tokens=500, messages=HELLO, tools=[WEATHER]) as stream:  # type: ignore[list-item]
+            final = await stream.get_final_message()
+        assert json.loads(upstreams.requests[-1].content)["max_tokens"] == 10
+        assert "tool_use" in [block.type for block in final.content]

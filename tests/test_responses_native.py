@@ -235,3 +235,16 @@ async def test_a_native_stream_failing_before_its_first_output_fails_over(tmp_pa
         assert answer.headers["x-switchboard-target"] == "native/gpt-5"
         assert answer.content == native_stream()  # nothing of the failed attempt reached the client
         assert [r.url.host for r in upstreams.requests] == ["flaky.test", "native.test"]
+
+
+async def test_an_alias_with_parameters_is_never_passed_through(tmp_path: Path) -> None:
+    settings = config(tmp_path)
+    settings["models"]["gpt"]["params"] = {"max_tokens": 10, "clamp": True}
+    upstreams = Upstreams()
+    app = create_app(settings_from_dict(settings, {}), transport=httpx.MockTransport(upstreams))
+    async with AsyncTestClient(app=app) as http:
+        answer = await http.post("/v1/responses", json={"model": "gpt", "input": "Hi", "max_output_tokens": 500})
+        assert answer.status_code == 200
+        sent = upstreams.requests[-1]
+        assert str(sent.url) == "http://native.test/v1/chat/completions"  # translated, so the cap holds
+        assert json.loads(sent.content)["max_completion_tokens"] == 10

@@ -125,10 +125,10 @@ class _Translated:
         return self._stream.error(exc.status, exc.message)
 
 
-def framing_for(model: str, estimate: int, opened: OpenStream, exchange: Exchange) -> Framing:
-    if exchange.provider == "anthropic":
+def framing_for(call: MessagesCall, estimate: int, opened: OpenStream, exchange: Exchange) -> Framing:
+    if exchange.provider == "anthropic" and not call.governed:  # the target's own events
         return _PassThrough()
-    return _Translated(MessagesStream(model, estimate))
+    return _Translated(MessagesStream(call.model, estimate))
 
 
 async def _error(scope: HTTPScope, receive: Receive, send: Send, exc: SwitchboardError, request_id: str) -> None:
@@ -167,6 +167,7 @@ async def create_message(scope: HTTPScope, receive: Receive, send: Send) -> None
         call = MessagesCall(
             fields, request, forwarded(scope["headers"]), lambda asked: governed(translated(asked), caller, policies)
         )
+        call.governed = caller.params is not None or call.model in policies
         exchange.stream = call.stream
         if caller.restricted:
             guard.check_model(caller, call.model)
@@ -179,7 +180,7 @@ async def create_message(scope: HTTPScope, receive: Receive, send: Send) -> None
         gateway: Gateway = state.gateway
         if call.stream:
             stream = partial(gateway.open_messages, call, exchange)
-            framing = partial(framing_for, call.model, estimate)
+            framing = partial(framing_for, call, estimate)
             status, code = await serve(gateway, scope, receive, send, exchange, extra, None, stream, framing)
         else:
             answer = partial(gateway.messages, call, exchange)

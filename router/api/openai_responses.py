@@ -70,20 +70,27 @@ def owner(caller: Caller) -> str:
 
 
 async def conversation(
-    store: ResponseStore, gateway: Gateway, request: dict[str, Any], fields: _Required, key: str, builder: Builder
+    store: ResponseStore,
+    gateway: Gateway,
+    request: dict[str, Any],
+    fields: _Required,
+    key: str,
+    builder: Builder,
+    governed: bool,
 ) -> ResponsesCall:
     """The call: the earlier turns Switchboard keeps (``previous_response_id``) and the new input,
     item references resolved. An id Switchboard does not know may still be one a native target's
     provider knows; without such a target it is OpenAI's 400 ``previous_response_not_found``."""
     items: list[Item] = []
     expanded, upstream_knows = True, False
+    native = not governed and gateway.native_responses(fields.model)
     previous = fields.previous_response_id
     if previous is not None:
         stored = await store.get(previous, key)
         if stored is not None:
             items = [("previous_response_id", item) for item in stored.items if isinstance(item, dict)]
             upstream_knows = stored.native
-        elif gateway.native_responses(fields.model):
+        elif native:
             expanded, upstream_knows = False, True
         else:
             raise InvalidRequest(
@@ -94,10 +101,10 @@ async def conversation(
     for where, item in _input(request):
         if item.get("type") == "item_reference" and store.item(str(item.get("id"))) is not None:
             item = store.item(str(item.get("id"))) or item
-        elif item.get("type") == "item_reference" and not gateway.native_responses(fields.model):
+        elif item.get("type") == "item_reference" and not native:
             raise InvalidRequest(f"Item with id '{item.get('id')}' not found.", param=f"{where}.id")
         items.append((where, item))
-    return ResponsesCall(request, items, expanded, upstream_knows, translated, builder)
+    return ResponsesCall(request, items, expanded, upstream_knows, translated, builder, governed)
 
 
 def _input(request: dict[str, Any]) -> list[Item]:
@@ -195,8 +202,9 @@ async def create_response(scope: HTTPScope, receive: Receive, send: Send) -> Non
         key = owner(caller)
         gateway: Gateway = state.gateway
         builder = Builder(request)
-        call = await conversation(store, gateway, request, fields, key, builder)
         policies = state.policies
+        ruled = caller.params is not None or fields.model in policies  # then always through Chat Completions
+        call = await conversation(store, gateway, request, fields, key, builder, ruled)
         call.translate = lambda asked, items: governed(translated(asked, items), caller, policies)
         if guard.enforcing:
             exchange.reserved_tokens = estimate(request)

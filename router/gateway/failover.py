@@ -405,7 +405,7 @@ class Gateway:
         _answered(exchange, attempt)
         exchange.reported(parsed.report)
         answer = Answer(parsed.body, attempt.target, run.calls, run.dropped)
-        return answer, responses.native(attempt) is not None
+        return answer, responses.native(call, attempt) is not None
 
     def native_responses(self, model: str) -> bool:
         """Whether any target of ``model`` serves the Responses API natively."""
@@ -420,7 +420,7 @@ class Gateway:
         build = partial(responses.build, call, _unsupported)
         opened, attempt, _ = await self._walk(call.model, build, once, exchange)
         _answered(exchange, attempt)
-        return opened, responses.native(attempt) is not None
+        return opened, responses.native(call, attempt) is not None
 
     async def messages(self, call: MessagesCall, exchange: Exchange) -> Answer:
         """Anthropic's Messages API, non-streamed (see ``router.gateway.messages``)."""

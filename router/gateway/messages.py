@@ -28,6 +28,7 @@ class MessagesCall:
     request: dict[str, Any]
     forwarded: Mapping[str, str]  # anthropic-version, anthropic-beta, for Anthropic targets
     translate: Callable[[Mapping[str, Any]], Inbound]  # to Chat Completions; raises a client error
+    governed: bool = False  # server-controlled parameters apply: always through Chat Completions
     _chat: Inbound | None = field(default=None)
 
     @property
@@ -45,15 +46,17 @@ class MessagesCall:
         return self._chat
 
 
-def native(attempt: Attempt) -> AnthropicProvider | None:
+def native(call: MessagesCall, attempt: Attempt) -> AnthropicProvider | None:
+    """The target's own Messages API, unless server-controlled parameters must hold (they are
+    applied on the way through Chat Completions)."""
     adapter = attempt.adapter
-    return adapter if isinstance(adapter, AnthropicProvider) else None
+    return adapter if isinstance(adapter, AnthropicProvider) and not call.governed else None
 
 
 def build(
     call: MessagesCall, unsupported: Callable[[Inbound, Attempt], Sequence[str]], attempt: Attempt
 ) -> tuple[httpx.Request, Sequence[str]]:
-    anthropic = native(attempt)
+    anthropic = native(call, attempt)
     if anthropic is not None:
         return anthropic.passthrough_request(call.fields, attempt.target.model, call.stream, call.forwarded), ()
     chat = call.chat()
@@ -63,13 +66,13 @@ def build(
 
 def parse(call: MessagesCall, attempt: Attempt, body: bytes) -> Parsed:
     parsed = attempt.adapter.parse_response(body, attempt.target.model)  # checks it, and the report
-    if native(attempt) is not None:
+    if native(call, attempt) is not None:
         return Parsed(body, parsed.report)
     return Parsed(from_chat(parsed.body, parsed.report.usage, call.model), parsed.report)
 
 
 def translator(call: MessagesCall, attempt: Attempt) -> StreamTranslator:
-    anthropic = native(attempt)
+    anthropic = native(call, attempt)
     if anthropic is not None:
         return anthropic.passthrough_stream()
     return attempt.adapter.stream_translator(call.chat())

@@ -35,6 +35,7 @@ class ResponsesCall:
     upstream_knows: bool  # previous_response_id may go to a native target as it is
     translate: Callable[[dict[str, Any], Sequence[Item]], Inbound]  # raises a client error
     builder: Builder
+    governed: bool = False  # server-controlled parameters apply: always through Chat Completions
     _chat: Inbound | None = field(default=None)
 
     @property
@@ -62,15 +63,18 @@ class ResponsesCall:
         return body
 
 
-def native(attempt: Attempt) -> OpenAIProvider | None:
+def native(call: ResponsesCall, attempt: Attempt) -> OpenAIProvider | None:
+    """The target's own Responses API, unless server-controlled parameters must hold."""
     adapter = attempt.adapter
-    return adapter if isinstance(adapter, OpenAIProvider) and adapter.responses_native else None
+    if isinstance(adapter, OpenAIProvider) and adapter.responses_native and not call.governed:
+        return adapter
+    return None
 
 
 def build(
     call: ResponsesCall, unsupported: Callable[[Inbound, Attempt], Sequence[str]], attempt: Attempt
 ) -> tuple[httpx.Request, Sequence[str]]:
-    adapter = native(attempt)
+    adapter = native(call, attempt)
     if adapter is not None:
         return adapter.responses_request(call.native_body(), attempt.target.model, call.stream), ()
     if not call.expanded:
@@ -80,7 +84,7 @@ def build(
 
 
 def parse(call: ResponsesCall, attempt: Attempt, body: bytes) -> Parsed:
-    adapter = native(attempt)
+    adapter = native(call, attempt)
     if adapter is not None:
         return adapter.parse_responses(body)
     parsed = attempt.adapter.parse_response(body, attempt.target.model)
@@ -88,7 +92,7 @@ def parse(call: ResponsesCall, attempt: Attempt, body: bytes) -> Parsed:
 
 
 def translator(call: ResponsesCall, attempt: Attempt) -> StreamTranslator:
-    adapter = native(attempt)
+    adapter = native(call, attempt)
     if adapter is not None:
         return adapter.responses_stream()
     return attempt.adapter.stream_translator(call.chat())
