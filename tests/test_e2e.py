@@ -313,3 +313,35 @@ def test_the_anthropic_sdk_through_a_live_switchboard(proxy: Proxy) -> None:
     seen = proxy.fake.seen[-1]
     assert seen.headers["Authorization"] == f"Bearer {UPSTREAM_KEY}"
     assert CLIENT_KEY not in str(seen.headers)
+
+
+def test_responses_through_a_live_switchboard(proxy: Proxy) -> None:
+    """The openai SDK's Responses API: a function call, its output continued by
+    previous_response_id, and the stream helper, answered by the Chat Completions upstream."""
+    from openai.types.responses import FunctionToolParam
+
+    tool: FunctionToolParam = {
+        "type": "function",
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        "strict": False,
+    }
+    client = proxy.client()
+    first = client.responses.create(model="tools", input="Weather in Paris?", tools=[tool])
+    calls = [item for item in first.output if item.type == "function_call"]
+    assert calls
+    assert calls[0].call_id != calls[0].id
+    second = client.responses.create(
+        model="gpt",
+        previous_response_id=first.id,
+        input=[{"type": "function_call_output", "call_id": calls[0].call_id, "output": "Sunny"}],
+    )
+    assert second.output_text == "Hello! How can I help?"
+    sent = proxy.fake.seen[-1].body["messages"]
+    assert isinstance(sent, list)
+    assert sent[0] == {"role": "user", "content": "Weather in Paris?"}
+    assert sent[-1] == {"role": "tool", "tool_call_id": calls[0].call_id, "content": "Sunny"}
+    with client.responses.stream(model="tools", input="Weather?", tools=[tool]) as stream:
+        final = stream.get_final_response()
+    assert [item.type for item in final.output if item.type == "function_call"]
+    assert final.usage is None  # this upstream stream reports none: unknown, not zero
