@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 from litestar import Request, Response, get
 from litestar.datastructures import State
+from litestar.params import FromPath
 
 from providers.schema import ModelCard, ModelList
 from router.access.guard import Guard
@@ -32,7 +33,7 @@ async def list_models(request: Request[Any, Any, State]) -> Response[bytes]:
 
 
 @get(["/v1/models/{model:path}", "/models/{model:path}"])
-async def retrieve_model(request: Request[Any, Any, State], model: str) -> Response[bytes]:
+async def retrieve_model(request: Request[Any, Any, State], model: FromPath[str]) -> Response[bytes]:
     state = request.app.state
     guard: Guard = state.guard
     caller = guard.authenticate(request.scope["headers"])

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Final
 import msgspec
 from litestar import Request, Response, asgi, delete, get
 from litestar.datastructures import State
+from litestar.params import FromPath
 from litestar.types import HTTPScope, Receive, Send
 
 from providers.base import Inbound
@@ -266,7 +267,7 @@ def _not_found(response_id: str) -> ResponseNotFound:
 
 
 @get([f"{RESPONSES_PATH}/{{response_id:str}}", "/responses/{response_id:str}"])
-async def retrieve_response(request: Request[Any, Any, State], response_id: str) -> Response[bytes]:
+async def retrieve_response(request: Request[Any, Any, State], response_id: FromPath[str]) -> Response[bytes]:
     state = request.app.state
     caller = state.guard.authenticate(request.scope["headers"])
     stored = await state.response_store.get(response_id, owner(caller))
@@ -277,7 +278,7 @@ async def retrieve_response(request: Request[Any, Any, State], response_id: str)
 
 
 @delete([f"{RESPONSES_PATH}/{{response_id:str}}", "/responses/{response_id:str}"], status_code=200)
-async def delete_response(request: Request[Any, Any, State], response_id: str) -> Response[bytes]:
+async def delete_response(request: Request[Any, Any, State], response_id: FromPath[str]) -> Response[bytes]:
     state = request.app.state
     caller = state.guard.authenticate(request.scope["headers"])
     if not await state.response_store.delete(response_id, owner(caller)):
