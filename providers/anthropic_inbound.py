@@ -81,12 +81,15 @@ def to_chat(request: Mapping[str, Any]) -> dict[str, Any]:
     for name in ("temperature", "top_p"):
         if request.get(name) is not None:
             body[name] = request[name]
-    if request.get("stop_sequences"):
-        body["stop"] = list(request["stop_sequences"])
+    stops = _stops(request.get("stop_sequences"))
+    if stops:
+        body["stop"] = stops
     metadata = request.get("metadata")
     if isinstance(metadata, dict) and isinstance(metadata.get("user_id"), str):
         body["user"] = metadata["user_id"]
     tools = request.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise Untranslatable("'tools' must be a list.", "tools")
     if tools:
         body["tools"] = [_tool(tool, f"tools[{i}]") for i, tool in enumerate(tools)]
     choice = request.get("tool_choice")
@@ -96,6 +99,14 @@ def to_chat(request: Mapping[str, Any]) -> dict[str, Any]:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}  # message_delta carries the output tokens
     return body
+
+
+def _stops(stops: Any) -> list[str]:
+    if stops is None:
+        return []
+    if not isinstance(stops, list) or not all(isinstance(x, str) for x in stops):
+        raise Untranslatable("'stop_sequences' must be a list of strings.", "stop_sequences")
+    return stops
 
 
 def _texts(blocks: Any, where: str) -> str:
@@ -171,8 +182,10 @@ def _tool_result(block: dict[str, Any], at: str) -> dict[str, Any]:
         text = ""
     elif isinstance(content, str):
         text = content
-    else:
+    elif isinstance(content, list):
         text = _texts([b for b in content if not (isinstance(b, dict) and b.get("type") == "image")], f"{at}.content")
+    else:
+        raise Untranslatable(f"'{at}.content' must be a string or a list of blocks.", f"{at}.content")
     if block.get("is_error") is True:
         text = f"Error: {text}"
     return {"role": "tool", "tool_call_id": _str(block, "tool_use_id", at), "content": text}

@@ -20,6 +20,8 @@ from typing import Any, Final
 import msgspec
 
 MAX_DEPTH: Final = 8  # schemas nested deeper get their simplest value
+MAX_ITEMS: Final = 16  # of an array, whatever minItems asks (a client's schema must not cost memory)
+MAX_LENGTH: Final = 256  # of a string, whatever minLength asks
 _encode = msgspec.json.Encoder().encode
 
 
@@ -102,11 +104,14 @@ def _typed(schema: Mapping[str, Any], kind: object, depth: int) -> Any:
         return {name: example(sub, depth + 1) for name, sub in properties.items() if isinstance(sub, dict)}
     if kind == "array":
         items = schema.get("items")
-        count = max(1, int(schema.get("minItems") or 1))
+        asked = schema.get("minItems")
+        count = min(MAX_ITEMS, max(1, asked if isinstance(asked, int) and not isinstance(asked, bool) else 1))
         return [example(items, depth + 1) for _ in range(count)] if isinstance(items, dict) else []
     if kind in ("integer", "number"):
         minimum = schema.get("minimum")
         value = minimum if isinstance(minimum, (int, float)) and not isinstance(minimum, bool) else 1
+        if not -1e15 < value < 1e15:  # an infinity or a number no JSON consumer holds exactly
+            value = 1
         return int(value) if kind == "integer" else float(value)
     if kind in ("boolean", "null"):
         return kind == "boolean" or None
@@ -122,6 +127,6 @@ def _string(schema: Mapping[str, Any]) -> str:
     }
     value = formats.get(str(schema.get("format")), "example")
     minimum = schema.get("minLength")
-    if isinstance(minimum, int) and len(value) < minimum:
-        value = value + "x" * (minimum - len(value))
+    if isinstance(minimum, int) and not isinstance(minimum, bool) and len(value) < minimum:
+        value = value + "x" * (min(minimum, MAX_LENGTH) - len(value))
     return value

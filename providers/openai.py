@@ -75,6 +75,18 @@ _decode_usage = msgspec.json.Decoder(_UsageView).decode
 _decode_any = msgspec.json.Decoder().decode
 
 
+def _includes_usage(fields: Mapping[str, msgspec.Raw]) -> bool:
+    """Whether the client asked for a stream's usage itself (``stream_options.include_usage``)."""
+    raw = fields.get("stream_options")
+    if raw is None:
+        return False
+    try:
+        options = _decode_any(raw)
+    except msgspec.DecodeError:
+        return False
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
 class _EmbeddingsUsageView(msgspec.Struct):
     prompt_tokens: object = None
 
@@ -344,12 +356,15 @@ class OpenAIProvider:
         return ResponsesPassThrough(self)
 
     def completions_request(self, fields: Mapping[str, msgspec.Raw], model: str, stream: bool) -> httpx.Request:
-        """The legacy completions API, passed through as sent (the model named by the target)."""
+        """The legacy completions API, passed through as sent (the model named by the target); a
+        stream asks for its usage, as chat streams do (``completions_stream`` hides it again)."""
         body = {**fields, "model": msgspec.Raw(_encode(model))}
+        if stream and self._stream_usage and not _includes_usage(fields):
+            body["stream_options"] = _stream_options(fields.get("stream_options"))
         return post(self.completions_url_for(model), self._stream_headers if stream else self._headers, _encode(body))
 
-    def completions_stream(self) -> OpenAIStream:
-        return OpenAIStream(self, hide_usage=False)
+    def completions_stream(self, fields: Mapping[str, msgspec.Raw]) -> OpenAIStream:
+        return OpenAIStream(self, hide_usage=self._stream_usage and not _includes_usage(fields))
 
     def embeddings_request(self, call: EmbeddingsCall, model: str) -> httpx.Request:
         """The client's body as it came, the model named by the target (OpenAI-compatible servers

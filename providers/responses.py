@@ -77,6 +77,8 @@ def to_chat(request: Mapping[str, Any], items: Sequence[Item]) -> dict[str, Any]
             body[name] = request[name]
     tools = request.get("tools")
     names: list[str] = []
+    if tools is not None and not isinstance(tools, list):
+        raise Untranslatable("'tools' must be a list.", "tools")
     if tools:
         body["tools"] = [_tool(tool, f"tools[{i}]") for i, tool in enumerate(tools)]
         names = [t["function"]["name"] for t in body["tools"]]
@@ -156,14 +158,17 @@ def _content(content: Any, role: str, where: str) -> Any:
         else:
             raise Untranslatable(f"'{at}': a '{kind}' part cannot be sent to this model's provider.", at)
     if role in ("assistant", "system", "developer") or all(p["type"] == "text" for p in parts):
-        return "".join(p.get("text", "") for p in parts)
+        return "".join(str(p.get("text", "")) for p in parts)
     return parts
 
 
 def _text_of(parts: Any, where: str) -> str:
     if not isinstance(parts, list):
         raise Untranslatable(f"'{where}' must be a string or a list of parts.", where)
-    return "".join(p.get("text", "") for p in parts if isinstance(p, dict))
+    texts = [p.get("text") for p in parts if isinstance(p, dict)]
+    if not all(isinstance(t, str) for t in texts if t is not None):
+        raise Untranslatable(f"'{where}': a part's text must be a string.", where)
+    return "".join(t for t in texts if isinstance(t, str))
 
 
 def _tool(tool: Any, at: str) -> dict[str, Any]:
@@ -183,7 +188,10 @@ def _tool_choice(choice: Any, body: dict[str, Any], names: list[str]) -> None:
     elif isinstance(choice, dict) and choice.get("type") == "function":
         body["tool_choice"] = {"type": "function", "function": {"name": _str(choice, "name", "tool_choice")}}
     elif isinstance(choice, dict) and choice.get("type") == "allowed_tools":
-        allowed = {t.get("name") for t in choice.get("tools") or [] if isinstance(t, dict)}
+        listed = choice.get("tools")
+        if not isinstance(listed, list):
+            raise Untranslatable("'tool_choice.tools' must be a list.", "tool_choice.tools")
+        allowed = {t.get("name") for t in listed if isinstance(t, dict)}
         body["tools"] = [t for t in body.get("tools", []) if t["function"]["name"] in allowed]
         body["tool_choice"] = "required" if choice.get("mode") == "required" else "auto"
     else:

@@ -138,3 +138,23 @@ async def test_the_mock_serves_the_legacy_api_offline(tmp_path: Path, stream: bo
             assert answer.text.endswith("data: [DONE]\n\n")
         else:
             assert Completion.model_validate_json(answer.content, strict=True).choices[0].text == "one two"
+
+
+async def test_governed_models_are_refused_rather_than_passed_through(tmp_path: Path) -> None:
+    settings = config(tmp_path)
+    settings["models"]["demo"]["params"] = {"max_tokens": 5}
+    async with AsyncTestClient(
+        app=create_app(settings_from_dict(settings, {}), transport=httpx.MockTransport(Upstreams()))
+    ) as http:
+        answer = await http.post("/v1/completions", json={"model": "demo", "prompt": "hi", "max_tokens": 100000})
+        assert answer.status_code == 400
+        assert check_error(answer.content)["error"]["param"] == "model"
+
+
+async def test_a_streamed_legacy_completion_asks_for_its_usage(tmp_path: Path) -> None:
+    upstreams = Upstreams()
+    async with AsyncTestClient(app=app(tmp_path, upstreams)) as http:
+        await http.post("/v1/completions", json={"model": "instruct", "prompt": "x", "stream": True})
+        assert json.loads(upstreams.requests[-1].content)["stream_options"] == {"include_usage": True}
+        await http.post("/v1/completions", json={"model": "instruct", "prompt": "x"})
+        assert "stream_options" not in json.loads(upstreams.requests[-1].content)

@@ -447,3 +447,30 @@ async def test_an_alias_with_parameters_is_never_passed_through(tmp_path: Path) 
             final = await stream.get_final_message()
         assert json.loads(upstreams.requests[-1].content)["max_tokens"] == 10
         assert "tool_use" in [block.type for block in final.content]
+
+
+@pytest.mark.parametrize(
+    ("change", "param"),
+    [
+        ({"stop_sequences": 5}, "stop_sequences"),
+        ({"stop_sequences": "END"}, "stop_sequences"),
+        ({"tools": 5}, "tools"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": 5}]}]},
+            "messages[0].content[0].content",
+        ),
+    ],
+)
+async def test_malformed_messages_are_400s_in_anthropics_shape(
+    tmp_path: Path, change: dict[str, Any], param: str
+) -> None:
+    upstreams = Upstreams()
+    served = create_app(settings_from_dict(config(tmp_path), {}), transport=httpx.MockTransport(upstreams))
+    async with AsyncTestClient(app=served) as http:
+        answer = await http.post("/v1/messages", json={"model": "gpt", "max_tokens": 5, "messages": HELLO, **change})
+        assert answer.status_code == 400
+        body = answer.json()
+        assert body["type"] == "error"
+        assert body["error"]["type"] == "invalid_request_error"
+        assert param in body["error"]["message"]
+        assert upstreams.requests == []

@@ -155,3 +155,10 @@ async def test_responses_and_messages_get_tool_calls_offline(stream: bool) -> No
         (use,) = [block for block in message.content if block.type == "tool_use"]
         assert use.input == {"city": "example", "unit": "celsius", "days": 1}
         assert message.stop_reason == "tool_use"
+
+
+def test_a_clients_schema_cannot_make_the_mock_allocate_without_bound() -> None:
+    huge = example({"type": "array", "items": {"type": "string", "minLength": 10**9}, "minItems": 10**9})
+    assert len(huge) == 16
+    assert all(len(s) == 256 for s in huge)
+    assert example({"type": "array", "items": {"type": "integer", "minimum": 1e400}, "minItems": "x"}) == [1]

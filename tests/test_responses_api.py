@@ -299,3 +299,37 @@ async def test_text_format_reasoning_and_item_references_translate(tmp_path: Pat
             {"role": "assistant", "content": "Hello! How can I help?"},
             {"role": "user", "content": "Go on"},
         ]
+
+
+async def test_malformed_responses_requests_are_400s(tmp_path: Path) -> None:
+    async with sdk(tmp_path) as (_, upstreams, http):
+        for body in (
+            {"model": "gpt", "input": "hi", "tools": 5},
+            {"model": "gpt", "input": [{"type": "function_call_output", "call_id": "c", "output": [{"text": 5}]}]},
+            {"model": "gpt", "input": "hi", "tool_choice": {"type": "allowed_tools", "tools": 5}},
+        ):
+            answer = await http.post("/v1/responses", json=body)
+            assert answer.status_code == 400, (body, answer.text)
+            check_error(answer.content)
+        assert upstreams.bodies == []
+
+
+async def test_a_row_the_database_refuses_does_not_block_the_others(tmp_path: Path) -> None:
+    from router.store.database import Database
+    from router.store.responses import ResponseStore
+    from router.store.url import async_url
+
+    database = Database(async_url(f"sqlite:///{tmp_path / 's.db'}"))
+    await database.migrate()
+    store = ResponseStore(database, 3600)
+    try:
+        store.put("k", {"id": "resp_dup", "output": []}, [])
+        store.put("k", {"id": "resp_dup", "output": []}, [])  # a provider that reused an id
+        store.put("k", {"id": "resp_ok", "output": []}, [])
+        await store.flush()
+        store.put("k", {"id": "resp_later", "output": []}, [])
+        await store.flush()
+        for response_id in ("resp_dup", "resp_ok", "resp_later"):
+            assert await database.get_response(response_id) is not None, response_id
+    finally:
+        await database.close()

@@ -248,3 +248,40 @@ async def test_an_alias_with_parameters_is_never_passed_through(tmp_path: Path) 
         sent = upstreams.requests[-1]
         assert str(sent.url) == "http://native.test/v1/chat/completions"  # translated, so the cap holds
         assert json.loads(sent.content)["max_completion_tokens"] == 10
+
+
+async def test_another_keys_response_is_never_passed_on_to_a_native_target(tmp_path: Path) -> None:
+    """The native target's provider knows every id of the shared upstream account: Switchboard
+    must not send one of key A's ids (or a deleted one) upstream on key B's behalf."""
+    settings = config(tmp_path) | {
+        "auth": {"master_key": "sk-master-native-0123456789"},
+        "database": {"url": f"sqlite:///{tmp_path / 'n.db'}"},
+    }
+    admin = {"authorization": "Bearer sk-master-native-0123456789"}
+    upstreams = Upstreams()
+    app = create_app(settings_from_dict(settings, {}), transport=httpx.MockTransport(upstreams))
+    async with AsyncTestClient(app=app) as http:
+        a = (await http.post("/admin/keys", json={"name": "a"}, headers=admin)).json()["key"]
+        b = (await http.post("/admin/keys", json={"name": "b"}, headers=admin)).json()["key"]
+        made = await http.post(
+            "/v1/responses", json={"model": "gpt", "input": "secret"}, headers={"authorization": f"Bearer {a}"}
+        )
+        assert made.json()["id"] == "resp_upstream_1"
+        calls = len(upstreams.requests)
+        for body in (
+            {"model": "gpt", "input": "x", "previous_response_id": "resp_upstream_1"},
+            {"model": "gpt", "input": [{"type": "item_reference", "id": "msg_real"}]},
+        ):
+            stolen = await http.post("/v1/responses", json=body, headers={"authorization": f"Bearer {b}"})
+            assert stolen.status_code == 400, body
+        assert len(upstreams.requests) == calls  # nothing went upstream
+        assert (
+            await http.delete("/v1/responses/resp_upstream_1", headers={"authorization": f"Bearer {a}"})
+        ).status_code == 200
+        gone = await http.post(
+            "/v1/responses",
+            json={"model": "gpt", "input": "x", "previous_response_id": "resp_upstream_1"},
+            headers={"authorization": f"Bearer {a}"},
+        )
+        assert gone.status_code == 400
+        assert len(upstreams.requests) == calls

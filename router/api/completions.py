@@ -74,6 +74,13 @@ async def legacy_completions(scope: HTTPScope, receive: Receive, send: Send) -> 
         if caller.restricted:
             guard.check_model(caller, call.model)
             exchange.allows = caller.allows
+        if caller.params is not None or call.model in state.policies:
+            raise InvalidRequest(
+                f"The model '{call.model}' has server-controlled parameters, which the legacy completions "
+                "API cannot honour (it is passed through as sent). Use /v1/chat/completions.",
+                param="model",
+                code="unsupported_parameter",
+            )
         if guard.enforcing:
             exchange.reserved_tokens = estimate(request)
             admission = await guard.admit(caller, call.model, exchange.reserved_tokens, outcomes.ids.next)

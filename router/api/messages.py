@@ -74,6 +74,8 @@ def translated(request: Mapping[str, Any]) -> Inbound:
         return decode_call(_encode(to_chat(request)))
     except Untranslatable as exc:
         raise InvalidRequest(exc.message, param=exc.param, code="unsupported_for_target") from None
+    except (TypeError, ValueError, AttributeError, KeyError):  # a shape no check above foresaw
+        raise InvalidRequest("The request is not a valid Messages API request.", code="invalid_value") from None
 
 
 def estimate_input(request: Mapping[str, Any]) -> int:

@@ -91,7 +91,7 @@ async def conversation(
         if stored is not None:
             items = [("previous_response_id", item) for item in stored.items if isinstance(item, dict)]
             upstream_knows = stored.native
-        elif native:
+        elif native and not await store.known(previous):  # (another key's, or deleted: never passed on)
             expanded, upstream_knows = False, True
         else:
             raise InvalidRequest(
@@ -100,10 +100,14 @@ async def conversation(
                 code="previous_response_not_found",
             )
     for where, item in _input(request):
-        if item.get("type") == "item_reference" and store.item(str(item.get("id"))) is not None:
-            item = store.item(str(item.get("id"))) or item
-        elif item.get("type") == "item_reference" and not native:
-            raise InvalidRequest(f"Item with id '{item.get('id')}' not found.", param=f"{where}.id")
+        if item.get("type") == "item_reference":
+            reference = str(item.get("id"))
+            found = store.item(reference, key)
+            owner_ = store.item_owner(reference)
+            if found is not None:
+                item = found
+            elif not native or (owner_ is not None and owner_ != key):  # another key's: never passed on
+                raise InvalidRequest(f"Item with id '{reference}' not found.", param=f"{where}.id")
         items.append((where, item))
     return ResponsesCall(request, items, expanded, upstream_knows, translated, builder, governed)
 
@@ -120,6 +124,8 @@ def translated(request: dict[str, Any], items: Sequence[Item]) -> Inbound:
         return decode_call(_encode(to_chat(request, items)))
     except Untranslatable as exc:
         raise InvalidRequest(exc.message, param=exc.param, code="unsupported_for_target") from None
+    except (TypeError, ValueError, AttributeError, KeyError):  # a shape no check above foresaw
+        raise InvalidRequest("The request is not a valid Responses API request.", code="invalid_value") from None
 
 
 class _Translated:

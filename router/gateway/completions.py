@@ -41,7 +41,7 @@ def parse(attempt: Attempt, body: bytes) -> Parsed:
     return attempt.adapter.parse_response(body, attempt.target.model)  # checks `choices`, notes the usage
 
 
-def translator(attempt: Attempt) -> StreamTranslator:
+def translator(call: CompletionsCall, attempt: Attempt) -> StreamTranslator:
     adapter = compatible(attempt.adapter)
     assert adapter is not None  # build passed over every other target
-    return adapter.completions_stream()
+    return adapter.completions_stream(call.fields)

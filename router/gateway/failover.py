@@ -378,7 +378,7 @@ class Gateway:
         return Answer(parsed.body, attempt.target, run.calls, run.dropped)
 
     async def open_completions(self, call: CompletionsCall, exchange: Exchange) -> OpenStream:
-        once, build = partial(self._open_once, completions.translator), partial(completions.build, call)
+        once, build = partial(self._open_once, partial(completions.translator, call)), partial(completions.build, call)
         opened, attempt, _ = await self._walk(self._text_model(call), build, once, exchange)
         _answered(exchange, attempt)
         return opened

@@ -31,7 +31,7 @@ class ResponseStore:
         self.database = database
         self._ttl = timedelta(seconds=ttl_s)
         self._recent: OrderedDict[str, StoredResponse] = OrderedDict()
-        self._items: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._items: OrderedDict[str, tuple[str, dict[str, Any]]] = OrderedDict()  # item id → (owner, item)
         self._pending: list[StoredResponse] = []
         self._deleted: set[str] = set()  # deleted here, maybe not yet written: never served again
         self._task: asyncio.Task[None] | None = None
@@ -69,12 +69,23 @@ class ResponseStore:
             self._recent.popitem(last=False)
         for item in stored.response.get("output") or ():
             if isinstance(item, dict) and isinstance(item.get("id"), str):
-                self._items[item["id"]] = item
+                self._items[item["id"]] = (stored.key_id, item)
         while len(self._items) > ITEMS:
             self._items.popitem(last=False)
 
     async def get(self, response_id: str, key_id: str) -> StoredResponse | None:
         """The response, if it exists, has not expired and belongs to ``key_id``."""
+        stored = await self._find(response_id)
+        if stored is None or stored.key_id != key_id or stored.expires_at <= datetime.now(UTC):
+            return None
+        return stored
+
+    async def known(self, response_id: str) -> bool:
+        """Whether Switchboard has, or had, a response with this id (whoever made it): such an
+        id is never passed on to an upstream on another key's behalf."""
+        return response_id in self._deleted or await self._find(response_id) is not None
+
+    async def _find(self, response_id: str) -> StoredResponse | None:
         if response_id in self._deleted:
             return None
         stored = self._recent.get(response_id)
@@ -82,19 +93,25 @@ class ResponseStore:
             stored = await self.database.get_response(response_id)
             if stored is not None:
                 self._remember(stored)
-        if stored is None or stored.key_id != key_id or stored.expires_at <= datetime.now(UTC):
-            return None
         return stored
 
-    def item(self, item_id: str) -> dict[str, Any] | None:
-        """An output item of a recent response, for ``item_reference``."""
-        return self._items.get(item_id)
+    def item_owner(self, item_id: str) -> str | None:
+        found = self._items.get(item_id)
+        return found[0] if found is not None else None
+
+    def item(self, item_id: str, key_id: str) -> dict[str, Any] | None:
+        """An output item of one of this key's recent responses, for ``item_reference``."""
+        found = self._items.get(item_id)
+        return found[1] if found is not None and found[0] == key_id else None
 
     async def delete(self, response_id: str, key_id: str) -> bool:
         stored = await self.get(response_id, key_id)
         if stored is None:
             return False
         self._recent.pop(response_id, None)
+        for item in stored.response.get("output") or ():
+            if isinstance(item, dict):
+                self._items.pop(str(item.get("id")), None)
         self._pending = [p for p in self._pending if p.id != response_id]
         self._deleted.add(response_id)
         if self.database is not None:
@@ -103,12 +120,31 @@ class ResponseStore:
 
     async def flush(self) -> None:
         batch, self._pending = self._pending, []
-        if batch and self.database is not None:
-            try:
-                await self.database.put_responses(batch)
-            except Exception:
-                self._pending[:0] = batch  # tried again with the next batch
-                raise
+        if not batch or self.database is None:
+            return
+        try:
+            await self.database.put_responses(batch)
+        except Exception:
+            # One by one, so that a row the database refuses for good (a duplicate id, a value
+            # too long) is dropped with a warning instead of blocking every later one.
+            for row in batch:
+                try:
+                    await self.database.put_responses([row])
+                except Exception as exc:
+                    if not await self._reachable():
+                        self._pending[:0] = batch[batch.index(row) :]  # the database is away: later
+                        raise
+                    log.warning(
+                        "responses: cannot store %s (%s); it is kept in memory only", row.id, type(exc).__name__
+                    )
+
+    async def _reachable(self) -> bool:
+        assert self.database is not None
+        try:
+            await self.database.version()
+        except Exception:
+            return False
+        return True
 
     async def _flush_forever(self) -> None:
         purged_at = 0.0
