@@ -205,12 +205,15 @@ def test_an_agents_sdk_agent_uses_tools_answered_by_anthropic(env: Env, streamed
     )
 
     async def run() -> str:
-        if streamed:
-            result = Runner.run_streamed(agent, "Weather and time in Paris?")
-            async for _ in result.stream_events():
-                pass
-            return str(result.final_output)
-        return str((await Runner.run(agent, "Weather and time in Paris?")).final_output)
+        try:
+            if streamed:
+                result = Runner.run_streamed(agent, "Weather and time in Paris?")
+                async for _ in result.stream_events():
+                    pass
+                return str(result.final_output)
+            return str((await Runner.run(agent, "Weather and time in Paris?")).final_output)
+        finally:
+            await client.close()  # its connections, before the loop closes
 
     before = len(env.anthropic.seen)
     final = asyncio.run(run())
