@@ -346,6 +346,7 @@ class _Chunk(msgspec.Struct):
 
 
 _decode_chunk = msgspec.json.Decoder(_Chunk).decode
+_DELTA_END: Final = b',"logprobs":[]}\n\n'
 _decode_texts = msgspec.json.Decoder(list[str]).decode
 
 
@@ -395,10 +396,14 @@ class ResponsesStream:
             choice = chunk.choices[0]  # Responses has one answer
             delta = choice.delta
             text = delta.content
-            if text and self._open is not None and self._open["type"] == "message" and delta.tool_calls is None:
-                token = _encode(text)  # the common case, once per token, inline
+            if text and self._text_head and delta.tool_calls is None:
+                # The common case, once per token, inline: the text's JSON string spliced into
+                # the open message's prepared delta event.
+                token = _encode(text)
                 self._tokens.append(token)
-                out.append(self._text_delta(token))
+                number = str(self._sequence).encode()
+                self._sequence += 1
+                out.append(self._text_head + number + self._text_tail + token + _DELTA_END)
             else:
                 self._model = self._model or chunk.model
                 self._delta(delta, out)
@@ -460,7 +465,7 @@ class ResponsesStream:
             head, _, rest = sample.partition(number)
             self._text_head = head + b'"sequence_number":'
             self._text_tail = rest.partition(b'"delta":""')[0] + b'"delta":'
-        event = self._text_head + str(self._sequence).encode() + self._text_tail + token + b',"logprobs":[]}\n\n'
+        event = self._text_head + str(self._sequence).encode() + self._text_tail + token + _DELTA_END
         self._sequence += 1
         return event
 
@@ -479,6 +484,7 @@ class ResponsesStream:
 
     def _close(self, out: list[bytes]) -> None:
         item = self._open
+        self._text_head = b""  # the next text opens a message of its own
         if item is None:
             return
         if item["type"] == "message":
