@@ -22,6 +22,7 @@ from typing import Any, Final
 import msgspec
 
 from providers.base import TokenUsage
+from providers.chunk_view import ChunkDelta, ChunkView, decode_chunk
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.decode
@@ -307,26 +308,6 @@ def event(name: str, payload: Mapping[str, Any]) -> bytes:
     return b"event: " + name.encode() + b"\ndata: " + _encode(payload) + b"\n\n"
 
 
-class _ChunkDelta(msgspec.Struct):
-    content: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
-
-
-class _ChunkChoice(msgspec.Struct):
-    delta: _ChunkDelta = msgspec.field(default_factory=_ChunkDelta)
-    finish_reason: str | None = None
-
-
-class _Chunk(msgspec.Struct):
-    id: str | None = None
-    model: str | None = None
-    choices: list[_ChunkChoice] = []
-    usage: dict[str, Any] | None = None
-
-
-_decode_chunk = msgspec.json.Decoder(_Chunk).decode
-
-
 class MessagesStream:
     """Chat Completions chunk payloads → Anthropic's events, block by block in index order."""
 
@@ -345,7 +326,7 @@ class MessagesStream:
     def frames(self, payloads: Sequence[bytes]) -> bytes:
         out: list[bytes] = []
         for payload in payloads:
-            chunk = _decode_chunk(payload)
+            chunk = decode_chunk(payload)
             if not self._started:
                 out.append(self._start(chunk))
             if chunk.usage:
@@ -359,7 +340,7 @@ class MessagesStream:
     def done(self) -> bytes:
         out: list[bytes] = []
         if not self._started:
-            out.append(self._start(_Chunk()))
+            out.append(self._start(ChunkView()))
         self._close(out)
         usage: dict[str, Any] = {"output_tokens": self._output}
         if self._input is not None:
@@ -378,7 +359,7 @@ class MessagesStream:
         kind = ERROR_TYPES.get(status, "api_error")
         return event("error", {"type": "error", "error": {"type": kind, "message": message}})
 
-    def _start(self, chunk: _Chunk) -> bytes:
+    def _start(self, chunk: ChunkView) -> bytes:
         self._started = True
         message: dict[str, Any] = {
             "id": message_id(chunk.id),
@@ -402,7 +383,7 @@ class MessagesStream:
         if isinstance(completion, int):
             self._output = completion
 
-    def _delta(self, delta: _ChunkDelta, out: list[bytes]) -> None:
+    def _delta(self, delta: ChunkDelta, out: list[bytes]) -> None:
         if delta.content:
             if self._open != "text":
                 self._begin(out, {"type": "text", "text": ""})

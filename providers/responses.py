@@ -19,6 +19,7 @@ from typing import Any, Final
 import msgspec
 
 from providers.base import TokenUsage
+from providers.chunk_view import ChunkDelta, decode_chunk
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.decode
@@ -328,24 +329,6 @@ def reasoning_item(text: str) -> dict[str, Any]:
 # ---- the stream ---------------------------------------------------------------------------------
 
 
-class _ChunkDelta(msgspec.Struct):
-    content: str | None = None
-    refusal: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
-
-
-class _ChunkChoice(msgspec.Struct):
-    delta: _ChunkDelta = msgspec.field(default_factory=_ChunkDelta)
-    finish_reason: str | None = None
-
-
-class _Chunk(msgspec.Struct):
-    model: str | None = None
-    choices: list[_ChunkChoice] = []
-    usage: dict[str, Any] | None = None
-
-
-_decode_chunk = msgspec.json.Decoder(_Chunk).decode
 _DELTA_END: Final = b',"logprobs":[]}\n\n'
 _decode_texts = msgspec.json.Decoder(list[str]).decode
 
@@ -388,7 +371,7 @@ class ResponsesStream:
     def frames(self, payloads: Sequence[bytes]) -> bytes:
         out: list[bytes] = [] if self._started else [self.start()]
         for payload in payloads:
-            chunk = _decode_chunk(payload)
+            chunk = decode_chunk(payload)
             if chunk.usage:
                 self._usage = _token_usage(chunk.usage)
             if not chunk.choices:
@@ -430,7 +413,7 @@ class ResponsesStream:
         out.append(self._event("response.failed", {"response": failed}))
         return b"".join(out)
 
-    def _delta(self, delta: _ChunkDelta, out: list[bytes]) -> None:
+    def _delta(self, delta: ChunkDelta, out: list[bytes]) -> None:
         text = delta.content or delta.refusal
         if text:
             if self._open is None or self._open["type"] != "message":

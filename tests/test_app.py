@@ -495,7 +495,7 @@ async def test_valid_features_switchboard_does_not_model_still_pass_through(extr
 
 
 async def test_body_reading_enforces_the_limit_and_survives_an_early_disconnect() -> None:
-    from router.api.chat import read_body
+    from router.api.handling import read_body
     from router.errors import InvalidRequest, PayloadTooLarge
 
     def receiver(*messages: dict[str, Any]) -> Any:

@@ -11,16 +11,13 @@ import msgspec
 from litestar import asgi
 from litestar.types import HTTPScope, Receive, Send
 
-from providers.errors import SwitchboardError
-from router.access.guard import Guard, key_id_of_caller
+from router.access.guard import Guard
 from router.access.limits import Admitted
-from router.api.chat import finish, read_body, serve
 from router.api.decode import explain
+from router.api.handling import admit, begin, failed, finish, identify, read_body, serve
 from router.errors import InvalidRequest, MethodNotAllowed
 from router.gateway.completions import CompletionsCall
 from router.gateway.failover import Gateway
-from router.gateway.outcome import REQUEST_ID_KEY, Exchange
-from router.telemetry.spans import RequestTrace
 
 COMPLETIONS_PATH: Final = "/v1/completions"
 DEFAULT_MAX_TOKENS: Final = 16  # OpenAI's default for this API
@@ -57,17 +54,11 @@ async def legacy_completions(scope: HTTPScope, receive: Receive, send: Send) -> 
     if scope["method"] != "POST":  # asgi handlers do not enforce http_methods
         raise MethodNotAllowed(f"Method {scope['method']} is not allowed for /v1/completions.")
     state = scope["app"].state
-    outcomes = state.outcomes
-    exchange = Exchange(outcomes, outcomes.ids.of(scope["headers"]), operation="text_completion")
-    scope["state"][REQUEST_ID_KEY] = exchange.request_id
-    if state.tracing is not None:
-        exchange.trace = RequestTrace(state.tracing, scope["headers"], COMPLETIONS_PATH, False, "text_completion")
+    exchange = begin(scope, COMPLETIONS_PATH, "text_completion")
     guard: Guard = state.guard
     admission: Admitted | None = None
     try:
-        caller = guard.authenticate(scope["headers"])  # before the body is read
-        exchange.key_id = key_id_of_caller(caller)
-        exchange.team_id = caller.team.id if caller.team is not None else None
+        caller = identify(guard, scope, exchange)
         fields, request = decode(await read_body(scope, receive, state.max_body_bytes))
         call = CompletionsCall(fields, request.model, request.stream is True)
         exchange.stream = call.stream
@@ -81,9 +72,7 @@ async def legacy_completions(scope: HTTPScope, receive: Receive, send: Send) -> 
                 param="model",
                 code="unsupported_parameter",
             )
-        if guard.enforcing:
-            exchange.reserved_tokens = estimate(request)
-            admission = await guard.admit(caller, call.model, exchange.reserved_tokens, outcomes.ids.next)
+        admission = await admit(scope, caller, exchange, call.model, partial(estimate, request))
         extra = admission.headroom.headers() if admission is not None else []
         gateway: Gateway = state.gateway
         if call.stream:
@@ -92,13 +81,7 @@ async def legacy_completions(scope: HTTPScope, receive: Receive, send: Send) -> 
         else:
             answer = partial(gateway.completions, call, exchange)
             status, code = await serve(gateway, scope, receive, send, exchange, extra, answer)
-    except SwitchboardError as exc:
-        finish(exchange, admission, exc.status, exc.code)
-        raise
-    except Exception:
-        finish(exchange, admission, 500, "internal_error")
-        raise
-    except BaseException:  # cancelled: the server is shutting down
-        finish(exchange, admission, 503, "cancelled")
+    except BaseException as exc:
+        failed(exchange, admission, exc)
         raise
     finish(exchange, admission, status, code)

@@ -20,17 +20,16 @@ from litestar.types import HTTPScope, Receive, Send
 from providers.anthropic_inbound import MessagesStream, Untranslatable, error_body, to_chat
 from providers.base import Inbound
 from providers.errors import SwitchboardError
-from router.access.guard import Caller, Guard, key_id_of_caller
+from router.access.guard import Guard
 from router.access.limits import Admitted
-from router.api.chat import finish, governed, read_body, serve
 from router.api.decode import decode_call, explain
+from router.api.handling import admit, begin, failed, finish, governed, identify, read_body, serve
 from router.api.responses import JSONBody
 from router.api.streams import Framing
 from router.errors import InvalidRequest, MethodNotAllowed, Refused
 from router.gateway.failover import Gateway, OpenStream
 from router.gateway.messages import MessagesCall
 from router.gateway.outcome import REQUEST_ID_KEY, Exchange
-from router.telemetry.spans import RequestTrace
 
 MESSAGES_PATH: Final = "/v1/messages"
 COUNT_PATH: Final = "/v1/messages/count_tokens"
@@ -143,27 +142,16 @@ async def _error(scope: HTTPScope, receive: Receive, send: Send, exc: Switchboar
     await JSONBody(error_body(exc.status, exc.message, request_id), headers, exc.status)(scope, receive, send)
 
 
-def _caller(guard: Guard, scope: HTTPScope, exchange: Exchange) -> Caller:
-    caller = guard.authenticate(scope["headers"])
-    exchange.key_id = key_id_of_caller(caller)
-    exchange.team_id = caller.team.id if caller.team is not None else None
-    return caller
-
-
 @asgi([MESSAGES_PATH, MESSAGES_PATH.removeprefix("/v1")], http_methods=["POST"], copy_scope=False)
 async def create_message(scope: HTTPScope, receive: Receive, send: Send) -> None:
     if scope["method"] != "POST":  # asgi handlers do not enforce http_methods
         raise MethodNotAllowed(f"Method {scope['method']} is not allowed for /v1/messages.")
     state = scope["app"].state
-    outcomes = state.outcomes
-    exchange = Exchange(outcomes, outcomes.ids.of(scope["headers"]))
-    scope["state"][REQUEST_ID_KEY] = exchange.request_id
-    if state.tracing is not None:
-        exchange.trace = RequestTrace(state.tracing, scope["headers"], MESSAGES_PATH)
+    exchange = begin(scope, MESSAGES_PATH)
     guard: Guard = state.guard
     admission: Admitted | None = None
     try:
-        caller = _caller(guard, scope, exchange)  # before the body is read
+        caller = identify(guard, scope, exchange)
         fields, request = decode(await read_body(scope, receive, state.max_body_bytes), _Required)
         policies = state.policies
         call = MessagesCall(
@@ -175,9 +163,8 @@ async def create_message(scope: HTTPScope, receive: Receive, send: Send) -> None
             guard.check_model(caller, call.model)
             exchange.allows = caller.allows
         estimate = estimate_input(request)
-        if guard.enforcing:
-            exchange.reserved_tokens = estimate + int(request["max_tokens"])
-            admission = await guard.admit(caller, call.model, exchange.reserved_tokens, outcomes.ids.next)
+        reserve = estimate + int(request["max_tokens"])
+        admission = await admit(scope, caller, exchange, call.model, lambda: reserve)
         extra = admission.headroom.headers() if admission is not None else []
         gateway: Gateway = state.gateway
         if call.stream:
@@ -187,15 +174,12 @@ async def create_message(scope: HTTPScope, receive: Receive, send: Send) -> None
         else:
             answer = partial(gateway.messages, call, exchange)
             status, code = await serve(gateway, scope, receive, send, exchange, extra, answer)
-    except SwitchboardError as exc:
+    except SwitchboardError as exc:  # in Anthropic's shape, not the app's
         finish(exchange, admission, exc.status, exc.code)
         await _error(scope, receive, send, exc, exchange.request_id)
         return
-    except Exception:
-        finish(exchange, admission, 500, "internal_error")
-        raise
-    except BaseException:  # cancelled: the server is shutting down
-        finish(exchange, admission, 503, "cancelled")
+    except BaseException as exc:
+        failed(exchange, admission, exc)
         raise
     finish(exchange, admission, status, code)
 

@@ -25,16 +25,15 @@ from providers.errors import SwitchboardError
 from providers.responses import Builder, Item, ResponsesStream, Untranslatable, input_items, to_chat
 from router.access.guard import Caller, Guard, key_id_of_caller
 from router.access.limits import Admitted
-from router.api.chat import finish, governed, read_body, serve
 from router.api.decode import decode_call, explain
+from router.api.handling import admit, begin, failed, finish, governed, identify, read_body, serve
 from router.api.responses import request_id_of
 from router.api.streams import Framing
 from router.errors import ClientError, InvalidRequest, MethodNotAllowed
 from router.gateway.failover import Answer, Gateway, OpenStream
-from router.gateway.outcome import REQUEST_ID_KEY, Exchange
+from router.gateway.outcome import Exchange
 from router.gateway.responses import ResponsesCall
 from router.store.responses import ResponseStore
-from router.telemetry.spans import RequestTrace
 
 RESPONSES_PATH: Final = "/v1/responses"
 _encode = msgspec.json.Encoder().encode
@@ -189,18 +188,12 @@ async def create_response(scope: HTTPScope, receive: Receive, send: Send) -> Non
     if scope["method"] != "POST":  # asgi handlers do not enforce http_methods
         raise MethodNotAllowed(f"Method {scope['method']} is not allowed for /v1/responses.")
     state = scope["app"].state
-    outcomes = state.outcomes
-    exchange = Exchange(outcomes, outcomes.ids.of(scope["headers"]))
-    scope["state"][REQUEST_ID_KEY] = exchange.request_id
-    if state.tracing is not None:
-        exchange.trace = RequestTrace(state.tracing, scope["headers"], RESPONSES_PATH)
+    exchange = begin(scope, RESPONSES_PATH)
     guard: Guard = state.guard
     store: ResponseStore = state.response_store
     admission: Admitted | None = None
     try:
-        caller = guard.authenticate(scope["headers"])  # before the body is read
-        exchange.key_id = key_id_of_caller(caller)
-        exchange.team_id = caller.team.id if caller.team is not None else None
+        caller = identify(guard, scope, exchange)
         request, fields = decode(await read_body(scope, receive, state.max_body_bytes))
         exchange.stream = fields.stream is True
         if caller.restricted:
@@ -213,9 +206,7 @@ async def create_response(scope: HTTPScope, receive: Receive, send: Send) -> Non
         ruled = caller.params is not None or fields.model in policies  # then always through Chat Completions
         call = await conversation(store, gateway, request, fields, key, builder, ruled)
         call.translate = lambda asked, items: governed(translated(asked, items), caller, policies)
-        if guard.enforcing:
-            exchange.reserved_tokens = estimate(request)
-            admission = await guard.admit(caller, fields.model, exchange.reserved_tokens, outcomes.ids.next)
+        admission = await admit(scope, caller, exchange, fields.model, partial(estimate, request))
         extra = admission.headroom.headers() if admission is not None else []
         keep = partial(_keep, store, key, call.items) if fields.store is not False else None
         if fields.stream:
@@ -226,14 +217,8 @@ async def create_response(scope: HTTPScope, receive: Receive, send: Send) -> Non
         else:
             answer = partial(_answer, gateway, call, exchange, keep)
             status, code = await serve(gateway, scope, receive, send, exchange, extra, answer)
-    except SwitchboardError as exc:
-        finish(exchange, admission, exc.status, exc.code)
-        raise
-    except Exception:
-        finish(exchange, admission, 500, "internal_error")
-        raise
-    except BaseException:  # cancelled: the server is shutting down
-        finish(exchange, admission, 503, "cancelled")
+    except BaseException as exc:
+        failed(exchange, admission, exc)
         raise
     finish(exchange, admission, status, code)
 

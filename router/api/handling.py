@@ -1,0 +1,202 @@
+"""What every API handler does around its own translation: the request's record (``begin``), the
+caller (``identify``), its limits (``admit``), the body (``read_body``), the server-side
+parameters (``governed``), the answer or stream (``serve``), and the end of the record
+(``finish``, ``failed``)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Final
+
+import msgspec
+from litestar.types import HTTPScope, Receive, Send
+
+from providers.base import Inbound
+from providers.errors import SwitchboardError
+from router.access.guard import Caller, Guard, key_id_of_caller
+from router.access.limits import Admitted
+from router.access.policy import apply as apply_policy
+from router.api.decode import decode_call
+from router.api.disconnect import ClientWatch
+from router.api.responses import CLIENT_GONE, JSONBody
+from router.api.streams import Framing, SSEResponse
+from router.config_schema import ParamsPolicy
+from router.errors import InvalidRequest, PayloadTooLarge
+from router.gateway.failover import Answer, Gateway, OpenStream
+from router.gateway.outcome import REQUEST_ID_KEY, Exchange
+from router.gateway.routing import Target
+from router.telemetry.spans import RequestTrace
+
+log = logging.getLogger(__name__)
+_encode = msgspec.json.Encoder().encode
+
+REQUEST_ID_HEADER: Final = b"x-request-id"
+TARGET_HEADER: Final = b"x-switchboard-target"
+ATTEMPTS_HEADER: Final = b"x-switchboard-attempts"
+DROPPED_HEADER: Final = b"x-switchboard-dropped-params"
+_HEADER_UNSAFE: Final = re.compile(r"[^A-Za-z0-9_.\-]")
+SSE_HEADERS: Final = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+def begin(scope: HTTPScope, path: str, operation: str = "chat", content: bool = False) -> Exchange:
+    """The request's record, its id where the error handlers find it, and its trace (message
+    content on the spans only where ``content`` and the tracing setup both say so)."""
+    state = scope["app"].state
+    outcomes = state.outcomes
+    exchange = Exchange(outcomes, outcomes.ids.of(scope["headers"]), operation=operation)
+    scope["state"][REQUEST_ID_KEY] = exchange.request_id
+    tracing = state.tracing
+    if tracing is not None:
+        capture = content and tracing.capture_content
+        exchange.trace = RequestTrace(tracing, scope["headers"], path, capture, operation)
+    return exchange
+
+
+def identify(guard: Guard, scope: HTTPScope, exchange: Exchange) -> Caller:
+    """The caller (before the body is read), noted on the record."""
+    caller = guard.authenticate(scope["headers"])
+    exchange.key_id = key_id_of_caller(caller)
+    exchange.team_id = caller.team.id if caller.team is not None else None
+    return caller
+
+
+async def admit(
+    scope: HTTPScope, caller: Caller, exchange: Exchange, model: str, estimate: Callable[[], int]
+) -> Admitted | None:
+    """The request's share of its limits, or a refusal. Open mode has no limits, budgets or spend
+    to reserve for: nothing is estimated. An admission gets an id of its own (never the client's
+    x-request-id: two requests sharing one must still count twice), made only if Redis needs one."""
+    state = scope["app"].state
+    guard: Guard = state.guard
+    if not guard.enforcing:
+        return None
+    exchange.reserved_tokens = estimate()
+    return await guard.admit(caller, model, exchange.reserved_tokens, state.outcomes.ids.next)
+
+
+def governed(call: Inbound, caller: Caller, policies: Mapping[str, ParamsPolicy]) -> Inbound:
+    """Server-side parameters, each decoded again and checked again: the key's own first (they
+    judge what its holder sent), then the alias's, which have the last word for everyone."""
+    if caller.params is not None:
+        call = decode_call(_encode(apply_policy(call.chat, call.fields, call.chat.model, caller.params)))
+    policy = policies.get(call.chat.model)
+    if policy is not None:
+        call = decode_call(_encode(apply_policy(call.chat, call.fields, call.chat.model, policy)))
+    return call
+
+
+def failed(exchange: Exchange, admission: Admitted | None, exc: BaseException) -> None:
+    """End the record of a request that raised ``exc``: its own status and code, a 500 for a bug,
+    a 503 when cancelled (the server is shutting down)."""
+    if isinstance(exc, SwitchboardError):
+        finish(exchange, admission, exc.status, exc.code)
+    elif isinstance(exc, Exception):
+        finish(exchange, admission, 500, "internal_error")
+    else:
+        finish(exchange, admission, 503, "cancelled")
+
+
+def finish(exchange: Exchange, admission: Admitted | None, status: int, code: str | None) -> None:
+    """End the request's record, then true up its limits with what it really used."""
+    try:
+        exchange.finish(status, code)
+    finally:
+        if admission is not None:
+            usage = exchange.usage
+            admission.settle(usage.prompt + usage.completion if usage is not None else None)
+
+
+async def read_body(scope: HTTPScope, receive: Receive, limit: int) -> bytes:
+    """The request body, refused with a 413 past ``limit`` bytes (announced or received)."""
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit() and int(value) > limit:
+            raise PayloadTooLarge(f"The request body is larger than this gateway accepts ({limit} bytes).")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":  # nobody will read this answer, but it must be one
+            raise InvalidRequest("The client disconnected before sending the whole request body.")
+        body = message.get("body", b"")
+        assert isinstance(body, bytes)
+        size += len(body)
+        if size > limit:
+            raise PayloadTooLarge(f"The request body is larger than this gateway accepts ({limit} bytes).")
+        chunks.append(body)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def serve(
+    gateway: Gateway,
+    scope: HTTPScope,
+    receive: Receive,
+    send: Send,
+    exchange: Exchange,
+    extra: list[tuple[bytes, bytes]],
+    answer: Callable[[], Awaitable[Answer]] | None,
+    stream: Callable[[], Awaitable[OpenStream]] | None = None,
+    framing: Callable[[OpenStream, Exchange], Framing] | None = None,
+) -> tuple[int, str | None]:
+    """Answer the request (from ``stream`` when given, else from ``answer``); the status and code
+    it ended with. This is the one owner of what a request holds: the bulkhead slot, the client
+    watch and, for a stream, the upstream response and its target's lease are each released
+    here, once, however the request ends (the relay only reports to the lease how the stream
+    went)."""
+    gateway.bulkhead.enter()
+    watch = ClientWatch(receive)
+    opened: OpenStream | None = None
+    base = [(REQUEST_ID_HEADER, exchange.request_id.encode()), *extra]
+    try:
+        if stream is not None:
+            opened = await stream()
+            headers = _headers([*SSE_HEADERS, *base], opened.target, opened.calls, opened.dropped)
+            frames = framing(opened, exchange) if framing is not None else None
+            relay = SSEResponse(opened, headers, watch, gateway, exchange, frames)
+            await relay(scope, receive, send)
+            return 200, relay.code
+        assert answer is not None
+        whole = await answer()
+        await watch.stop()  # the answer is in: the end of the response would read as a disconnect
+        exchange.first_chunk()
+        if exchange.trace is not None:
+            exchange.trace.answer(whole.body)
+        await JSONBody(whole.body, _headers(base, whole.target, whole.calls, whole.dropped))(scope, receive, send)
+        return 200, None
+    except asyncio.CancelledError:
+        if not watch.absorb():
+            raise
+        exchange.client_disconnected = True
+        await CLIENT_GONE(scope, receive, send)
+        return CLIENT_GONE.status, "client_disconnected"
+    finally:
+        watch.close()
+        try:
+            if opened is not None:
+                opened.lease.abandoned()  # a no-op when the relay has ended it
+                try:
+                    await opened.upstream.aclose()
+                except Exception:  # the answer is whole or gone: closing must not turn it into an error
+                    log.warning("closing the upstream stream of %s failed", opened.target.label, exc_info=True)
+                finally:
+                    exchange.reported(opened.upstream.report)
+        finally:
+            gateway.bulkhead.leave()
+
+
+def _headers(
+    base: list[tuple[bytes, bytes]], target: Target, calls: int, dropped: Sequence[str]
+) -> list[tuple[bytes, bytes]]:
+    headers = [*base, (TARGET_HEADER, target.label.encode()), (ATTEMPTS_HEADER, str(calls).encode())]
+    if dropped:
+        # Client-chosen field names: keep only header-safe characters.
+        names = ", ".join(_HEADER_UNSAFE.sub("", name) for name in dropped)
+        headers.append((DROPPED_HEADER, names.encode()))
+    return headers
