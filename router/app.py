@@ -296,6 +296,7 @@ def _initial_state(
         "alias_set": frozenset(config.models),
         "policies": {alias: model.params for alias, model in config.models.items() if model.params is not None},
         "max_body_bytes": config.server.max_body_bytes,
+        "keepalive_s": config.streams.keepalive_s,
         "metrics": metrics,
         "outcomes": Outcomes([RequestLog(), metrics.recorder, windows], Pricing(config.pricing)),
     }

@@ -53,6 +53,7 @@ from router.config_schema import (
     Settings,
     StateConfig,
     Strategy,
+    StreamsConfig,
     Strict,
     TargetConfig,
     TimeoutsConfig,
@@ -88,6 +89,7 @@ __all__ = [
     "Settings",
     "StateConfig",
     "Strategy",
+    "StreamsConfig",
     "Strict",
     "TargetConfig",
     "TimeoutsConfig",
@@ -356,6 +358,7 @@ def _collect(data: dict[str, Any], env: Mapping[str, str], report: _Report, serv
     state = _build(raw.get("state") or {}, StateConfig, "state", report)
     keys = _declared_keys(raw.get("keys") or [], report, env)
     responses = _build(raw.get("responses") or {}, ResponsesConfig, "responses", report)
+    streams = _build(raw.get("streams") or {}, StreamsConfig, "streams", report)
     if server is not None and auth is not None and state is not None:
         problem = multiplied_limits(server.workers, auth, state)
         if problem:
@@ -374,10 +377,12 @@ def _collect(data: dict[str, Any], env: Mapping[str, str], report: _Report, serv
         or database is None
         or state is None
         or responses is None
+        or streams is None
     ):
         return None
     return Config(
         responses=responses,
+        streams=streams,
         auth=auth,
         database=database,
         state=state,

@@ -299,6 +299,13 @@ class ResponsesConfig(Strict, frozen=True, kw_only=True):
     store_ttl_s: PositiveFloat = 30 * 86400.0
 
 
+class StreamsConfig(Strict, frozen=True, kw_only=True):
+    """How a stream is kept alive: an SSE comment after ``keepalive_s`` without an event (before
+    the first one too, when failover goes on behind it); ``null`` turns it off."""
+
+    keepalive_s: PositiveFloat | None = 10.0
+
+
 class Config(Strict, frozen=True, kw_only=True):
     server: ServerConfig = ServerConfig()
     providers: dict[str, ProviderConfig] = {}
@@ -310,6 +317,7 @@ class Config(Strict, frozen=True, kw_only=True):
     state: StateConfig = StateConfig()
     keys: list[DeclaredKey] = []
     responses: ResponsesConfig = ResponsesConfig()
+    streams: StreamsConfig = StreamsConfig()
 
 
 @dataclass(frozen=True)

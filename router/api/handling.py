@@ -21,8 +21,9 @@ from router.access.limits import Admitted
 from router.access.policy import apply as apply_policy
 from router.api.decode import decode_call
 from router.api.disconnect import ClientWatch
+from router.api.keepalive import KeepAlive
 from router.api.responses import CLIENT_GONE, JSONBody
-from router.api.streams import Framing, SSEResponse
+from router.api.streams import Framing, SSEResponse, error_frame
 from router.config_schema import ParamsPolicy
 from router.errors import InvalidRequest, PayloadTooLarge
 from router.gateway.failover import Answer, Gateway, OpenStream
@@ -134,6 +135,9 @@ async def read_body(scope: HTTPScope, receive: Receive, limit: int) -> bytes:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+EarlyError = Callable[[SwitchboardError, str | None], bytes]
+
+
 async def serve(
     gateway: Gateway,
     scope: HTTPScope,
@@ -144,22 +148,33 @@ async def serve(
     answer: Callable[[], Awaitable[Answer]] | None,
     stream: Callable[[], Awaitable[OpenStream]] | None = None,
     framing: Callable[[OpenStream, Exchange], Framing] | None = None,
+    early_error: EarlyError = error_frame,
 ) -> tuple[int, str | None]:
     """Answer the request (from ``stream`` when given, else from ``answer``); the status and code
     it ended with. This is the one owner of what a request holds: the bulkhead slot, the client
-    watch and, for a stream, the upstream response and its target's lease are each released
-    here, once, however the request ends (the relay only reports to the lease how the stream
-    went)."""
+    watch, the stream's keep-alive and, for a stream, the upstream response and its target's
+    lease are each released here, once, however the request ends (the relay only reports to the
+    lease how the stream went). A stream whose keep-alive committed the response before any
+    target answered ends a failure with ``early_error``, the client API's own error event."""
     gateway.bulkhead.enter()
     watch = ClientWatch(receive)
     opened: OpenStream | None = None
+    keep: KeepAlive | None = None
     base = [(REQUEST_ID_HEADER, exchange.request_id.encode()), *extra]
     try:
         if stream is not None:
-            opened = await stream()
+            every: float | None = scope["app"].state.keepalive_s
+            if every is not None:
+                keep = KeepAlive(send, every, [*SSE_HEADERS, *base])
+            try:
+                opened = await stream()
+            except SwitchboardError as exc:
+                if keep is None or not await keep.stop():
+                    raise  # nothing went out: an HTTP error, as without keep-alive
+                return await _failed_committed(send, watch, exchange, exc, early_error)
             headers = _headers([*SSE_HEADERS, *base], opened.target, opened.calls, opened.dropped)
             frames = framing(opened, exchange) if framing is not None else None
-            relay = SSEResponse(opened, headers, watch, gateway, exchange, frames)
+            relay = SSEResponse(opened, headers, watch, gateway, exchange, frames, keep)
             await relay(scope, receive, send)
             return 200, relay.code
         assert answer is not None
@@ -174,11 +189,14 @@ async def serve(
         if not watch.absorb():
             raise
         exchange.client_disconnected = True
-        await CLIENT_GONE(scope, receive, send)
+        if keep is None or not await keep.stop():  # a committed response has its head already
+            await CLIENT_GONE(scope, receive, send)
         return CLIENT_GONE.status, "client_disconnected"
     finally:
         watch.close()
         try:
+            if keep is not None:
+                await keep.stop()
             if opened is not None:
                 opened.lease.abandoned()  # a no-op when the relay has ended it
                 try:
@@ -189,6 +207,18 @@ async def serve(
                     exchange.reported(opened.upstream.report)
         finally:
             gateway.bulkhead.leave()
+
+
+async def _failed_committed(
+    send: Send, watch: ClientWatch, exchange: Exchange, exc: SwitchboardError, early_error: EarlyError
+) -> tuple[int, str | None]:
+    """Every target failed after keep-alive committed the response: one error event, the end."""
+    await watch.stop()
+    log.warning("stream-failed before its first event, behind keep-alive: %s", exc.message)
+    body = early_error(exc, exchange.request_id)
+    await send({"type": "http.response.body", "body": body, "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    return 200, exc.code or "upstream_failed"
 
 
 def _headers(

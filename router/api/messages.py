@@ -170,7 +170,8 @@ async def create_message(scope: HTTPScope, receive: Receive, send: Send) -> None
         if call.stream:
             stream = partial(gateway.open_messages, call, exchange)
             framing = partial(framing_for, call, estimate)
-            status, code = await serve(gateway, scope, receive, send, exchange, extra, None, stream, framing)
+            early = _PassThrough.error  # Anthropic's error event, whichever target would have answered
+            status, code = await serve(gateway, scope, receive, send, exchange, extra, None, stream, framing, early)
         else:
             answer = partial(gateway.messages, call, exchange)
             status, code = await serve(gateway, scope, receive, send, exchange, extra, answer)

@@ -213,7 +213,8 @@ async def create_response(scope: HTTPScope, receive: Receive, send: Send) -> Non
             natives: list[bool] = []
             stream = partial(_open, gateway, call, exchange, natives)
             framing = partial(_framing, builder, keep, natives)
-            status, code = await serve(gateway, scope, receive, send, exchange, extra, None, stream, framing)
+            early = partial(_early_error, builder)
+            status, code = await serve(gateway, scope, receive, send, exchange, extra, None, stream, framing, early)
         else:
             answer = partial(_answer, gateway, call, exchange, keep)
             status, code = await serve(gateway, scope, receive, send, exchange, extra, answer)
@@ -235,6 +236,12 @@ def _framing(
     if natives and natives[-1]:
         return _Native(keep)
     return _Translated(ResponsesStream(builder), keep)
+
+
+def _early_error(builder: Builder, exc: SwitchboardError, request_id: str | None) -> bytes:
+    """Every target failed behind keep-alive: ``response.created`` and ``response.failed``, the
+    events the openai SDK's stream helpers expect (an ``error`` event first would confuse them)."""
+    return ResponsesStream(builder).failed(exc.code or "server_error", exc.message)
 
 
 async def _answer(gateway: Gateway, call: ResponsesCall, exchange: Exchange, keep: Keep | None) -> Answer:

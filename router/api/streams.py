@@ -17,11 +17,13 @@ from litestar.types import Receive, Scope, Send
 
 from providers.errors import SwitchboardError, UpstreamTimeout
 from router.api.disconnect import ClientWatch
+from router.api.keepalive import KeepAlive
 from router.api.responses import abort_client
 from router.errors import encode_error, internal_error
 from router.gateway.failover import Gateway, OpenStream
 from router.gateway.outcome import Exchange
 from router.gateway.tracing import Trace
+from router.gateway.upstream_stream import UpstreamStream
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +88,7 @@ class SSEResponse:
     the stream holds is released by its owner (``router.api.chat``), not here.
     """
 
-    __slots__ = ("_exchange", "_first", "_framing", "_gateway", "_headers", "_opened", "_watch", "code")
+    __slots__ = ("_exchange", "_first", "_framing", "_gateway", "_headers", "_keep", "_opened", "_watch", "code")
 
     def __init__(
         self,
@@ -96,8 +98,10 @@ class SSEResponse:
         gateway: Gateway,
         exchange: Exchange,
         framing: Framing | None = None,
+        keep: KeepAlive | None = None,
     ) -> None:
         self._framing = framing or ChatFraming(exchange.trace)
+        self._keep = keep
         self._exchange = exchange
         self._opened = opened
         self._first = opened.first
@@ -107,11 +111,18 @@ class SSEResponse:
         self.code: str | None = "client_disconnected"  # until the stream ends otherwise
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        watch, lease, exchange = self._watch, self._opened.lease, self._exchange
+        watch, lease, exchange, keep = self._watch, self._opened.lease, self._exchange, self._keep
         self._gateway.active_streams += 1
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": self._headers})
+            if keep is None or not await keep.settle():  # keep-alive may have sent the head already
+                if keep is not None:
+                    keep.idle_since = None  # writing
+                await send({"type": "http.response.start", "status": 200, "headers": self._headers})
+                if keep is not None:
+                    keep.started = True
             failure = await self._relay(send)
+            if keep is not None:
+                await keep.stop()  # before the end: nothing may follow it
             if isinstance(failure, ClientStalled):
                 lease.abandoned()  # nothing learned about the target
                 await watch.stop()
@@ -142,7 +153,7 @@ class SSEResponse:
         (``total_s``). uvicorn's send waits while the client's socket buffer is full, so an unread
         stream pulls nothing more; the server protocol cuts off a client that takes no bytes for
         ``server.write_timeout_s`` (``router.api.protocol``)."""
-        opened = self._opened
+        opened, keep = self._opened, self._keep
         upstream, idle_s, deadline = opened.upstream, self._gateway.timeouts.idle_s, opened.deadline
         loop = asyncio.get_running_loop()
         framing = self._framing
@@ -161,8 +172,9 @@ class SSEResponse:
                             pending = None
                         if finished:
                             break
-                        timer.reschedule(min(loop.time() + idle_s, deadline))
-                        payloads = await upstream.pull()
+                        now = loop.time()
+                        timer.reschedule(min(now + idle_s, deadline))
+                        payloads = await (upstream.pull() if keep is None else _pull(upstream, keep, now))
                         if payloads is None:
                             pending, finished = framing.done(), True
                         else:
@@ -211,6 +223,15 @@ class SSEResponse:
             self._opened.target.label,
         )
         return ClientStalled("the client stopped reading")
+
+
+async def _pull(upstream: UpstreamStream, keep: KeepAlive, now: float) -> Sequence[bytes] | None:
+    """The upstream's next chunks, the wait marked as a silence keep-alive may fill."""
+    keep.idle_since = now
+    try:
+        return await upstream.pull()
+    finally:
+        keep.idle_since = None
 
 
 class ClientStalled(SwitchboardError):
