@@ -21,7 +21,6 @@ from litestar.exceptions import HTTPException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from providers.errors import SwitchboardError
-from providers.schema import ModelCard, ModelList
 from router.access.guard import Guard
 from router.admin.keys import ROUTES as ADMIN_ROUTES
 from router.admin.openapi import admin_openapi
@@ -29,6 +28,7 @@ from router.admin.targets import list_targets
 from router.admin.usage import usage_report
 from router.api.chat import chat_completions
 from router.api.completions import legacy_completions
+from router.api.drain import Drain
 from router.api.embeddings import embeddings
 from router.api.health import live, ready
 from router.api.messages import count_tokens, create_message
@@ -46,17 +46,18 @@ from router.errors import (
     PayloadTooLarge,
     Refused,
     RouteNotFound,
+    ShuttingDown,
     encode_error,
     internal_error,
 )
 from router.gateway.balancing import seeded_random
-from router.gateway.failover import Gateway
 from router.gateway.outcome import Outcomes, Pricer
 from router.gateway.pricing import Pricing
-from router.gateway.routing import Router
+from router.lifecycle import signals, workers
+from router.lifecycle.reload import Reloader, build_gateway, configured_targets, routing_state
 from router.resilience.breaker import Clock, utc_now
 from router.resilience.bulkhead import Bulkhead
-from router.resilience.retry import RetryPolicy, Sleep
+from router.resilience.retry import Sleep
 from router.resilience.targets import registry_from_config
 from router.state.redis_breakers import BreakerSync
 from router.store.database import Database
@@ -86,6 +87,8 @@ def error_response(exc: SwitchboardError, request: Request[Any, Any, State]) -> 
         headers[ATTEMPTS_HEADER] = str(exc.calls)
     if isinstance(exc, Refused):
         headers.update(exc.headers)
+    if isinstance(exc, ShuttingDown):
+        headers["connection"] = "close"  # the client's next request opens a connection elsewhere
     return Response(encode_error(exc, rid), status_code=exc.status, media_type=JSON, headers=headers)
 
 
@@ -126,9 +129,15 @@ def create_app(
     metrics_dir: Path | None = None,
     tracing: Tracing | None = None,
     metric_export: MetricExport | None = None,
+    config_path: str | None = None,
+    handle_signals: bool = False,
+    run_dir: Path | None = None,
 ) -> Litestar:
     """The tests' seams: ``transport`` replaces the network for every HTTP provider, ``clock``
-    drives the breakers, ``sleep`` the retry waits, ``seed`` the load balancer's choices."""
+    drives the breakers, ``sleep`` the retry waits, ``seed`` the load balancer's choices.
+    ``config_path`` is the file a reload reads again; ``handle_signals`` (the server's own
+    process only) makes SIGTERM drain and SIGHUP reload; ``run_dir`` is where it notes its pid
+    for ``switchboard reload``."""
     config = settings.config
     resilience = config.resilience
 
@@ -147,24 +156,18 @@ def create_app(
         targets = registry_from_config(config, clock, sync)
         if sync is not None:
             await sync.start(targets)
-        app.state.gateway = Gateway(
-            Router(config),
-            upstreams,
-            resilience.timeouts,
-            targets,
-            RetryPolicy(resilience.retry, sleep),
-            seeded_random(seed),
-            Bulkhead(resilience.max_concurrent),
-            max_answer_bytes=resilience.max_answer_bytes,
-            max_event_bytes=resilience.max_event_bytes,
-        )
+        bulkhead = Bulkhead(resilience.max_concurrent)
+        app.state.gateway = build_gateway(config, upstreams, targets, sleep, seeded_random(seed), bulkhead)
+        reloader = Reloader(app.state, settings, config_path, clock=clock, sleep=sleep, transport=transport, sync=sync)
+        app.state.reloader = reloader
+        drain: Drain = app.state.drain
         app.state.outcomes.pricing.warm()
         metrics: Metrics = app.state.metrics
-        gateway: Gateway = app.state.gateway
+        state = app.state
         metrics.live = lambda: {
-            "switchboard_active_streams": {(): float(gateway.active_streams)},
-            "switchboard_breaker_state": breaker_gauge(gateway.targets.states(), metrics.names),
-            "switchboard_breaker_transitions": breaker_transitions(gateway.targets.transitions(), metrics.names),
+            "switchboard_active_streams": {(): float(bulkhead.streams)},
+            "switchboard_breaker_state": breaker_gauge(state.gateway.targets.states(), metrics.names),
+            "switchboard_breaker_transitions": breaker_transitions(state.gateway.targets.transitions(), metrics.names),
             "switchboard_state_errors": {
                 (): float((guard.shared.errors if guard.shared is not None else 0) + (sync.errors if sync else 0))
             },
@@ -173,13 +176,21 @@ def create_app(
         # Everything alive now (the app, the price table's thousands of objects) lives as long as
         # the process: out of the collector's sight, it is not traversed again on every collection.
         gc.freeze()
+        restore = signals.install(drain.begin, lambda: drain.draining, reloader.reload) if handle_signals else None
+        unregister = workers.register(run_dir) if run_dir is not None else None
         try:
             yield
         finally:
+            if unregister is not None:
+                unregister()
+            if restore is not None:
+                restore()
             try:
+                await drain.close()
                 await metrics.stop()
             finally:
-                await close_upstreams(upstreams)
+                await close_upstreams(state.gateway.upstreams)
+                await reloader.close()
                 if sync is not None:
                     await sync.close()
                 await response_store.stop()
@@ -189,7 +200,6 @@ def create_app(
                 if tracing is not None:
                     tracing.shutdown()  # exports what is still batched
 
-    models = ModelList(data=[ModelCard(id=alias) for alias in config.models])
     return Litestar(
         route_handlers=[
             chat_completions,
@@ -216,7 +226,7 @@ def create_app(
             HTTPException: _on_http_exception,
             Exception: _on_unexpected,
         },
-        state=State(_initial_state(models, config, metrics_dir, tracing, metric_export)),
+        state=State(_initial_state(config, metrics_dir, tracing, metric_export)),
         request_max_body_size=config.server.max_body_bytes,
         cors_config=_cors(config.server.cors),
         openapi_config=None,
@@ -279,26 +289,22 @@ async def _guard(settings: Settings, pricing: Pricer) -> Guard:
 
 
 def _initial_state(
-    models: ModelList,
     config: Config,
     metrics_dir: Path | None,
     tracing: Tracing | None,
     metric_export: MetricExport | None,
 ) -> dict[str, object]:
-    configured = [f"{t.provider}/{t.model}" for m in config.models.values() for t in m.targets]
+    configured = configured_targets(config)
     metrics = Metrics(Names(config.models, configured), metrics_dir, metric_export)
     windows = TargetWindows(configured)
     return {
+        **routing_state(config),
         "windows": windows,
         "tracing": tracing,
-        "models_json": _encode(models),
-        "aliases": list(config.models),
-        "alias_set": frozenset(config.models),
-        "policies": {alias: model.params for alias, model in config.models.items() if model.params is not None},
         "max_body_bytes": config.server.max_body_bytes,
-        "keepalive_s": config.streams.keepalive_s,
         "metrics": metrics,
         "outcomes": Outcomes([RequestLog(), metrics.recorder, windows], Pricing(config.pricing)),
+        "drain": Drain(config.server.drain_s),
     }
 
 
@@ -308,9 +314,14 @@ def app_from_env() -> Litestar:
         configure_logging(os.environ.get("SWITCHBOARD_LOG_LEVEL", "info"), fmt)
     shared = os.environ.get(METRICS_DIR_ENV)
     exporter = metric_exporter_from_env()
+    path = default_config_path(os.environ)
+    running = os.environ.get(workers.RUN_DIR_ENV)
     return create_app(
-        load_settings(default_config_path(os.environ)),
+        load_settings(path),
         metrics_dir=Path(shared) if shared else None,
         tracing=tracing_from_env(),
         metric_export=MetricExport(exporter, export_interval_s()) if exporter is not None else None,
+        config_path=path,
+        handle_signals=True,
+        run_dir=Path(running) if running else None,
     )

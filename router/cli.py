@@ -1,4 +1,4 @@
-"""``switchboard serve | check | keys | teams | --version`` (also ``python -m router``)."""
+"""``switchboard serve | check | reload | keys | teams | --version`` (also ``python -m router``)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from router.admin.commands import add_commands
 from router.admin.commands import run as run_admin_command
 from router.config import ConfigError, Settings, default_config_path, load_settings, multiplied_limits
 from router.gateway.routing import Router
+from router.lifecycle.workers import RUN_DIR_ENV, prepare, run_dir, serving, signal_reload
 from router.store.database import Database
 from router.store.url import async_url
 from router.telemetry.export import export_interval_s, metric_exporter_from_env
@@ -56,6 +57,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")
     check = commands.add_parser("check", help="validate the config and print the route table")
     check.add_argument("--config", help=config_help)
+    reload = commands.add_parser(
+        "reload", help="check the config, then have the server on its port apply it without a restart"
+    )
+    reload.add_argument("--config", help=config_help)
+    reload.add_argument("--port", type=int, help="the server's port (default: server.port from the config)")
     add_commands(commands, config_help)
     return parser
 
@@ -123,6 +129,9 @@ def _serve(args: argparse.Namespace, path: str) -> int:
         raise ConfigError(f"--workers {workers}: {problem}")
     if settings.config.auth.master_key:
         asyncio.run(_migrate(settings))  # once, here, not racing in every worker
+    running = run_dir(port)
+    prepare(running)
+    os.environ[RUN_DIR_ENV] = str(running)  # each worker notes its pid there, for `switchboard reload`
     print(f"switchboard: serving {path} on http://{host}:{port}/v1", file=sys.stderr)
     shared = None
     if workers > 1:  # the workers leave their metrics here, so one scrape reports them all
@@ -133,6 +142,23 @@ def _serve(args: argparse.Namespace, path: str) -> int:
     finally:
         if shared is not None:
             shutil.rmtree(shared, ignore_errors=True)
+    return 0
+
+
+def _reload(args: argparse.Namespace, path: str) -> int:
+    """Validate first: a config the server would refuse is reported here and never sent."""
+    settings = load_settings(path)
+    port = args.port if args.port is not None else settings.config.server.port
+    pids = serving(run_dir(port))
+    if not pids:
+        print(f"switchboard: no server of this user is serving port {port}", file=sys.stderr)
+        return 1
+    signal_reload(pids)
+    print(
+        f"switchboard: {path} is valid; sent to the {len(pids)} process(es) serving port {port} "
+        "(each logs what it applied)",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -192,6 +218,8 @@ def _run(argv: Sequence[str] | None) -> int:
     try:
         if args.command == "check":
             return _check(path)
+        if args.command == "reload":
+            return _reload(args, path)
         if args.command in ("keys", "teams"):
             return run_admin_command(args, load_settings(path))
         return _serve(args, path)

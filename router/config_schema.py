@@ -59,6 +59,9 @@ class ServerConfig(Strict, frozen=True, kw_only=True):
     header_timeout_s: PositiveFloat = 30.0  # a connection must send a request's headers within this
     body_timeout_s: PositiveFloat = 60.0  # ... and its body within this, once the headers are in
     write_timeout_s: PositiveFloat = 30.0  # a client that reads nothing for this long is cut off
+    # On SIGTERM, how long requests in flight may go on finishing (the longest a request can take,
+    # resilience.timeouts.total_s, by default); what is left then ends with an error event.
+    drain_s: Annotated[float, Meta(ge=0)] = 900.0
     cors: CORSConfig = CORSConfig()
 
 

@@ -154,6 +154,16 @@ class AllTargetsFailed(SwitchboardError):
         self.calls = calls
 
 
+class ShuttingDown(SwitchboardError):
+    """The process is draining for a shutdown (SIGTERM): a new request is refused so that the
+    client's retry lands on another replica; a request still running at ``server.drain_s`` ends
+    with this as its error (an error event, for a stream already under way)."""
+
+    status = 503
+    code = "server_shutting_down"
+    retry_after = 1.0
+
+
 class Overloaded(SwitchboardError):
     """The proxy is at ``resilience.max_concurrent``: come back shortly."""
 

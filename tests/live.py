@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -61,10 +62,20 @@ class LiveServer:
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@dataclass
+class ProxyProcess:
+    base: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+
+
 @contextlib.contextmanager
-def running_proxy(config: Path, env: dict[str, str], log: Path, workers: int = 1) -> Iterator[str]:
-    """``python -m router serve`` on a free port of 127.0.0.1; yields its base URL once it answers."""
-    port = free_port()
+def proxy_process(
+    config: Path, env: dict[str, str], log: Path, workers: int = 1, port: int | None = None
+) -> Iterator[ProxyProcess]:
+    """``python -m router serve`` on a free port of 127.0.0.1, once it answers."""
+    port = port or free_port()
     argv = [sys.executable, "-m", "router", "serve", "--config", str(config), "--port", str(port)]
     with log.open("wb") as out:
         process = subprocess.Popen(  # noqa: S603 - our own CLI
@@ -86,10 +97,22 @@ def running_proxy(config: Path, env: dict[str, str], log: Path, workers: int = 1
             assert process.poll() is None, log.read_text()
             assert time.monotonic() < deadline, "proxy did not start"
             time.sleep(0.05)
-        yield base
+        yield ProxyProcess(base, port, process, log)
     finally:
-        process.terminate()
-        process.wait(10)
+        if process.poll() is None:
+            process.terminate()  # a drain: whatever a test left in flight gets up to server.drain_s
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+@contextlib.contextmanager
+def running_proxy(config: Path, env: dict[str, str], log: Path, workers: int = 1) -> Iterator[str]:
+    """``python -m router serve`` on a free port of 127.0.0.1; yields its base URL once it answers."""
+    with proxy_process(config, env, log, workers) as proxy:
+        yield proxy.base
 
 
 def chat_scope(body: bytes, *headers: tuple[bytes, bytes]) -> dict[str, object]:

@@ -21,11 +21,12 @@ from router.access.limits import Admitted
 from router.access.policy import apply as apply_policy
 from router.api.decode import decode_call
 from router.api.disconnect import ClientWatch
+from router.api.drain import ENDED_BY_DRAIN, Drain
 from router.api.keepalive import KeepAlive
 from router.api.responses import CLIENT_GONE, JSONBody
 from router.api.streams import Framing, SSEResponse, error_frame
 from router.config_schema import ParamsPolicy
-from router.errors import InvalidRequest, PayloadTooLarge
+from router.errors import InvalidRequest, PayloadTooLarge, ShuttingDown
 from router.gateway.failover import Answer, Gateway, OpenStream
 from router.gateway.outcome import REQUEST_ID_KEY, Exchange
 from router.gateway.routing import Target
@@ -138,6 +139,31 @@ async def read_body(scope: HTTPScope, receive: Receive, limit: int) -> bytes:
 EarlyError = Callable[[SwitchboardError, str | None], bytes]
 
 
+class _Held:
+    """What one request holds while it is served, released once by ``release``."""
+
+    __slots__ = ("keep", "opened", "watch")
+
+    def __init__(self, watch: ClientWatch) -> None:
+        self.watch = watch
+        self.opened: OpenStream | None = None
+        self.keep: KeepAlive | None = None
+
+    async def release(self, exchange: Exchange) -> None:
+        self.watch.close()
+        if self.keep is not None:
+            await self.keep.stop()
+        opened = self.opened
+        if opened is not None:
+            opened.lease.abandoned()  # a no-op when the relay has ended it
+            try:
+                await opened.upstream.aclose()
+            except Exception:  # the answer is whole or gone: closing must not turn it into an error
+                log.warning("closing the upstream stream of %s failed", opened.target.label, exc_info=True)
+            finally:
+                exchange.reported(opened.upstream.report)
+
+
 async def serve(
     gateway: Gateway,
     scope: HTTPScope,
@@ -151,62 +177,87 @@ async def serve(
     early_error: EarlyError = error_frame,
 ) -> tuple[int, str | None]:
     """Answer the request (from ``stream`` when given, else from ``answer``); the status and code
-    it ended with. This is the one owner of what a request holds: the bulkhead slot, the client
-    watch, the stream's keep-alive and, for a stream, the upstream response and its target's
-    lease are each released here, once, however the request ends (the relay only reports to the
-    lease how the stream went). A stream whose keep-alive committed the response before any
-    target answered ends a failure with ``early_error``, the client API's own error event."""
+    it ended with. This is the one owner of what a request holds: the bulkhead slot, its place
+    in the drain, the client watch, the stream's keep-alive and, for a stream, the upstream
+    response and its target's lease are each released here, once, however the request ends (the
+    relay only reports to the lease how the stream went). A stream whose keep-alive committed the
+    response before any target answered ends a failure with ``early_error``, the client API's own
+    error event."""
+    drain: Drain = scope["app"].state.drain
+    if drain.draining:
+        raise ShuttingDown("Switchboard is shutting down; retry, and another instance will answer.")
     gateway.bulkhead.enter()
-    watch = ClientWatch(receive)
-    opened: OpenStream | None = None
-    keep: KeepAlive | None = None
+    task = asyncio.current_task()
+    assert task is not None
+    drain.enter(task)
+    held = _Held(ClientWatch(receive))
     base = [(REQUEST_ID_HEADER, exchange.request_id.encode()), *extra]
     try:
         if stream is not None:
-            every: float | None = scope["app"].state.keepalive_s
-            if every is not None:
-                keep = KeepAlive(send, every, [*SSE_HEADERS, *base])
-            try:
-                opened = await stream()
-            except SwitchboardError as exc:
-                if keep is None or not await keep.stop():
-                    raise  # nothing went out: an HTTP error, as without keep-alive
-                return await _failed_committed(send, watch, exchange, exc, early_error)
-            headers = _headers([*SSE_HEADERS, *base], opened.target, opened.calls, opened.dropped)
-            frames = framing(opened, exchange) if framing is not None else None
-            relay = SSEResponse(opened, headers, watch, gateway, exchange, frames, keep)
-            await relay(scope, receive, send)
-            return 200, relay.code
+            return await _stream(held, gateway, scope, receive, send, exchange, base, stream, framing, early_error)
         assert answer is not None
         whole = await answer()
-        await watch.stop()  # the answer is in: the end of the response would read as a disconnect
+        await held.watch.stop()  # the answer is in: the end of the response would read as a disconnect
         exchange.first_chunk()
         if exchange.trace is not None:
             exchange.trace.answer(whole.body)
         await JSONBody(whole.body, _headers(base, whole.target, whole.calls, whole.dropped))(scope, receive, send)
         return 200, None
     except asyncio.CancelledError:
-        if not watch.absorb():
-            raise
+        if not held.watch.absorb():
+            if not drain.claims(task):
+                raise  # the server is going down without a drain
+            return await _ended_by_drain(held, send, exchange, early_error)
         exchange.client_disconnected = True
-        if keep is None or not await keep.stop():  # a committed response has its head already
+        if held.keep is None or not await held.keep.stop():  # a committed response has its head already
             await CLIENT_GONE(scope, receive, send)
         return CLIENT_GONE.status, "client_disconnected"
     finally:
-        watch.close()
         try:
-            if keep is not None:
-                await keep.stop()
-            if opened is not None:
-                opened.lease.abandoned()  # a no-op when the relay has ended it
-                try:
-                    await opened.upstream.aclose()
-                except Exception:  # the answer is whole or gone: closing must not turn it into an error
-                    log.warning("closing the upstream stream of %s failed", opened.target.label, exc_info=True)
-                finally:
-                    exchange.reported(opened.upstream.report)
+            await held.release(exchange)
         finally:
             gateway.bulkhead.leave()
+            drain.leave(task)
+
+
+async def _stream(
+    held: _Held,
+    gateway: Gateway,
+    scope: HTTPScope,
+    receive: Receive,
+    send: Send,
+    exchange: Exchange,
+    base: list[tuple[bytes, bytes]],
+    stream: Callable[[], Awaitable[OpenStream]],
+    framing: Callable[[OpenStream, Exchange], Framing] | None,
+    early_error: EarlyError,
+) -> tuple[int, str | None]:
+    state = scope["app"].state
+    every: float | None = state.keepalive_s
+    if every is not None:
+        held.keep = KeepAlive(send, every, [*SSE_HEADERS, *base])
+    try:
+        opened = held.opened = await stream()
+    except SwitchboardError as exc:
+        if held.keep is None or not await held.keep.stop():
+            raise  # nothing went out: an HTTP error, as without keep-alive
+        return await _failed_committed(send, held.watch, exchange, exc, early_error)
+    headers = _headers([*SSE_HEADERS, *base], opened.target, opened.calls, opened.dropped)
+    frames = framing(opened, exchange) if framing is not None else None
+    relay = SSEResponse(opened, headers, held.watch, gateway, exchange, frames, held.keep, state.drain)
+    await relay(scope, receive, send)
+    return 200, relay.code
+
+
+async def _ended_by_drain(
+    held: _Held, send: Send, exchange: Exchange, early_error: EarlyError
+) -> tuple[int, str | None]:
+    """The drain's time ran out before this request's answer began: a 503, or, when keep-alive
+    has committed the response already, the client API's error event."""
+    ended = ShuttingDown(ENDED_BY_DRAIN)
+    if held.keep is None or not await held.keep.stop():
+        raise ended from None
+    return await _failed_committed(send, held.watch, exchange, ended, early_error)
 
 
 async def _failed_committed(

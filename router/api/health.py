@@ -18,7 +18,11 @@ async def live(request: Request[Any, Any, State]) -> Response[dict[str, str]]:
 
 @get("/health/ready")
 async def ready(request: Request[Any, Any, State]) -> Response[dict[str, object]]:
-    """Ready when at least one provider can be called; the body says which cannot, and why."""
+    """Ready when at least one provider can be called (and not shutting down); the body says which
+    cannot, and why."""
+    headers = {"x-request-id": request_id_of(request.scope)}
+    if request.app.state.drain.draining:  # a load balancer stops sending requests here
+        return Response({"status": "draining"}, status_code=503, headers=headers)
     gateway: Gateway = request.app.state.gateway
     unavailable = {name: u.unavailable for name, u in gateway.upstreams.items() if u.unavailable}
     available = sorted(set(gateway.upstreams) - set(unavailable))
@@ -26,5 +30,5 @@ async def ready(request: Request[Any, Any, State]) -> Response[dict[str, object]
     return Response(
         {"status": status, "available": available, "unavailable": unavailable},
         status_code=200 if available else 503,
-        headers={"x-request-id": request_id_of(request.scope)},
+        headers=headers,
     )

@@ -17,9 +17,10 @@ from litestar.types import Receive, Scope, Send
 
 from providers.errors import SwitchboardError, UpstreamTimeout
 from router.api.disconnect import ClientWatch
+from router.api.drain import ENDED_BY_DRAIN, Drain
 from router.api.keepalive import KeepAlive
 from router.api.responses import abort_client
-from router.errors import encode_error, internal_error
+from router.errors import ShuttingDown, encode_error, internal_error
 from router.gateway.failover import Gateway, OpenStream
 from router.gateway.outcome import Exchange
 from router.gateway.tracing import Trace
@@ -88,7 +89,18 @@ class SSEResponse:
     the stream holds is released by its owner (``router.api.chat``), not here.
     """
 
-    __slots__ = ("_exchange", "_first", "_framing", "_gateway", "_headers", "_keep", "_opened", "_watch", "code")
+    __slots__ = (
+        "_drain",
+        "_exchange",
+        "_first",
+        "_framing",
+        "_gateway",
+        "_headers",
+        "_keep",
+        "_opened",
+        "_watch",
+        "code",
+    )
 
     def __init__(
         self,
@@ -99,7 +111,9 @@ class SSEResponse:
         exchange: Exchange,
         framing: Framing | None = None,
         keep: KeepAlive | None = None,
+        drain: Drain | None = None,
     ) -> None:
+        self._drain = drain
         self._framing = framing or ChatFraming(exchange.trace)
         self._keep = keep
         self._exchange = exchange
@@ -112,7 +126,7 @@ class SSEResponse:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         watch, lease, exchange, keep = self._watch, self._opened.lease, self._exchange, self._keep
-        self._gateway.active_streams += 1
+        self._gateway.bulkhead.streams += 1
         try:
             if keep is None or not await keep.settle():  # keep-alive may have sent the head already
                 if keep is not None:
@@ -138,11 +152,25 @@ class SSEResponse:
             await watch.stop()
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
-            if not watch.absorb():
-                raise  # the server is shutting down, not the client leaving
-            exchange.client_disconnected = True
+            if watch.absorb():
+                exchange.client_disconnected = True
+                return
+            task = asyncio.current_task()
+            if self._drain is None or task is None or not self._drain.claims(task):
+                raise  # the server is going down without a drain
+            await self._ended_by_drain(send)
         finally:
-            self._gateway.active_streams -= 1
+            self._gateway.bulkhead.streams -= 1
+
+    async def _ended_by_drain(self, send: Send) -> None:
+        """The drain's time ran out with this stream still going: one error event, a proper end."""
+        self._opened.lease.abandoned()  # nothing learned about the target
+        if self._keep is not None:
+            await self._keep.stop()
+        self.code = ShuttingDown.code
+        error = self._framing.error(ShuttingDown(ENDED_BY_DRAIN), self._exchange.request_id)
+        if await self._write_until(send, error, self._opened.deadline):
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _relay(self, send: Send) -> SwitchboardError | None:
         """Relay until the end; the upstream's failure, if it failed mid-way (already sent as an

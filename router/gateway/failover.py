@@ -216,7 +216,6 @@ class Gateway:
         max_event_bytes: int = 4 * 1024 * 1024,
     ) -> None:
         self.router = router
-        self.active_streams = 0  # streams being relayed to clients now (the relay counts them)
         self.max_answer_bytes = max_answer_bytes
         self.max_event_bytes = max_event_bytes
         self.bulkhead = bulkhead

@@ -130,6 +130,20 @@ class TargetRegistry:
             self._declared[key] = state
         return state
 
+    def adopt(self, old: TargetRegistry) -> int:
+        """After a config reload: take over ``old``'s state (breaker, counts, requests in flight)
+        of every target whose breaker settings and limit did not change; how many."""
+        kept = 0
+        for key, state in self._declared.items():
+            previous = old._declared.get(key) or old._ad_hoc.get(key)
+            if previous is not None and _same(previous, state.breaker.config, state.max_concurrent):
+                self._declared[key] = previous
+                kept += 1
+        for key, previous in old._ad_hoc.items():
+            if key not in self._declared and _same(previous, self._breakers(*key), self._limits(*key)):
+                self._ad_hoc[key] = previous
+        return kept
+
     def get(self, provider: str, model: str) -> TargetState:
         key = (provider, model)
         state = self._declared.get(key)
@@ -172,6 +186,10 @@ class TargetRegistry:
             for state in (*self._declared.values(), *self._ad_hoc.values())
             for entered, count in state.breaker.transitions.items()
         ]
+
+
+def _same(state: TargetState, breaker: BreakerConfig, limit: int | None) -> bool:
+    return state.breaker.config == breaker and state.max_concurrent == limit
 
 
 def registry_from_config(config: Config, clock: Clock = utc_now, peers: Peers | None = None) -> TargetRegistry:

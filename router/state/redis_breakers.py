@@ -210,6 +210,10 @@ class BreakerSync:
         until = self._held.get(label)
         return until is not None and time.monotonic() < until
 
+    def follow(self, local: LocalBreakers) -> None:
+        """After a config reload: the fleet's picture goes to the new registry's breakers."""
+        self._local = local
+
     def watch(self, label: str) -> None:
         self._put(_Write("fetch", label, ()))
 

@@ -379,6 +379,9 @@ class Recorder:
         self._disconnects = figures.counter("switchboard_client_disconnects", ())
         self._rejections = figures.counter("switchboard_bulkhead_rejections", ())
 
+    def rename(self, names: Names) -> None:
+        self._names = names
+
     def __call__(self, outcome: Outcome) -> None:
         f, names = self._figures, self._names
         alias, target = names.alias(outcome.alias), names.target(outcome.target)
@@ -465,6 +468,11 @@ class Metrics:
         self.live: Live = dict  # the app sets what its live series read
         self._dir = directory
         self._task: asyncio.Task[None] | None = None
+
+    def rename(self, names: Names) -> None:
+        """After a config reload: the aliases and targets that are labels as they are."""
+        self.names = names
+        self.recorder.rename(names)
 
     def start(self) -> None:
         if self.export is not None:

@@ -32,6 +32,12 @@ class TargetWindows:
         self._targets = frozenset(targets)
         self._calls: dict[str, deque[_Call]] = {}
 
+    def retarget(self, targets: Iterable[str]) -> None:
+        """After a config reload: the configured targets; a removed one's window goes with it."""
+        self._targets = frozenset(targets)
+        for target in [t for t in self._calls if t not in self._targets]:
+            del self._calls[target]
+
     def __call__(self, outcome: Outcome) -> None:
         now = time.monotonic()
         for attempt in outcome.attempts:
