@@ -199,6 +199,8 @@ def create_app(
                     await guard.database.close()
                 if tracing is not None:
                     tracing.shutdown()  # exports what is still batched
+                for handler in logging.getLogger().handlers:
+                    handler.flush()  # the server may end the process by a signal next: nothing held back
 
     return Litestar(
         route_handlers=[

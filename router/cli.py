@@ -6,10 +6,12 @@ import argparse
 import asyncio
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Sequence
 from importlib import metadata
+from types import FrameType
 from typing import Final, TextIO
 
 from sqlalchemy.engine import make_url
@@ -137,12 +139,20 @@ def _serve(args: argparse.Namespace, path: str) -> int:
     if workers > 1:  # the workers leave their metrics here, so one scrape reports them all
         shared = tempfile.mkdtemp(prefix="switchboard-metrics-")
         os.environ[METRICS_DIR_ENV] = shared
+    # uvicorn ends its shutdown by raising the signal that started it again, with the handler it
+    # found: the default one would kill the process before its last log lines are written.
+    for stop in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop, _exit_on)
     try:
         _run_uvicorn(args, settings, host, port, workers)
     finally:
         if shared is not None:
             shutil.rmtree(shared, ignore_errors=True)
     return 0
+
+
+def _exit_on(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _reload(args: argparse.Namespace, path: str) -> int:

@@ -36,6 +36,7 @@ from router.config_schema import (
     DatabaseConfig,
     DeclaredKey,
     GeminiProviderConfig,
+    HedgeConfig,
     HTTPProviderConfig,
     KeyLimits,
     MockProviderConfig,
@@ -74,6 +75,7 @@ __all__ = [
     "DeclaredKey",
     "GeminiProviderConfig",
     "HTTPProviderConfig",
+    "HedgeConfig",
     "KeyLimits",
     "MockProviderConfig",
     "ModelConfig",
@@ -343,6 +345,7 @@ def _collect(data: dict[str, Any], env: Mapping[str, str], report: _Report, serv
     _check_references(models_raw, providers_raw.keys(), report)
     _check_limits(models, report)
     _check_policies(models, report)
+    _check_hedges(models, report)
     _check_cors(server, report)
     resilience = _build(raw.get("resilience") or {}, ResilienceConfig, "resilience", report)
     pricing = {
@@ -447,6 +450,15 @@ def _check_policies(models: Mapping[str, ModelConfig | None], report: _Report) -
             continue
         for what, why in policy_problems(params):
             report.add(f"models.{alias}.params.{what}", why)
+
+
+def _check_hedges(models: Mapping[str, ModelConfig | None], report: _Report) -> None:
+    for alias, model in models.items():
+        hedge = model.hedge if model is not None else None
+        if hedge is not None and hedge.after_s is None and hedge.after_percentile is None:
+            report.add(
+                f"models.{alias}.hedge", "needs after_s, after_percentile, or both (after_s until enough samples)"
+            )
 
 
 def _check_cors(server: ServerConfig | None, report: _Report) -> None:

@@ -223,11 +223,24 @@ def policy_problems(params: ParamsPolicy) -> list[tuple[str, str]]:
     ]
 
 
+class HedgeConfig(Strict, frozen=True, kw_only=True):
+    """Hedged requests: when the attempt under way has not answered (a stream: its first event)
+    after ``after_s``, or after the ``after_percentile``-th percentile of its target's observed
+    time to answer, the next target starts beside it; the first to answer wins. At most
+    ``max_extra`` extra attempts a request, and ``budget_pct`` percent of the alias's requests."""
+
+    after_s: PositiveFloat | None = None
+    after_percentile: Annotated[float, Meta(gt=0, lt=100)] | None = None
+    max_extra: PositiveInt = 1
+    budget_pct: Annotated[float, Meta(gt=0, le=100)] = 10.0
+
+
 class ModelConfig(Strict, frozen=True, kw_only=True):
     targets: Annotated[list[TargetConfig], Meta(min_length=1)]
     fallbacks: list[str] = []
     strategy: Strategy = "priority"
     params: ParamsPolicy | None = None
+    hedge: HedgeConfig | None = None
 
 
 NonNegative = Annotated[float, Meta(ge=0)]

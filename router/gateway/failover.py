@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Final, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 import httpx
 
@@ -31,11 +31,12 @@ from providers.errors import (
     UpstreamTimeout,
 )
 from providers.openai import OpenAIProvider
-from router.config import TimeoutsConfig
+from router.config import HedgeConfig, TimeoutsConfig
 from router.errors import AllTargetsFailed, InvalidRequest, NoTargetAvailable
 from router.gateway import completions, messages, responses
 from router.gateway.balancing import order
 from router.gateway.completions import CompletionsCall
+from router.gateway.hedging import HedgeBudget, Race, hedge_after
 from router.gateway.messages import MessagesCall
 from router.gateway.outcome import AttemptRecord, Exchange
 from router.gateway.responses import ResponsesCall
@@ -114,7 +115,7 @@ class Run:
     """One request's way across its targets: the deadline, the calls made, and a record of each
     target tried or passed over (kept on the request's ``Exchange``)."""
 
-    __slots__ = ("_loop", "alias", "calls", "deadline", "dropped", "last", "records", "trace")
+    __slots__ = ("_loop", "alias", "calls", "deadline", "dropped", "last", "overtaken", "records", "trace")
 
     def __init__(self, alias: str, total_s: float, records: list[AttemptRecord], trace: Trace | None = None) -> None:
         self._loop = asyncio.get_running_loop()
@@ -125,6 +126,7 @@ class Run:
         self.records = records
         self.last: SwitchboardError | None = None
         self.dropped: Sequence[str] = ()  # what the answering target could not honour
+        self.overtaken: set[asyncio.Task[Any]] = set()  # attempts cancelled because a hedge won
 
     def remaining(self) -> float:
         return self.deadline - self._loop.time()
@@ -139,10 +141,24 @@ class Run:
         if self.trace is not None:
             self.trace.event("target_skipped", {"switchboard.target": target.label, "switchboard.reason": code})
 
-    def tried(self, target: Target, kind: str, error: SwitchboardError | None, duration_s: float, retry: bool) -> None:
+    def tried(
+        self,
+        target: Target,
+        kind: str,
+        error: SwitchboardError | None,
+        duration_s: float,
+        retry: bool,
+        hedge: bool = False,
+    ) -> None:
         if error is None:
             record = AttemptRecord(
-                target=target.label, result="ok", provider=kind, status=200, duration_s=duration_s, retry=retry
+                target=target.label,
+                result="ok",
+                provider=kind,
+                status=200,
+                duration_s=duration_s,
+                retry=retry,
+                hedge=hedge,
             )
         else:
             record = AttemptRecord(
@@ -154,6 +170,7 @@ class Run:
                 detail=error.message,
                 duration_s=duration_s,
                 retry=retry,
+                hedge=hedge,
             )
         self.records.append(record)
 
@@ -225,6 +242,9 @@ class Gateway:
         self.retry = retry
         self.rng = rng
         self._chat_once = partial(self._complete_once, _parse_chat)
+        self._hedge_budgets = {
+            alias: HedgeBudget(route.hedge.budget_pct) for alias, route in router.routes.items() if route.hedge
+        }
         self._prepared = {
             alias: tuple(self._prepare(group) for group in route.groups) for alias, route in router.routes.items()
         }
@@ -277,6 +297,8 @@ class Gateway:
         route = self.router.resolve(model)
         exchange.alias = route.alias
         run = Run(route.alias, self.timeouts.total_s, exchange.attempts, exchange.trace)
+        if route.hedge is not None:
+            return await self._race(route, route.hedge, run, build, once, exchange)
         for attempt in self.candidates(route, run, exchange.allows):
             if run.remaining() <= 0:
                 run.skipped(attempt.target, "deadline passed before this target")
@@ -293,10 +315,39 @@ class Gateway:
                 run.failed(attempt.target, exc)
         raise run.exhausted()
 
-    async def _on_target(self, attempt: Attempt, request: httpx.Request, run: Run, once: Once[T]) -> T:
+    async def _race(
+        self, route: Route, hedge: HedgeConfig, run: Run, build: Build, once: Once[T], exchange: Exchange
+    ) -> tuple[T, Attempt, Run]:
+        """``_walk`` with hedging (``router.gateway.hedging``): when the attempt under way has not
+        answered after the hedge's delay, the next target starts beside it, within the alias's
+        hedge budget and ``max_extra``; the first to answer wins and the others are cancelled (their
+        connections closed, their breakers not charged). A failure moves on as ``_walk`` does."""
+        budget = self._hedge_budgets.get(route.alias) or HedgeBudget(hedge.budget_pct)
+        budget.earn()
+        walk = _HedgedWalk(self, hedge, run, self.candidates(route, run, exchange.allows), build, once)
+        loop = asyncio.get_running_loop()
+        try:
+            hedge_at = walk.start(False)
+            while walk.race:
+                finished = await walk.race.finished(None if hedge_at is None else max(0.0, hedge_at - loop.time()))
+                if not finished:  # the hedge is due
+                    hedge_at = walk.start(True) if budget.spend() else None
+                    continue
+                won = await walk.settle(finished)
+                if won is not None:
+                    return won[0], won[1], run
+                if not walk.race:  # everything under way failed: move on, as without hedging
+                    hedge_at = walk.start(False)
+        finally:
+            await walk.race.cancel_rest(_discard)
+        raise run.exhausted()
+
+    async def _on_target(
+        self, attempt: Attempt, request: httpx.Request, run: Run, once: Once[T], hedged: bool = False
+    ) -> T:
         """The first try, then (for retryable failures) tenacity's."""
         try:
-            return await self._try(attempt, request, run, once, False)
+            return await self._try(attempt, request, run, once, False, hedged)
         except UpstreamError as exc:
             first = exc
             if not self.retry.should_retry(exc):
@@ -309,11 +360,13 @@ class Gateway:
             run.trace.event("retry", {"switchboard.target": attempt.target.label, "switchboard.delay_s": delay})
         await self.retry.sleep(delay)
         try:
-            return await self.retry.retrying(1, run.fits)(self._try, attempt, request, run, once, True)
+            return await self.retry.retrying(1, run.fits)(self._try, attempt, request, run, once, True, hedged)
         except TargetSkipped:
             raise first from None  # the breaker opened meanwhile: the target's last word stands
 
-    async def _try(self, attempt: Attempt, request: httpx.Request, run: Run, once: Once[T], retry: bool) -> T:
+    async def _try(
+        self, attempt: Attempt, request: httpx.Request, run: Run, once: Once[T], retry: bool, hedged: bool = False
+    ) -> T:
         lease = attempt.state.acquire()
         if isinstance(lease, str):
             raise TargetSkipped(lease)
@@ -326,25 +379,27 @@ class Gateway:
             result = await once(attempt, request, lease, run)
         except SwitchboardError as exc:
             lease.failed(exc)
-            run.tried(attempt.target, kind, exc, time.perf_counter() - started, retry)
+            run.tried(attempt.target, kind, exc, time.perf_counter() - started, retry, hedged)
             if trace is not None and span is not None:
                 trace.attempt_failed(span, type(exc).__name__, getattr(exc, "upstream_status", None))
             raise
         except BaseException:
+            overtaken = asyncio.current_task() in run.overtaken  # a hedge's race was won by another
             if trace is not None and span is not None:
-                trace.attempt_failed(span, "cancelled", None)
-            lease.abandoned()  # cancelled (the client left) or a bug: nothing learned about the target
+                trace.attempt_failed(span, "overtaken" if overtaken else "cancelled", None)
+            lease.abandoned()  # cancelled (the client left, another attempt won) or a bug: nothing learned
             run.records.append(
                 AttemptRecord(
                     target=attempt.target.label,
                     provider=kind,
-                    result="abandoned",
+                    result="overtaken" if overtaken else "abandoned",
                     duration_s=time.perf_counter() - started,
                     retry=retry,
+                    hedge=hedged,
                 )
             )
             raise
-        run.tried(attempt.target, kind, None, time.perf_counter() - started, retry)
+        run.tried(attempt.target, kind, None, time.perf_counter() - started, retry, hedged)
         if trace is not None and span is not None:
             trace.attempt_answered(span)
         return result
@@ -515,6 +570,71 @@ class Gateway:
         return self.targets.snapshot()
 
 
+class _HedgedWalk(Generic[T]):
+    """One request's hedged walk: the targets not yet tried, and the race between those started."""
+
+    def __init__(
+        self, gateway: Gateway, hedge: HedgeConfig, run: Run, candidates: Iterator[Attempt], build: Build, once: Once[T]
+    ) -> None:
+        self._gateway = gateway
+        self._hedge = hedge
+        self._run = run
+        self._candidates = candidates
+        self._build = build
+        self._once = once
+        self.extra = 0
+        self.race: Race[T, tuple[Attempt, Sequence[str]]] = Race()
+        run.overtaken = self.race.overtaken
+
+    def start(self, hedged: bool) -> float | None:
+        """Start the next target that can take the request (a hedge if ``hedged``); the loop time
+        at which a hedge beside it is due, if one may be."""
+        run = self._run
+        for attempt in self._candidates:
+            if run.remaining() <= 0:
+                run.skipped(attempt.target, "deadline passed before this target")
+                break
+            try:
+                request, dropped = self._build(attempt)
+            except TargetSkipped as skipped:
+                run.skipped(attempt.target, str(skipped))
+                continue
+            if hedged:
+                self.extra += 1
+                log.info("hedge model=%s target=%s calls=%d", run.alias, attempt.target.label, run.calls)
+                if run.trace is not None:
+                    run.trace.event("hedge", {"switchboard.target": attempt.target.label})
+            self.race.start(self._gateway._on_target(attempt, request, run, self._once, hedged), (attempt, dropped))
+            after = hedge_after(self._hedge, attempt.state) if self.extra < self._hedge.max_extra else None
+            return None if after is None else asyncio.get_running_loop().time() + after
+        return None
+
+    async def settle(
+        self, finished: list[tuple[tuple[Attempt, Sequence[str]], asyncio.Task[T]]]
+    ) -> tuple[T, Attempt] | None:
+        """The first answer among ``finished`` (any other is discarded), or None when they all
+        failed (each noted); a client error is raised."""
+        answered: list[tuple[T, Attempt, Sequence[str]]] = []
+        rejected: UpstreamRejected | None = None
+        for (attempt, dropped), task in finished:
+            try:
+                answered.append((task.result(), attempt, dropped))
+            except TargetSkipped as skipped:
+                self._run.skipped(attempt.target, str(skipped))
+            except UpstreamRejected as exc:
+                rejected = exc
+            except UpstreamError as exc:
+                self._run.failed(attempt.target, exc)
+        if answered:
+            for result, _, _ in answered[1:]:
+                await _discard(result)
+            result, attempt, self._run.dropped = answered[0]
+            return result, attempt
+        if rejected is not None:
+            raise rejected  # the client's own request is at fault: no other target would take it
+        return None
+
+
 def _answered(exchange: Exchange, attempt: Attempt) -> None:
     exchange.target = attempt.target.label
     exchange.model = attempt.target.model
@@ -613,6 +733,13 @@ async def _refusal(adapter: Provider, response: httpx.Response, provider: str) -
             provider,
         )
     return _upstream_said(adapter.parse_error(status, body, response.headers), provider)
+
+
+async def _discard(result: object) -> None:
+    """A result that lost a hedged race: a stream's upstream closed, its lease ended untold."""
+    if isinstance(result, OpenStream):
+        result.lease.abandoned()
+        await _close(result.upstream)
 
 
 async def _close(upstream: UpstreamStream | None) -> None:

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-AttemptResult = Literal["ok", "failed", "rejected", "skipped", "abandoned"]
+AttemptResult = Literal["ok", "failed", "rejected", "skipped", "abandoned", "overtaken"]
 REQUEST_ID_KEY: Final = "switchboard.request_id"  # where a request's id waits in scope["state"]
 # Switchboard's provider types → the GenAI semantic conventions' gen_ai.provider.name values.
 GENAI_PROVIDERS: Final = {
@@ -74,6 +74,7 @@ class AttemptRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     detail: str = ""  # for people: the upstream's (redacted) message or why it was skipped
     duration_s: float = 0.0
     retry: bool = False  # a second or later try at the same target
+    hedge: bool = False  # started beside a slow attempt (``models.<alias>.hedge``)
 
     def describe(self) -> str:
         return f"{self.target}: skipped, {self.detail}" if self.result == "skipped" else f"{self.target}: {self.detail}"

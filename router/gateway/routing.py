@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from router.config import Config, ModelConfig
+from router.config import Config, HedgeConfig, ModelConfig
 from router.errors import ModelNotFound
 
 
@@ -41,6 +41,7 @@ class Route:
     alias: str
     groups: tuple[Group, ...]
     fallbacks: tuple[str, ...] = ()
+    hedge: HedgeConfig | None = None
     plan: tuple[Target, ...] = field(init=False)  # every target once, in configured order
 
     def __post_init__(self) -> None:
@@ -81,7 +82,7 @@ class Router:
     def __init__(self, config: Config) -> None:
         self._providers = frozenset(config.providers)
         self._routes = {
-            alias: Route(alias, _groups(alias, config.models), tuple(model.fallbacks))
+            alias: Route(alias, _groups(alias, config.models), tuple(model.fallbacks), model.hedge)
             for alias, model in config.models.items()
         }
 

@@ -3,7 +3,7 @@ the lease one call holds on it, and the registry of every target's state."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Final
 
@@ -12,12 +12,14 @@ from router.config import BreakerConfig, Config
 from router.resilience.breaker import Breaker, Clock, Peers, utc_now
 
 EWMA_ALPHA: Final = 0.3
+SAMPLES: Final = 128  # latest times to answer kept per target, for a hedge's percentile
+MIN_SAMPLES: Final = 20  # fewer than this, and a percentile says nothing yet
 
 
 class TargetState:
     """What Switchboard knows about one target, and its admission control."""
 
-    __slots__ = ("breaker", "ewma_s", "failures", "in_flight", "label", "max_concurrent", "successes")
+    __slots__ = ("breaker", "ewma_s", "failures", "in_flight", "label", "max_concurrent", "samples", "successes")
 
     def __init__(self, label: str, breaker: Breaker, max_concurrent: int | None = None) -> None:
         self.label = label
@@ -27,6 +29,7 @@ class TargetState:
         self.successes = 0
         self.failures = 0
         self.ewma_s: float | None = None  # time to first token (whole answer when not streamed)
+        self.samples: deque[float] = deque(maxlen=SAMPLES)  # the same, the latest ones, for percentiles
 
     def acquire(self) -> Lease | str:
         """A lease to call this target, or the reason it must be skipped now."""
@@ -40,6 +43,14 @@ class TargetState:
 
     def observe_latency(self, seconds: float) -> None:
         self.ewma_s = seconds if self.ewma_s is None else self.ewma_s + EWMA_ALPHA * (seconds - self.ewma_s)
+        self.samples.append(seconds)
+
+    def percentile(self, p: float) -> float | None:
+        """The ``p``-th percentile of the latest times to answer; None until there are enough."""
+        if len(self.samples) < MIN_SAMPLES:
+            return None
+        ordered = sorted(self.samples)
+        return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))]
 
     def snapshot(self) -> dict[str, object]:
         opened = self.breaker.opened_at

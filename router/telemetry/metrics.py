@@ -122,6 +122,14 @@ SPECS: Final = {
             unit="{target}",
         ),
         Spec(
+            "switchboard_hedges",
+            "counter",
+            "Hedged requests by alias, and which attempt answered: first, hedge or none",
+            ("alias", "winner"),
+            otel="switchboard.hedges",
+            unit="{request}",
+        ),
+        Spec(
             "switchboard_client_disconnects",
             "counter",
             "Requests whose client left before the end",
@@ -327,6 +335,14 @@ class Names:
         return target.partition("/")[2] if target in self._targets else "other"
 
 
+def _winner(attempts: Sequence[AttemptRecord]) -> str:
+    """Which attempt of a hedged request answered: the hedge, the first (or a failover), or none."""
+    for attempt in attempts:
+        if attempt.result == "ok":
+            return "hedge" if attempt.hedge else "first"
+    return "none"
+
+
 def _moved_on(attempts: Sequence[AttemptRecord], i: int) -> bool:
     """A failover: this was the target's last try, and the request went on to another target."""
     later = attempts[i + 1 :]
@@ -399,30 +415,42 @@ class Recorder:
             self._disconnects[0] += 1
         if code == "gateway_overloaded":
             self._rejections[0] += 1
+        waited, hedged = self._attempts(outcome, alias)
+        if target:
+            self._answered(outcome, alias, target)
+        # Overhead: the request's time not spent waiting on an upstream (for a stream, up to its
+        # first chunk; after it the relay waits on the upstream or the client). A hedged request's
+        # attempts overlap, so their sum says nothing of it: not observed.
+        spent = outcome.ttft_s if outcome.stream and outcome.ttft_s is not None else outcome.duration_s
+        if not hedged:
+            _observe(self._overhead, OVERHEAD_BUCKETS, max(0.0, spent - waited))
+
+    def _attempts(self, outcome: Outcome, alias: str) -> tuple[float, bool]:
+        """Each attempt's figures; the time spent waiting on upstreams, and whether it was hedged."""
+        f, names = self._figures, self._names
         waited = 0.0
         attempts = outcome.attempts
+        hedged = False
         for i, attempt in enumerate(attempts):
             if attempt.result == "skipped":
                 f.add("switchboard_skips", (alias, attempt.error or "unavailable"))
                 continue
             waited += attempt.duration_s
+            hedged = hedged or attempt.hedge
             if attempt.retry:
                 f.add("switchboard_retries", (names.target(attempt.target),))
             failed = attempt.result in _FAILED
             if failed and _moved_on(attempts, i):
                 f.add("switchboard_failovers", (alias, attempt.error or attempt.result))
             self._call_cell(attempt, outcome, failed)
-        if target:
-            self._answered(outcome, alias, target)
-        # Overhead: the request's time not spent waiting on an upstream (for a stream, up to its
-        # first chunk; after it the relay waits on the upstream or the client).
-        spent = outcome.ttft_s if outcome.stream and outcome.ttft_s is not None else outcome.duration_s
-        _observe(self._overhead, OVERHEAD_BUCKETS, max(0.0, spent - waited))
+        if hedged:
+            f.add("switchboard_hedges", (alias, _winner(attempts)))
+        return waited, hedged
 
     def _call_cell(self, attempt: AttemptRecord, outcome: Outcome, failed: bool) -> None:
         label = self._names.target(attempt.target)
         answered = (outcome.response_model or "") if attempt.result == "ok" else ""
-        error = (attempt.error or attempt.result) if failed else ""
+        error = (attempt.error or attempt.result) if failed or attempt.result == "overtaken" else ""
         key = (label, attempt.provider, answered, error, outcome.operation)
         cell = self._calls.get(key)
         if cell is None:

@@ -25,6 +25,9 @@ class _Call:
         self.ttft_s = ttft_s
 
 
+_NOT_COUNTED: Final = frozenset({"skipped", "abandoned", "rejected", "overtaken"})  # say nothing of the target
+
+
 class TargetWindows:
     """Only configured targets are kept: direct `provider/model` routes are the client's to name."""
 
@@ -41,7 +44,7 @@ class TargetWindows:
     def __call__(self, outcome: Outcome) -> None:
         now = time.monotonic()
         for attempt in outcome.attempts:
-            if attempt.result in ("skipped", "abandoned", "rejected") or attempt.target not in self._targets:
+            if attempt.result in _NOT_COUNTED or attempt.target not in self._targets:
                 continue
             ok = attempt.result == "ok"
             ttft = outcome.ttft_s if ok and attempt.target == outcome.target else None
