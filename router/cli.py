@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import shutil
 import signal
@@ -140,7 +141,8 @@ def _serve(args: argparse.Namespace, path: str) -> int:
         shared = tempfile.mkdtemp(prefix="switchboard-metrics-")
         os.environ[METRICS_DIR_ENV] = shared
     # uvicorn ends its shutdown by raising the signal that started it again, with the handler it
-    # found: the default one would kill the process before its last log lines are written.
+    # found: the default one would kill the process before its last log lines are written. This
+    # one writes them, then lets the signal end the process as it would have.
     for stop in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop, _exit_on)
     try:
@@ -152,7 +154,10 @@ def _serve(args: argparse.Namespace, path: str) -> int:
 
 
 def _exit_on(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
+    """End as the signal would have ended the process, once the log lines held back are out."""
+    logging.shutdown()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 def _reload(args: argparse.Namespace, path: str) -> int:

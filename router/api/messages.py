@@ -26,7 +26,7 @@ from router.api.decode import decode_call, explain
 from router.api.handling import admit, begin, failed, finish, governed, identify, read_body, serve
 from router.api.responses import JSONBody
 from router.api.streams import Framing
-from router.errors import InvalidRequest, MethodNotAllowed, Refused
+from router.errors import InvalidRequest, MethodNotAllowed, Refused, ShuttingDown
 from router.gateway.failover import Gateway, OpenStream
 from router.gateway.messages import MessagesCall
 from router.gateway.outcome import REQUEST_ID_KEY, Exchange
@@ -139,6 +139,8 @@ async def _error(scope: HTTPScope, receive: Receive, send: Send, exc: Switchboar
         headers.append((b"retry-after", str(max(1, math.ceil(exc.retry_after))).encode()))
     if isinstance(exc, Refused):
         headers += [(name.encode(), value.encode()) for name, value in exc.headers]
+    if isinstance(exc, ShuttingDown):
+        headers.append((b"connection", b"close"))  # the client's retry opens a connection elsewhere
     await JSONBody(error_body(exc.status, exc.message, request_id), headers, exc.status)(scope, receive, send)
 
 

@@ -130,22 +130,32 @@ class Reloader:
             for line in exc.errors:
                 log.error("reload:   %s", line)
             return False
-        self.apply(settings)
+        try:
+            self.apply(settings)
+        except Exception:  # a surprise in building it: nothing was swapped
+            log.exception("reload: applying %s failed; the running config stays", self._path)
+            return False
         return True
 
     def apply(self, settings: Settings) -> None:
         old, new = self.settings.config, settings.config
         gateway: Gateway = self._state.gateway
         upstreams, retired = self._upstreams(settings, gateway.upstreams)
-        targets = registry_from_config(new, self._clock, self._sync)
-        kept = targets.adopt(gateway.targets)
-        bulkhead = gateway.bulkhead
+        try:  # everything is built before anything is swapped
+            targets = registry_from_config(new, self._clock, self._sync)
+            kept = targets.adopt(gateway.targets)
+            bulkhead = gateway.bulkhead
+            replacement = build_gateway(new, upstreams, targets, self._sleep, gateway.rng, bulkhead)
+            routing = routing_state(new)
+        except Exception:
+            fresh = {name: u for name, u in upstreams.items() if gateway.upstreams.get(name) is not u}
+            self._retire(fresh, 0.0)
+            raise
         bulkhead.limit = new.resilience.max_concurrent
-        replacement = build_gateway(new, upstreams, targets, self._sleep, gateway.rng, bulkhead)
         if self._sync is not None:
             self._sync.follow(targets)
         configured = configured_targets(new)
-        for name, value in routing_state(new).items():
+        for name, value in routing.items():
             setattr(self._state, name, value)
         self._state.metrics.rename(Names(new.models, configured))
         self._state.windows.retarget(configured)
@@ -203,7 +213,10 @@ class Reloader:
             await asyncio.sleep(after_s)
             if retired in self._retired:
                 self._retired.remove(retired)
-                await close_upstreams(self._unused(retired))
+                try:
+                    await close_upstreams(self._unused(retired))
+                except Exception:
+                    log.warning("reload: closing a retired provider failed", exc_info=True)
 
         task = asyncio.get_running_loop().create_task(close_later())
         self._closers.add(task)
