@@ -241,6 +241,8 @@ class ModelConfig(Strict, frozen=True, kw_only=True):
     strategy: Strategy = "priority"
     params: ParamsPolicy | None = None
     hedge: HedgeConfig | None = None
+    # A committed chat stream whose upstream fails goes on at the next target from the text sent so far.
+    continue_on_failure: bool = False
 
 
 NonNegative = Annotated[float, Meta(ge=0)]

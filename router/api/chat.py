@@ -11,6 +11,7 @@ from litestar.types import HTTPScope, Receive, Send
 
 from router.access.guard import Guard
 from router.access.limits import Admitted, estimate_tokens
+from router.api.continuing import chat_framing
 from router.api.decode import decode_call
 from router.api.handling import admit, begin, failed, finish, governed, identify, read_body, serve
 from router.errors import MethodNotAllowed
@@ -47,7 +48,8 @@ async def chat_completions(scope: HTTPScope, receive: Receive, send: Send) -> No
             stream: Callable[[], Awaitable[OpenStream]] | None = partial(gateway.open_stream, call, exchange)
         else:
             answer, stream = partial(gateway.complete, call, exchange), None
-        status, code = await serve(gateway, scope, receive, send, exchange, extra, answer, stream)
+        framing = partial(chat_framing, gateway, call)
+        status, code = await serve(gateway, scope, receive, send, exchange, extra, answer, stream, framing)
     except BaseException as exc:
         failed(exchange, admission, exc)
         raise

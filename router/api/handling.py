@@ -24,9 +24,9 @@ from router.api.disconnect import ClientWatch
 from router.api.drain import ENDED_BY_DRAIN, Drain
 from router.api.keepalive import KeepAlive
 from router.api.responses import CLIENT_GONE, JSONBody
-from router.api.streams import Framing, SSEResponse, error_frame
+from router.api.streams import Framing, Resume, SSEResponse, error_frame
 from router.config_schema import ParamsPolicy
-from router.errors import InvalidRequest, PayloadTooLarge, ShuttingDown
+from router.errors import InvalidRequest, PayloadTooLarge, ShuttingDown, internal_error
 from router.gateway.failover import Answer, Gateway, OpenStream
 from router.gateway.outcome import REQUEST_ID_KEY, Exchange
 from router.gateway.routing import Target
@@ -142,18 +142,19 @@ EarlyError = Callable[[SwitchboardError, str | None], bytes]
 class _Held:
     """What one request holds while it is served, released once by ``release``."""
 
-    __slots__ = ("keep", "opened", "watch")
+    __slots__ = ("keep", "opened", "relay", "watch")
 
     def __init__(self, watch: ClientWatch) -> None:
         self.watch = watch
         self.opened: OpenStream | None = None
         self.keep: KeepAlive | None = None
+        self.relay: SSEResponse | None = None  # its stream may replace ``opened`` (a continuation)
 
     async def release(self, exchange: Exchange) -> None:
         self.watch.close()
         if self.keep is not None:
             await self.keep.stop()
-        opened = self.opened
+        opened = self.relay.opened if self.relay is not None else self.opened
         if opened is not None:
             opened.lease.abandoned()  # a no-op when the relay has ended it
             try:
@@ -214,7 +215,12 @@ async def serve(
         return CLIENT_GONE.status, "client_disconnected"
     finally:
         try:
-            await held.release(exchange)
+            try:
+                await held.release(exchange)
+            except asyncio.CancelledError:
+                if not drain.claims(task):
+                    raise
+                await held.release(exchange)  # the drain's cancel came as the request ended: release all
         finally:
             gateway.bulkhead.leave()
             drain.leave(task)
@@ -238,13 +244,19 @@ async def _stream(
         held.keep = KeepAlive(send, every, [*SSE_HEADERS, *base])
     try:
         opened = held.opened = await stream()
-    except SwitchboardError as exc:
+    except Exception as exc:
         if held.keep is None or not await held.keep.stop():
             raise  # nothing went out: an HTTP error, as without keep-alive
+        if not isinstance(exc, SwitchboardError):
+            log.exception("stream failed before its first event, behind keep-alive")
+            exc = internal_error()
         return await _failed_committed(send, held.watch, exchange, exc, early_error)
     headers = _headers([*SSE_HEADERS, *base], opened.target, opened.calls, opened.dropped)
     frames = framing(opened, exchange) if framing is not None else None
-    relay = SSEResponse(opened, headers, held.watch, gateway, exchange, frames, held.keep, state.drain)
+    resume: Resume | None = getattr(frames, "resume", None)  # a framing that can go on elsewhere
+    relay = held.relay = SSEResponse(
+        opened, headers, held.watch, gateway, exchange, frames, held.keep, state.drain, resume
+    )
     await relay(scope, receive, send)
     return 200, relay.code
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Final, Protocol
 
 from litestar.types import Receive, Scope, Send
@@ -79,6 +79,10 @@ class ChatFraming:
         return error_frame(exc, request_id)
 
 
+# A framing's ``resume``, when it has one: the stream to go on with after one failed mid-way.
+Resume = Callable[[OpenStream, SwitchboardError], Awaitable[OpenStream | None]]
+
+
 class SSEResponse:
     """The client's side of a stream, as a plain ASGI app.
 
@@ -90,16 +94,19 @@ class SSEResponse:
     """
 
     __slots__ = (
+        "_complete",
         "_drain",
         "_exchange",
         "_first",
         "_framing",
         "_gateway",
+        "_head_sent",
         "_headers",
         "_keep",
-        "_opened",
+        "_resume",
         "_watch",
         "code",
+        "opened",
     )
 
     def __init__(
@@ -112,12 +119,16 @@ class SSEResponse:
         framing: Framing | None = None,
         keep: KeepAlive | None = None,
         drain: Drain | None = None,
+        resume: Resume | None = None,
     ) -> None:
         self._drain = drain
         self._framing = framing or ChatFraming(exchange.trace)
         self._keep = keep
         self._exchange = exchange
-        self._opened = opened
+        self._resume = resume
+        self._head_sent = False
+        self._complete = False  # the relay is over: only the end of the body is left to send
+        self.opened = opened  # the stream being relayed (another after a continuation)
         self._first = opened.first
         self._headers = headers
         self._watch = watch
@@ -125,7 +136,7 @@ class SSEResponse:
         self.code: str | None = "client_disconnected"  # until the stream ends otherwise
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        watch, lease, exchange, keep = self._watch, self._opened.lease, self._exchange, self._keep
+        watch, exchange, keep = self._watch, self._exchange, self._keep
         self._gateway.bulkhead.streams += 1
         try:
             if keep is None or not await keep.settle():  # keep-alive may have sent the head already
@@ -134,9 +145,12 @@ class SSEResponse:
                 await send({"type": "http.response.start", "status": 200, "headers": self._headers})
                 if keep is not None:
                     keep.started = True
-            failure = await self._relay(send)
+            self._head_sent = True
+            failure = await self._relay_all(send)
+            self._complete = True
             if keep is not None:
                 await keep.stop()  # before the end: nothing may follow it
+            lease = self.opened.lease
             if isinstance(failure, ClientStalled):
                 lease.abandoned()  # nothing learned about the target
                 await watch.stop()
@@ -163,25 +177,53 @@ class SSEResponse:
             self._gateway.bulkhead.streams -= 1
 
     async def _ended_by_drain(self, send: Send) -> None:
-        """The drain's time ran out with this stream still going: one error event, a proper end."""
-        self._opened.lease.abandoned()  # nothing learned about the target
-        if self._keep is not None:
-            await self._keep.stop()
+        """The drain's time ran out with this stream still going: one error event, a proper end
+        (the head first, if the cancel came before it went out; only the end, if the relay was
+        over)."""
+        self.opened.lease.abandoned()  # a no-op when the relay has ended it
+        head_sent = (await self._keep.stop() if self._keep is not None else False) or self._head_sent
+        if self._complete:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
         self.code = ShuttingDown.code
+        if not head_sent:
+            await send({"type": "http.response.start", "status": 200, "headers": self._headers})
         error = self._framing.error(ShuttingDown(ENDED_BY_DRAIN), self._exchange.request_id)
-        if await self._write_until(send, error, self._opened.deadline):
+        if await self._write_until(send, error, self.opened.deadline):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
+    async def _relay_all(self, send: Send) -> SwitchboardError | None:
+        """Relay, going on at another target each time the upstream fails and ``resume`` gives
+        a stream to go on with; a failure that stays one is sent as an error event."""
+        failure = await self._relay(send)
+        while failure is not None and not isinstance(failure, ClientStalled) and self._resume is not None:
+            resumed = await self._resume(self.opened, failure)  # mid-stream failover, if it can
+            if resumed is None:
+                break
+            self.opened, self._first = resumed, resumed.first
+            failure = await self._relay(send)
+        if failure is not None and not isinstance(failure, ClientStalled):
+            failure = await self._fail(send, failure)
+        return failure
+
+    async def _fail(self, send: Send, failure: SwitchboardError) -> SwitchboardError:
+        """The upstream failed mid-way: one error event, and the failure (or ``ClientStalled``)."""
+        log.warning("stream-failed target=%s reason=%r", self.opened.target.label, failure.message)
+        error = self._framing.error(failure, self._exchange.request_id)
+        if not await self._write_until(send, error, self.opened.deadline):
+            return self._stalled()
+        return failure
+
     async def _relay(self, send: Send) -> SwitchboardError | None:
-        """Relay until the end; the upstream's failure, if it failed mid-way (already sent as an
-        error event), or ``ClientStalled`` if a write to the client did not finish in time.
+        """Relay until the end; the upstream's failure, if it failed mid-way, or ``ClientStalled``
+        if a write to the client did not finish in time.
 
         One timer, rescheduled once per upstream read, bounds the wait for the upstream's next
         chunk (``idle_s``) and the write that follows it, all within the request's deadline
         (``total_s``). uvicorn's send waits while the client's socket buffer is full, so an unread
         stream pulls nothing more; the server protocol cuts off a client that takes no bytes for
         ``server.write_timeout_s`` (``router.api.protocol``)."""
-        opened, keep = self._opened, self._keep
+        opened, keep = self.opened, self._keep
         upstream, idle_s, deadline = opened.upstream, self._gateway.timeouts.idle_s, opened.deadline
         loop = asyncio.get_running_loop()
         framing = self._framing
@@ -230,9 +272,6 @@ class SSEResponse:
                 break
             await upstream.drain()
             return None
-        log.warning("stream-failed target=%s reason=%r", opened.target.label, failure.message)
-        if not await self._write_until(send, framing.error(failure, self._exchange.request_id), deadline):
-            return self._stalled()
         return failure
 
     @staticmethod
@@ -248,7 +287,7 @@ class SSEResponse:
     def _stalled(self) -> ClientStalled:
         log.warning(
             "client-stalled target=%s: a write to the client outlasted the request's deadline; closed",
-            self._opened.target.label,
+            self.opened.target.label,
         )
         return ClientStalled("the client stopped reading")
 

@@ -421,6 +421,30 @@ class Gateway:
         _answered(exchange, attempt)
         return opened
 
+    def continues(self, alias: str | None) -> bool:
+        """Whether ``alias`` goes on at another target when a committed stream's upstream fails."""
+        route = self.router.routes.get(alias or "")
+        return route is not None and route.continue_on_failure
+
+    async def open_continuation(
+        self, prefill: Inbound, prompt: Inbound, exchange: Exchange, failed: Target
+    ) -> OpenStream:
+        """A stream that goes on from where a failed one stopped (``router.gateway.continuation``):
+        the route walked again without the target that failed, each target asked with ``prefill``
+        where it continues an assistant turn (Anthropic), else with ``prompt``."""
+
+        def build(attempt: Attempt) -> tuple[httpx.Request, Sequence[str]]:
+            if attempt.target == failed:
+                raise TargetSkipped("it failed mid-stream")
+            return _chat_request(prefill if attempt.kind == "anthropic" else prompt, attempt)
+
+        def translator(attempt: Attempt) -> StreamTranslator:
+            return _chat_translator(prefill if attempt.kind == "anthropic" else prompt, attempt)
+
+        opened, attempt, _ = await self._walk(prefill.chat.model, build, partial(self._open_once, translator), exchange)
+        _answered(exchange, attempt)
+        return opened
+
     async def completions(self, call: CompletionsCall, exchange: Exchange) -> Answer:
         """The legacy completions API, passed through to OpenAI-compatible targets only."""
         once = partial(self._complete_once, completions.parse)

@@ -103,6 +103,7 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     team_id: str | None = None
     reserved_tokens: int | None = None  # what its rate limits reserved at admission
     operation: str = "chat"  # OpenTelemetry's gen_ai.operation.name: chat, embeddings
+    continued: int = 0  # times a stream went on at another target after its upstream failed
 
 
 Listener = Callable[[Outcome], None]
@@ -153,7 +154,10 @@ class Exchange:
         "alias",
         "allows",
         "attempts",
+        "carried_cost",
+        "carried_usage",
         "client_disconnected",
+        "continued",
         "finish_reason",
         "first_chunk_s",
         "key_id",
@@ -194,6 +198,23 @@ class Exchange:
         self.key_id: str | None = None
         self.team_id: str | None = None
         self.reserved_tokens: int | None = None
+        self.continued = 0
+        self.carried_usage: TokenUsage | None = None  # of the upstreams a continued stream left
+        self.carried_cost: float | None = None
+
+    def carry(self, report: Report, provider: str | None, model: str | None) -> None:
+        """A continued stream's failed upstream (of ``provider``'s ``model``): its usage and cost
+        are the request's too."""
+        usage = report.usage
+        if usage is not None:
+            try:
+                cost = self._outcomes.pricing.cost(provider, model, report.response_model, usage)
+            except Exception:
+                log.exception("pricing failed")
+                cost = None
+            self.carried_cost = _plus(self.carried_cost, cost)
+            self.carried_usage = _add(self.carried_usage, usage)
+        self.continued += 1
 
     def reported(self, report: Report) -> None:
         """What the answer said about itself: usage (None stays unknown), finish reason, model."""
@@ -218,6 +239,9 @@ class Exchange:
         except Exception:  # a price table surprise must not cost the request its record
             log.exception("pricing failed")
             cost_usd = None
+        if self.continued:
+            cost_usd = _plus(cost_usd, self.carried_cost)
+            usage = self.usage = _add(usage, self.carried_usage)
         outcome = Outcome(
             request_id=self.request_id,
             alias=self.alias,
@@ -239,6 +263,7 @@ class Exchange:
             team_id=self.team_id,
             reserved_tokens=self.reserved_tokens,
             operation=self.operation,
+            continued=self.continued,
         )
         if self.trace is not None:
             try:
@@ -247,3 +272,18 @@ class Exchange:
                 log.exception("tracing failed")
         self._outcomes.emit(outcome)
         return outcome
+
+
+def _plus(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else a + b
+
+
+def _add(a: TokenUsage | None, b: TokenUsage | None) -> TokenUsage | None:
+    if a is None or b is None:
+        return a or b
+    return TokenUsage(
+        prompt=a.prompt + b.prompt,
+        completion=a.completion + b.completion,
+        cached=a.cached + b.cached,
+        reasoning=a.reasoning + b.reasoning,
+    )

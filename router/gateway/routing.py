@@ -42,6 +42,7 @@ class Route:
     groups: tuple[Group, ...]
     fallbacks: tuple[str, ...] = ()
     hedge: HedgeConfig | None = None
+    continue_on_failure: bool = False
     plan: tuple[Target, ...] = field(init=False)  # every target once, in configured order
 
     def __post_init__(self) -> None:
@@ -82,7 +83,9 @@ class Router:
     def __init__(self, config: Config) -> None:
         self._providers = frozenset(config.providers)
         self._routes = {
-            alias: Route(alias, _groups(alias, config.models), tuple(model.fallbacks), model.hedge)
+            alias: Route(
+                alias, _groups(alias, config.models), tuple(model.fallbacks), model.hedge, model.continue_on_failure
+            )
             for alias, model in config.models.items()
         }
 
