@@ -36,6 +36,7 @@ from router.api.metrics import metrics_endpoint
 from router.api.models import list_models, retrieve_model
 from router.api.openai_responses import create_response, delete_response, retrieve_response
 from router.api.responses import request_id_of
+from router.api.resumable import resume_stream
 from router.config import Config, Settings, default_config_path, load_settings
 from router.config_schema import CORSConfig as CORSSettings
 from router.errors import (
@@ -60,6 +61,7 @@ from router.resilience.bulkhead import Bulkhead
 from router.resilience.retry import Sleep
 from router.resilience.targets import registry_from_config
 from router.state.redis_breakers import BreakerSync
+from router.state.stream_logs import MemoryStreamLogs, RedisStreamLogs
 from router.store.database import Database
 from router.store.responses import ResponseStore
 from router.store.url import async_url
@@ -147,6 +149,14 @@ def create_app(
         app.state.guard = guard
         if guard.ledger is not None:
             app.state.outcomes.listeners.append(guard.ledger)  # spend, from every request's record
+        streams = config.streams
+        app.state.stream_logs = (
+            RedisStreamLogs(
+                config.state.url, config.state.timeout_s, streams.resume_window_s, streams.resume_buffer_bytes
+            )
+            if config.state.backend == "redis"
+            else MemoryStreamLogs(streams.resume_window_s, streams.resume_buffer_bytes)
+        )
         response_store = ResponseStore(guard.database, config.responses.store_ttl_s)
         await response_store.start()
         app.state.response_store = response_store
@@ -194,6 +204,7 @@ def create_app(
                 if sync is not None:
                     await sync.close()
                 await response_store.stop()
+                await app.state.stream_logs.close()
                 await guard.stop()
                 if guard.database is not None:
                     await guard.database.close()
@@ -210,6 +221,7 @@ def create_app(
             create_message,
             count_tokens,
             create_response,
+            resume_stream,
             retrieve_response,
             delete_response,
             list_models,

@@ -243,6 +243,7 @@ class ModelConfig(Strict, frozen=True, kw_only=True):
     hedge: HedgeConfig | None = None
     # A committed chat stream whose upstream fails goes on at the next target from the text sent so far.
     continue_on_failure: bool = False
+    resumable: bool = False  # every stream of this alias (else per request: x-switchboard-resumable: true)
 
 
 NonNegative = Annotated[float, Meta(ge=0)]
@@ -319,9 +320,14 @@ class ResponsesConfig(Strict, frozen=True, kw_only=True):
 
 class StreamsConfig(Strict, frozen=True, kw_only=True):
     """How a stream is kept alive: an SSE comment after ``keepalive_s`` without an event (before
-    the first one too, when failover goes on behind it); ``null`` turns it off."""
+    the first one too, when failover goes on behind it); ``null`` turns it off. And how resumable
+    streams are kept."""
 
     keepalive_s: PositiveFloat | None = 10.0
+    # Resumable streams: how long after its client left (or after its end) a stream can be picked
+    # up again, and the most its kept events may weigh (past it, it is no longer resumable).
+    resume_window_s: PositiveFloat = 60.0
+    resume_buffer_bytes: PositiveInt = 1024 * 1024
 
 
 class Config(Strict, frozen=True, kw_only=True):

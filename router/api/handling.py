@@ -9,7 +9,7 @@ import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 from litestar.types import HTTPScope, Receive, Send
@@ -19,17 +19,19 @@ from providers.errors import SwitchboardError
 from router.access.guard import Caller, Guard, key_id_of_caller
 from router.access.limits import Admitted
 from router.access.policy import apply as apply_policy
+from router.api import resumable
 from router.api.decode import decode_call
 from router.api.disconnect import ClientWatch
 from router.api.drain import ENDED_BY_DRAIN, Drain
 from router.api.keepalive import KeepAlive
 from router.api.responses import CLIENT_GONE, JSONBody
 from router.api.streams import Framing, Resume, SSEResponse, error_frame
-from router.config_schema import ParamsPolicy
+from router.config_schema import ParamsPolicy, StreamsConfig
 from router.errors import InvalidRequest, PayloadTooLarge, ShuttingDown, internal_error
 from router.gateway.failover import Answer, Gateway, OpenStream
 from router.gateway.outcome import REQUEST_ID_KEY, Exchange
 from router.gateway.routing import Target
+from router.state.stream_logs import StreamLog
 from router.telemetry.spans import RequestTrace
 
 log = logging.getLogger(__name__)
@@ -142,16 +144,19 @@ EarlyError = Callable[[SwitchboardError, str | None], bytes]
 class _Held:
     """What one request holds while it is served, released once by ``release``."""
 
-    __slots__ = ("keep", "opened", "relay", "watch")
+    __slots__ = ("keep", "log", "opened", "relay", "watch")
 
     def __init__(self, watch: ClientWatch) -> None:
         self.watch = watch
         self.opened: OpenStream | None = None
         self.keep: KeepAlive | None = None
         self.relay: SSEResponse | None = None  # its stream may replace ``opened`` (a continuation)
+        self.log: StreamLog | None = None  # a resumable stream's events
 
     async def release(self, exchange: Exchange) -> None:
         self.watch.close()
+        if self.log is not None:
+            await self.log.end()
         if self.keep is not None:
             await self.keep.stop()
         opened = self.relay.opened if self.relay is not None else self.opened
@@ -239,6 +244,9 @@ async def _stream(
     early_error: EarlyError,
 ) -> tuple[int, str | None]:
     state = scope["app"].state
+    stream_id = resumable.new_stream_id() if resumable.asked(scope["headers"]) else None
+    if stream_id is not None:
+        base = [*base, (resumable.STREAM_ID_HEADER, stream_id.encode())]
     every: float | None = state.keepalive_s
     if every is not None:
         held.keep = KeepAlive(send, every, [*SSE_HEADERS, *base])
@@ -251,6 +259,11 @@ async def _stream(
             log.exception("stream failed before its first event, behind keep-alive")
             exc = internal_error()
         return await _failed_committed(send, held.watch, exchange, exc, early_error)
+    if stream_id is None and gateway.resumable(exchange.alias) and not (held.keep is not None and held.keep.started):
+        stream_id = resumable.new_stream_id()  # the alias's choice (too late if the head is out already)
+        base = [*base, (resumable.STREAM_ID_HEADER, stream_id.encode())]
+    if stream_id is not None:
+        send = _resumable(held, state, receive, send, stream_id, exchange)
     headers = _headers([*SSE_HEADERS, *base], opened.target, opened.calls, opened.dropped)
     frames = framing(opened, exchange) if framing is not None else None
     resume: Resume | None = getattr(frames, "resume", None)  # a framing that can go on elsewhere
@@ -259,6 +272,16 @@ async def _stream(
     )
     await relay(scope, receive, send)
     return 200, relay.code
+
+
+def _resumable(held: _Held, state: Any, receive: Receive, send: Send, stream_id: str, exchange: Exchange) -> Send:
+    """From here on the stream outlives its client's connection for the resume window: its events
+    are numbered and kept, and a client that leaves does not cancel it at once."""
+    streams: StreamsConfig = state.streams
+    stream_log = held.log = state.stream_logs.create(stream_id, exchange.key_id or "")
+    held.watch.close()
+    watch = held.watch = resumable.ResumeWatch(receive, streams.resume_window_s, lambda: stream_log.followers > 0)
+    return resumable.Recorder(send, stream_log, watch)
 
 
 async def _ended_by_drain(

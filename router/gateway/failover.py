@@ -421,6 +421,11 @@ class Gateway:
         _answered(exchange, attempt)
         return opened
 
+    def resumable(self, alias: str | None) -> bool:
+        """Whether every stream of ``alias`` is resumable."""
+        route = self.router.routes.get(alias or "")
+        return route is not None and route.resumable
+
     def continues(self, alias: str | None) -> bool:
         """Whether ``alias`` goes on at another target when a committed stream's upstream fails."""
         route = self.router.routes.get(alias or "")

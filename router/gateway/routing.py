@@ -43,6 +43,7 @@ class Route:
     fallbacks: tuple[str, ...] = ()
     hedge: HedgeConfig | None = None
     continue_on_failure: bool = False
+    resumable: bool = False
     plan: tuple[Target, ...] = field(init=False)  # every target once, in configured order
 
     def __post_init__(self) -> None:
@@ -84,7 +85,12 @@ class Router:
         self._providers = frozenset(config.providers)
         self._routes = {
             alias: Route(
-                alias, _groups(alias, config.models), tuple(model.fallbacks), model.hedge, model.continue_on_failure
+                alias,
+                _groups(alias, config.models),
+                tuple(model.fallbacks),
+                model.hedge,
+                model.continue_on_failure,
+                model.resumable,
             )
             for alias, model in config.models.items()
         }

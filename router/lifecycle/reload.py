@@ -54,6 +54,7 @@ def routing_state(config: Config) -> dict[str, object]:
         "alias_set": frozenset(config.models),
         "policies": {alias: model.params for alias, model in config.models.items() if model.params is not None},
         "keepalive_s": config.streams.keepalive_s,
+        "streams": config.streams,
     }
 
 
@@ -158,6 +159,7 @@ class Reloader:
         for name, value in routing.items():
             setattr(self._state, name, value)
         self._state.metrics.rename(Names(new.models, configured))
+        self._state.stream_logs.configure(new.streams.resume_window_s, new.streams.resume_buffer_bytes)
         self._state.windows.retarget(configured)
         self._state.gateway = replacement  # from here on, new requests take the new config
         self.settings = settings

@@ -1,0 +1,241 @@
+"""Resumable streams' events, kept so that a client that lost its connection can pick the stream up
+again (``GET /v1/streams/{id}`` with ``Last-Event-ID``).
+
+A ``StreamLog`` is one stream's events, numbered from 1, each stored as the SSE event the client
+gets (its ``id:`` line included), bounded in bytes; ``follow(after)`` yields every event after
+``after``, then the live rest until the stream ends. ``MemoryStreamLogs`` keeps them in this
+process (a reconnect must reach the same worker); ``RedisStreamLogs`` in Redis Streams (one per
+stream, ``XADD`` with the event's number as its entry id, ``XREAD BLOCK`` to follow), so that a
+reconnect may land on any worker or replica. Either forgets a stream ``window_s`` after its last
+event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Final, Protocol
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+END: Final = b""  # the entry that says the stream is over
+PREFIX: Final = "switchboard:stream:"
+BLOCK_MS: Final = 1000  # one XREAD's wait: a follower notices a stream that was forgotten within it
+
+
+class StreamLog(Protocol):
+    owner: str
+    overflowed: bool  # past its byte bound: no longer resumable
+    followers: int  # clients following it live in this process
+
+    async def append(self, events: Sequence[bytes]) -> None: ...
+
+    async def end(self) -> None: ...
+
+    def follow(self, after: int) -> AsyncIterator[bytes]: ...
+
+
+class StreamLogs(Protocol):
+    def configure(self, window_s: float, limit: int) -> None: ...
+
+    def create(self, stream_id: str, owner: str) -> StreamLog: ...
+
+    async def find(self, stream_id: str) -> StreamLog | None: ...
+
+    async def close(self) -> None: ...
+
+
+class MemoryLog:
+    """One stream's events in this process."""
+
+    __slots__ = ("_changed", "_done", "_events", "_size", "ended_at", "followers", "limit", "overflowed", "owner")
+
+    def __init__(self, owner: str, limit: int) -> None:
+        self.owner = owner
+        self.limit = limit
+        self.overflowed = False
+        self.ended_at: float | None = None
+        self.followers = 0
+        self._events: list[bytes] = []
+        self._size = 0
+        self._done = False
+        self._changed = asyncio.Event()
+
+    async def append(self, events: Sequence[bytes]) -> None:
+        if self.overflowed:
+            return
+        self._size += sum(len(e) for e in events)
+        if self._size > self.limit:
+            self.overflowed = True  # resumable no more: what it holds is let go
+            self._events.clear()
+        else:
+            self._events.extend(events)
+        self._wake()
+
+    async def end(self) -> None:
+        self._done = True
+        self.ended_at = time.monotonic()
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def follow(self, after: int) -> AsyncIterator[bytes]:
+        sent = max(0, after)
+        self.followers += 1
+        try:
+            while True:
+                changed = self._changed
+                if self.overflowed:
+                    return
+                while sent < len(self._events):
+                    sent += 1
+                    yield self._events[sent - 1]
+                if self._done:
+                    return
+                await changed.wait()
+        finally:
+            self.followers -= 1
+
+
+class MemoryStreamLogs:
+    """Every resumable stream of this process; each forgotten ``window_s`` after it ended."""
+
+    def __init__(self, window_s: float, limit: int) -> None:
+        self._window_s = window_s
+        self._limit = limit
+        self._logs: dict[str, MemoryLog] = {}
+
+    def configure(self, window_s: float, limit: int) -> None:
+        """After a config reload: for the streams that start from now on."""
+        self._window_s, self._limit = window_s, limit
+
+    def create(self, stream_id: str, owner: str) -> MemoryLog:
+        self._sweep()
+        stream = self._logs[stream_id] = MemoryLog(owner, self._limit)
+        return stream
+
+    async def find(self, stream_id: str) -> MemoryLog | None:
+        self._sweep()
+        return self._logs.get(stream_id)
+
+    def _sweep(self) -> None:
+        cutoff = time.monotonic() - self._window_s
+        for stream_id in [k for k, v in self._logs.items() if v.ended_at is not None and v.ended_at < cutoff]:
+            del self._logs[stream_id]
+
+    async def close(self) -> None:
+        self._logs.clear()
+
+
+class RedisLog:
+    """One stream's events in a Redis Stream: entry ``0-n`` holds event n; an empty entry ends it."""
+
+    __slots__ = ("_count", "_key", "_redis", "_size", "_window_ms", "followers", "limit", "overflowed", "owner")
+
+    def __init__(self, redis: Redis, stream_id: str, owner: str, limit: int, window_s: float) -> None:
+        self._redis = redis
+        self._key = PREFIX + stream_id
+        self.owner = owner
+        self.limit = limit
+        self._window_ms = int(window_s * 1000)
+        self.overflowed = False
+        self.followers = 0  # those on other replicas are not known here
+        self._count = 0
+        self._size = 0
+
+    async def append(self, events: Sequence[bytes]) -> None:
+        if self.overflowed:
+            return
+        self._size += sum(len(e) for e in events)
+        if self._size > self.limit:
+            self.overflowed = True
+            with contextlib.suppress(RedisError, OSError):
+                await self._redis.delete(self._key)
+            return
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                if self._count == 0:
+                    pipe.xadd(self._key, {"o": self.owner}, id="0-1")  # the owner, before event 1
+                for event in events:
+                    self._count += 1
+                    pipe.xadd(self._key, {"e": event}, id=f"0-{self._count + 1}")
+                pipe.pexpire(self._key, self._window_ms)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            log.warning("stream-log: Redis refused an event (%s): the stream is no longer resumable", exc)
+            self.overflowed = True
+
+    async def end(self) -> None:
+        if self.overflowed:
+            return
+        with contextlib.suppress(RedisError, OSError):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.xadd(self._key, {"e": END}, id=f"0-{self._count + 2}")
+                pipe.pexpire(self._key, self._window_ms)
+                await pipe.execute()
+
+    async def follow(self, after: int) -> AsyncIterator[bytes]:
+        self.followers += 1
+        try:
+            async for event in _follow(self._redis, self._key, after):
+                yield event
+        finally:
+            self.followers -= 1
+
+
+async def _follow(redis: Redis, key: str, after: int) -> AsyncIterator[bytes]:
+    last = f"0-{max(0, after) + 1}"  # entry 0-1 is the owner: events start at 0-2
+    while True:
+        answer = await redis.xread({key: last}, block=BLOCK_MS, count=256)
+        if not answer:
+            if not await redis.exists(key):
+                return  # forgotten (or past its bound): nothing more will come
+            continue
+        for entry_id, fields in answer[0][1]:
+            last = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+            event = fields.get(b"e")
+            if event is None:
+                continue
+            if event == END:
+                return
+            yield event
+
+
+class RedisStreamLogs:
+    """Resumable streams in Redis: any worker or replica can resume any stream."""
+
+    def __init__(self, url: str, timeout_s: float, window_s: float, limit: int) -> None:
+        self._redis = Redis.from_url(url, socket_timeout=None, socket_connect_timeout=timeout_s)
+        self._window_s = window_s
+        self._limit = limit
+
+    def configure(self, window_s: float, limit: int) -> None:
+        """After a config reload: for the streams that start from now on."""
+        self._window_s, self._limit = window_s, limit
+
+    def create(self, stream_id: str, owner: str) -> RedisLog:
+        return RedisLog(self._redis, stream_id, owner, self._limit, self._window_s)
+
+    async def find(self, stream_id: str) -> RedisLog | None:
+        try:
+            first = await self._redis.xrange(PREFIX + stream_id, "0-1", "0-1")
+        except (RedisError, OSError) as exc:
+            log.warning("stream-log: Redis did not answer (%s)", exc)
+            return None
+        if not first:
+            return None
+        owner = first[0][1].get(b"o", b"").decode()
+        found = RedisLog(self._redis, stream_id, owner, self._limit, self._window_s)
+        found.overflowed = False
+        return found
+
+    async def close(self) -> None:
+        await self._redis.aclose()
