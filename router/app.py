@@ -263,6 +263,7 @@ EXPOSED_HEADERS: Final = (
     "x-switchboard-target",
     "x-switchboard-attempts",
     "x-switchboard-dropped-params",
+    "x-switchboard-stream-id",
 )
 
 

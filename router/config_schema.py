@@ -44,6 +44,8 @@ class CORSConfig(Strict, frozen=True, kw_only=True):
         "openai-organization",
         "openai-project",
         "traceparent",
+        "x-switchboard-resumable",
+        "last-event-id",
     )
     allow_credentials: bool = False
     max_age_s: Annotated[int, Meta(ge=0)] = 600
