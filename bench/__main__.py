@@ -21,6 +21,7 @@ from typing import Final
 import httpx
 import msgspec
 
+from bench import capacity
 from bench.discard import entry_point_dir
 from bench.load import LoadResult, hold_streams, run_wrk
 from bench.upstream import Nginx
@@ -36,7 +37,9 @@ HTTPX_PASSTHROUGHS = ("passthrough-httpx", "passthrough-httpx-aiohttp", "passthr
 TELEMETRY_SUBJECTS = ("switchboard-logged", "switchboard-traced", "switchboard-traced-otlp")
 # The defaults (as -logged) with a master key and every request made with a virtual key that has
 # rpm, tpm, parallel and budget limits (none reached): counted in memory, or in the local Redis.
-KEY_SUBJECTS = ("switchboard-keys", "switchboard-keys-redis")
+KEY_SUBJECTS = ("switchboard-keys", "switchboard-keys-redis", "switchboard-full")
+# -full: keys as -keys, the request lines as -logged, keep-alive (on by default) and every stream
+# resumable (its events numbered and kept): the stream-capacity scenario's "everything on".
 BENCH_KEY = "sk-bench-client"  # what bench.load's wrk script sends
 SUBJECTS = (
     "direct",
@@ -46,6 +49,7 @@ SUBJECTS = (
     *TELEMETRY_SUBJECTS,
     *KEY_SUBJECTS,
     "baseline",
+    "switchboard-full",
 )
 BEFORE_TELEMETRY = "7e899d7"  # the end of issue #7: Switchboard before the Outcome, metrics, logs and traces
 SCENARIOS = (("json", 1), ("json", 64), ("stream", 1), ("stream", 64))
@@ -87,14 +91,17 @@ def keys_config(workdir: Path, redis: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def switchboard_config(upstream: str) -> str:
+def switchboard_config(upstream: str, resumable: bool = False) -> str:
     """Breakers and retries are on (the defaults) in every run; the retry backoff is short so that
     the failover scenario measures failing over, not sleeping."""
-    kinds = ("json", "stream", "slow", "flaky-json", "flaky-stream")
+    kinds = ("json", "stream", "slow", "flaky-json", "flaky-stream", "paced")
     lines = ["providers:"]
     lines += [f"  {k}: {{type: openai, base_url: '{upstream}/{k}/v1', api_key: sk-bench}}" for k in kinds]
     lines.append("models:")
     lines += [f"  bench-{k}: {{targets: [{{provider: {k}, model: gpt-4o-mini}}]}}" for k in ("json", "stream", "slow")]
+    lines.append(
+        f"  bench-paced: {{targets: [{{provider: paced, model: gpt-4o-mini}}], resumable: {str(resumable).lower()}}}"
+    )
     lines += [
         f"  bench-failover-{k}: {{targets: [{{provider: flaky-{k}, model: m}}, {{provider: {k}, model: m}}]}}"
         for k in ("json", "stream")
@@ -132,7 +139,7 @@ class Subject:
         env = {**os.environ, "BENCH_UPSTREAM": self.upstream}
         if self.is_switchboard:
             config = self.workdir / f"{self.name}.yaml"
-            text = switchboard_config(self.upstream)
+            text = switchboard_config(self.upstream, resumable=self.name == "switchboard-full")
             if self.name in KEY_SUBJECTS:
                 text += keys_config(self.workdir, self.name.endswith("redis"))
                 env["BENCH_CLIENT_KEY"] = BENCH_KEY
@@ -379,11 +386,21 @@ def main() -> int:
     parser.add_argument("--subjects", nargs="*", default=list(SUBJECTS), choices=SUBJECTS)
     parser.add_argument("--baseline", default=BEFORE_TELEMETRY, help="git ref of the baseline subject's build")
     parser.add_argument("--out", type=Path, default=Path("bench/results/latest.json"))
+    parser.add_argument(
+        "--capacity",
+        action="store_true",
+        help="the stream-capacity scenario instead (bench/capacity.py): paced 20 s streams, N at once",
+    )
+    parser.add_argument(
+        "--ladder", default="150,200,250,300,350,400", help="stream counts the capacity scenario climbs"
+    )
     args = parser.parse_args()
     if len(os.sched_getaffinity(0)) < 2:
         print("bench: needs 2 CPUs (one for the proxy, one for the load)", file=sys.stderr)
         return 2
     os.sched_setaffinity(0, {LOAD_CPU})
+    if args.capacity:
+        return capacity_main(args)
     with tempfile.TemporaryDirectory(prefix="sb-bench-") as tmp, contextlib.ExitStack() as stack:
         workdir = Path(tmp)
         nginx = stack.enter_context(Nginx(free_port(), workdir / "nginx", LOAD_CPU))
@@ -401,6 +418,33 @@ def main() -> int:
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(msgspec.json.format(msgspec.json.encode([asdict(r) for r in results])))
+    return 0
+
+
+CAPACITY_SUBJECTS: Final = ("passthrough-aiohttp", "passthrough-httpx-aiohttp", "switchboard", "switchboard-full")
+
+
+def capacity_main(args: argparse.Namespace) -> int:
+    """The stream-capacity scenario: each subject climbs the ladder of concurrent paced streams."""
+    names = args.subjects if args.subjects != list(SUBJECTS) else list(CAPACITY_SUBJECTS)
+    ladder = [int(n) for n in args.ladder.split(",")]
+    with tempfile.TemporaryDirectory(prefix="sb-bench-") as tmp, contextlib.ExitStack() as stack:
+        workdir = Path(tmp)
+        nginx = stack.enter_context(Nginx(free_port(), workdir / "nginx", LOAD_CPU))
+        upstream = f"http://127.0.0.1:{nginx.port}"
+        direct = Direct(upstream)
+        ideal = capacity.ideal_seconds(direct.url("paced"), request_body("gpt-4o-mini", True))
+        results: dict[str, list[capacity.Step]] = {}
+        for name in names:
+            if name in ("direct", "baseline"):
+                continue
+            print(f"bench: capacity of {name}…", file=sys.stderr)
+            with Subject(name, upstream, workdir, args.baseline) as subject:
+                assert subject.process is not None
+                headers = {"authorization": f"Bearer {BENCH_KEY}"} if name in KEY_SUBJECTS else {}
+                body = request_body(subject.model("paced"), True)
+                results[name] = capacity.climb(subject.url("paced"), body, ladder, ideal, subject.process.pid, headers)
+    print(capacity.report(results, ideal))
     return 0
 
 

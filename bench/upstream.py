@@ -64,6 +64,29 @@ def stream_body() -> bytes:
     return b"".join(parts)
 
 
+PACED_EVENTS: Final = 1000  # the stream-capacity scenario: 1,000 events of 200 bytes, one per 20 ms
+PACED_EVENT_BYTES: Final = 200
+PACED_RATE: Final = PACED_EVENT_BYTES * 50  # bytes per second: nginx's limit_rate paces them
+
+
+def paced_body() -> bytes:
+    """A long answer of ``PACED_EVENTS`` chunks of ``PACED_EVENT_BYTES`` each (then ``[DONE]``)."""
+
+    def chunk(text: str) -> bytes:
+        body = {
+            "id": "chatcmpl-paced",
+            "object": "chat.completion.chunk",
+            "created": 1763000000,
+            "model": MODEL,
+            "choices": [{"index": 0, "delta": {"content": text}, "logprobs": None, "finish_reason": None}],
+        }
+        return b"data: " + msgspec.json.encode(body) + b"\n\n"
+
+    pad = PACED_EVENT_BYTES - len(chunk(""))
+    parts = [chunk(("x" * pad)[: max(0, pad)]) for _ in range(PACED_EVENTS)]
+    return b"".join(parts) + b"data: [DONE]\n\n"
+
+
 def anthropic_stream_body() -> bytes:
     """The same answer as ``stream_body`` in Anthropic's event format (``event:`` + ``data:``)."""
 
@@ -88,7 +111,7 @@ def write_site(root: Path) -> Path:
     """Answers as static files: nginx serves them from memory-mapped pages at full speed."""
     www = root / "www"
     sites = [("json", completion_body()), ("stream", stream_body()), ("slow", stream_body())]
-    sites += [("flaky-json", completion_body()), ("flaky-stream", stream_body())]
+    sites += [("flaky-json", completion_body()), ("flaky-stream", stream_body()), ("paced", paced_body())]
     for kind, body in sites:
         path = www / kind / "v1" / "chat" / "completions"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -129,6 +152,8 @@ http {{
         location /stream/ {{ default_type text/event-stream; }}
         location /anthropic/ {{ default_type text/event-stream; }}
         location /slow/ {{ default_type text/event-stream; limit_rate 400; }}
+        location /paced/ {{ default_type text/event-stream; sendfile off; output_buffers 1 {PACED_EVENT_BYTES};
+                           postpone_output 0; limit_rate {PACED_RATE}; }}
         # An OTLP/HTTP sink for the traced subject: takes every export, keeps nothing.
         location /v1/ {{ client_max_body_size 64m; return 200 ''; }}
         location /flaky-json/ {{
