@@ -421,7 +421,13 @@ def main() -> int:
     return 0
 
 
-CAPACITY_SUBJECTS: Final = ("passthrough-aiohttp", "passthrough-httpx-aiohttp", "switchboard", "switchboard-full")
+CAPACITY_SUBJECTS: Final = (
+    "direct",
+    "passthrough-aiohttp",
+    "passthrough-httpx-aiohttp",
+    "switchboard",
+    "switchboard-full",
+)
 
 
 def capacity_main(args: argparse.Namespace) -> int:
@@ -435,15 +441,22 @@ def capacity_main(args: argparse.Namespace) -> int:
         direct = Direct(upstream)
         ideal = capacity.ideal_seconds(direct.url("paced"), request_body("gpt-4o-mini", True))
         results: dict[str, list[capacity.Step]] = {}
+        harness: dict[int, float] = {}
         for name in names:
-            if name in ("direct", "baseline"):
+            if name == "baseline":
                 continue
             print(f"bench: capacity of {name}…", file=sys.stderr)
+            if name == "direct":  # the harness itself: nginx and the client, with no proxy between
+                body = request_body("gpt-4o-mini", True)
+                results[name] = capacity.climb(direct.url("paced"), body, ladder, ideal, None, {})
+                harness = {s.streams: s.p99_delay_s for s in results[name]}
+                continue
             with Subject(name, upstream, workdir, args.baseline) as subject:
                 assert subject.process is not None
                 headers = {"authorization": f"Bearer {BENCH_KEY}"} if name in KEY_SUBJECTS else {}
                 body = request_body(subject.model("paced"), True)
-                results[name] = capacity.climb(subject.url("paced"), body, ladder, ideal, subject.process.pid, headers)
+                pid = subject.process.pid
+                results[name] = capacity.climb(subject.url("paced"), body, ladder, ideal, pid, headers, harness)
     print(capacity.report(results, ideal))
     return 0
 
