@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import anthropic
 import msgspec
 import openai
 import pytest
@@ -216,3 +217,30 @@ async def test_without_the_opt_in_the_stream_ends_with_its_error_event(proxy: Pr
     with pytest.raises(openai.APIError):
         await _read(proxy, "not-opted-in")
     assert len(upstream.seen) == calls + 1
+
+
+async def test_a_translated_responses_stream_is_continued(proxy: Proxy, upstream: Upstream) -> None:
+    async with proxy.client.responses.stream(model="dies", input="Tell me about foxes.") as stream:
+        kinds = [event.type async for event in stream]
+        final = await stream.get_final_response()
+    assert final.output_text == "".join(FIRST + REST)
+    assert final.status == "completed"
+    assert kinds.count("response.created") == 1  # one response, not two
+    assert "response.failed" not in kinds
+    assert upstream.seen[-1]["messages"][-1] == {"role": "user", "content": CONTINUE_PROMPT}
+    assert proxy.outcomes[-1].continued == 1
+
+
+async def test_a_translated_messages_stream_is_continued(proxy: Proxy) -> None:
+    base = str(proxy.client.base_url).removesuffix("/v1/")
+    async with (
+        anthropic.AsyncAnthropic(base_url=base, api_key="sk-any", max_retries=0) as client,
+        client.messages.stream(
+            model="dies", max_tokens=100, messages=[{"role": "user", "content": "Tell me about foxes."}]
+        ) as stream,
+    ):
+        text = await stream.get_final_text()
+        message = await stream.get_final_message()
+    assert text == "".join(FIRST + REST)
+    assert message.stop_reason == "end_turn"
+    assert proxy.outcomes[-1].continued == 1

@@ -22,6 +22,7 @@ from providers.base import Inbound
 from providers.errors import SwitchboardError
 from router.access.guard import Guard
 from router.access.limits import Admitted
+from router.api.continuing import Continuing
 from router.api.decode import decode_call, explain
 from router.api.handling import admit, begin, failed, finish, governed, identify, read_body, serve
 from router.api.responses import JSONBody
@@ -126,10 +127,13 @@ class _Translated:
         return self._stream.error(exc.status, exc.message)
 
 
-def framing_for(call: MessagesCall, estimate: int, opened: OpenStream, exchange: Exchange) -> Framing:
-    if exchange.provider == "anthropic" and not call.governed:  # the target's own events
+def framing_for(gateway: Gateway, call: MessagesCall, estimate: int, opened: OpenStream, exchange: Exchange) -> Framing:
+    if exchange.provider == "anthropic" and not call.governed:  # the target's own events: not continued
         return _PassThrough()
-    return _Translated(MessagesStream(call.model, estimate))
+    framing = _Translated(MessagesStream(call.model, estimate))
+    if gateway.continues(exchange.alias):  # Chat Completions chunks underneath: continuable
+        return Continuing(framing, gateway, call.chat(), exchange)
+    return framing
 
 
 async def _error(scope: HTTPScope, receive: Receive, send: Send, exc: SwitchboardError, request_id: str) -> None:
@@ -171,7 +175,7 @@ async def create_message(scope: HTTPScope, receive: Receive, send: Send) -> None
         gateway: Gateway = state.gateway
         if call.stream:
             stream = partial(gateway.open_messages, call, exchange)
-            framing = partial(framing_for, call, estimate)
+            framing = partial(framing_for, gateway, call, estimate)
             early = _PassThrough.error  # Anthropic's error event, whichever target would have answered
             status, code = await serve(gateway, scope, receive, send, exchange, extra, None, stream, framing, early)
         else:

@@ -25,6 +25,7 @@ from providers.errors import SwitchboardError
 from providers.responses import Builder, Item, ResponsesStream, Untranslatable, input_items, to_chat
 from router.access.guard import Caller, Guard, key_id_of_caller
 from router.access.limits import Admitted
+from router.api.continuing import Continuing
 from router.api.decode import decode_call, explain
 from router.api.handling import admit, begin, failed, finish, governed, identify, read_body, serve
 from router.api.responses import request_id_of
@@ -212,7 +213,7 @@ async def create_response(scope: HTTPScope, receive: Receive, send: Send) -> Non
         if fields.stream:
             natives: list[bool] = []
             stream = partial(_open, gateway, call, exchange, natives)
-            framing = partial(_framing, builder, keep, natives)
+            framing = partial(_framing, gateway, call, builder, keep, natives)
             early = partial(_early_error, builder)
             status, code = await serve(gateway, scope, receive, send, exchange, extra, None, stream, framing, early)
         else:
@@ -231,11 +232,20 @@ async def _open(gateway: Gateway, call: ResponsesCall, exchange: Exchange, nativ
 
 
 def _framing(
-    builder: Builder, keep: Keep | None, natives: list[bool], opened: OpenStream, exchange: Exchange
+    gateway: Gateway,
+    call: ResponsesCall,
+    builder: Builder,
+    keep: Keep | None,
+    natives: list[bool],
+    opened: OpenStream,
+    exchange: Exchange,
 ) -> Framing:
     if natives and natives[-1]:
-        return _Native(keep)
-    return _Translated(ResponsesStream(builder), keep)
+        return _Native(keep)  # a native target's own events: not continued elsewhere
+    framing = _Translated(ResponsesStream(builder), keep)
+    if gateway.continues(exchange.alias):  # Chat Completions chunks underneath: continuable
+        return Continuing(framing, gateway, call.chat(), exchange)
+    return framing
 
 
 def _early_error(builder: Builder, exc: SwitchboardError, request_id: str | None) -> bytes:
