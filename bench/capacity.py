@@ -163,7 +163,7 @@ def report(results: dict[str, list[Step]], ideal_s: float) -> str:
         failed = next((s for s in steps if not s.held), None)
         nxt = (
             f"{failed.streams}: {failed.completed} complete, p99 delay {failed.p99_delay_s:.2f} s "
-            f"({failed.added_delay_s:+.2f} s over direct's)"
+            f"({failed.added_delay_s:+.2f} s over direct's), {failed.cpu_us_per_event:.0f} µs/event"
             if failed is not None
             else "not reached"
         )

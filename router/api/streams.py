@@ -29,6 +29,7 @@ from router.gateway.upstream_stream import UpstreamStream
 log = logging.getLogger(__name__)
 
 DONE_FRAME: Final = b"data: [DONE]\n\n"
+IDLE_SLACK: Final = 0.5  # of idle_s: how far past it the idle timer may be set
 
 
 def frame(payloads: Sequence[bytes]) -> bytes:
@@ -218,13 +219,17 @@ class SSEResponse:
         """Relay until the end; the upstream's failure, if it failed mid-way, or ``ClientStalled``
         if a write to the client did not finish in time.
 
-        One timer, rescheduled once per upstream read, bounds the wait for the upstream's next
-        chunk (``idle_s``) and the write that follows it, all within the request's deadline
-        (``total_s``). uvicorn's send waits while the client's socket buffer is full, so an unread
+        One timer bounds the wait for the upstream's next chunk (``idle_s``) and the write that
+        follows it, all within the request's deadline (``total_s``). It is set ``IDLE_SLACK`` past
+        the idle time and moved only when fewer than ``idle_s`` remain, so a silence of ``idle_s``
+        to 1.5 x ``idle_s`` ends the stream, and a stream whose events keep coming moves it about
+        every ``idle_s / 2``, not once per read (rescheduling costs a timer handle each time).
+        uvicorn's send waits while the client's socket buffer is full, so an unread
         stream pulls nothing more; the server protocol cuts off a client that takes no bytes for
         ``server.write_timeout_s`` (``router.api.protocol``)."""
         opened, keep = self.opened, self._keep
         upstream, idle_s, deadline = opened.upstream, self._gateway.timeouts.idle_s, opened.deadline
+        slack = idle_s * IDLE_SLACK
         loop = asyncio.get_running_loop()
         framing = self._framing
         framed = framing.frames
@@ -235,7 +240,8 @@ class SSEResponse:
         failure: SwitchboardError
         while True:
             try:
-                async with asyncio.timeout(min(loop.time() + idle_s, deadline)) as timer:
+                fires = min(loop.time() + idle_s + slack, deadline)
+                async with asyncio.timeout_at(fires) as timer:
                     while True:
                         if pending is not None:
                             await send({"type": "http.response.body", "body": pending, "more_body": True})
@@ -243,7 +249,9 @@ class SSEResponse:
                         if finished:
                             break
                         now = loop.time()
-                        timer.reschedule(min(now + idle_s, deadline))
+                        if fires - now < idle_s and fires < deadline:
+                            fires = min(now + idle_s + slack, deadline)
+                            timer.reschedule(fires)
                         payloads = await (upstream.pull() if keep is None else _pull(upstream, keep, now))
                         if payloads is None:
                             pending, finished = framing.done(), True
