@@ -152,7 +152,11 @@ def create_app(
         streams = config.streams
         app.state.stream_logs = (
             RedisStreamLogs(
-                config.state.url, config.state.timeout_s, streams.resume_window_s, streams.resume_buffer_bytes
+                config.state.url,
+                config.state.timeout_s,
+                streams.resume_window_s,
+                streams.resume_buffer_bytes,
+                resilience.timeouts.total_s,
             )
             if config.state.backend == "redis"
             else MemoryStreamLogs(streams.resume_window_s, streams.resume_buffer_bytes)

@@ -62,6 +62,14 @@ async def _answer(up: Upstream, request: web.Request) -> web.StreamResponse:
         await response.write(b"data: [DONE]\n\n")
         return response
     await response.write(_chunk("chatcmpl-first", {"role": "assistant", "content": ""}))
+    if model == "finish-dies":  # a whole answer, then the connection breaks before [DONE]
+        for text in FIRST:
+            await response.write(_chunk("chatcmpl-first", {"content": text}))
+        await response.write(_chunk("chatcmpl-first", {}, "stop"))
+        await asyncio.sleep(0.05)
+        assert request.transport is not None
+        request.transport.close()
+        return response
     if model == "tool-dies":
         call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"a'}}
         await response.write(_chunk("chatcmpl-first", {"tool_calls": [call]}))
@@ -128,6 +136,7 @@ async def proxy(upstream: Upstream, anthropic_upstream: FakeAnthropic) -> AsyncI
             "in-band": _alias("in-band", rest),
             "silent": _alias("silent", rest),
             "tool-dies": _alias("tool-dies", rest),
+            "finish-dies": _alias("finish-dies", rest),
             "to-claude": _alias("dies", [{"provider": "claude", "model": "claude-haiku-4-5"}]),
             "not-opted-in": _alias("dies", rest, continues=False),
         },
@@ -244,3 +253,20 @@ async def test_a_translated_messages_stream_is_continued(proxy: Proxy) -> None:
     assert text == "".join(FIRST + REST)
     assert message.stop_reason == "end_turn"
     assert proxy.outcomes[-1].continued == 1
+
+
+async def test_an_answer_that_had_finished_is_not_continued(proxy: Proxy, upstream: Upstream) -> None:
+    """Regression: a break after the finish_reason got a second answer appended."""
+    calls = len(upstream.seen)
+    parts: list[str] = []
+
+    async def read() -> None:
+        stream = await proxy.client.chat.completions.create(model="finish-dies", messages=HI, stream=True)
+        async for chunk in stream:
+            parts.extend(c.delta.content or "" for c in chunk.choices)
+
+    with pytest.raises(openai.APIError):
+        await read()
+    assert "".join(parts) == "".join(FIRST)
+    assert len(upstream.seen) == calls + 1  # nothing asked of the next target
+    assert proxy.outcomes[-1].continued == 0

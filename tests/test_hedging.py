@@ -23,9 +23,12 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
+from router.api.decode import decode_call
 from router.app import create_app
 from router.config import ConfigError, HedgeConfig, settings_from_dict
+from router.gateway import hedging
 from router.gateway.hedging import HedgeBudget, hedge_after
+from router.gateway.outcome import Exchange
 from router.resilience.breaker import Breaker
 from router.resilience.targets import TargetState
 from router.telemetry.spans import Tracing
@@ -235,3 +238,35 @@ def test_the_budget_earns_a_share_of_a_hedge_per_request() -> None:
         budget.earn()
         spent += budget.spend()
     assert spent == 25
+
+
+async def test_a_client_that_leaves_as_the_race_is_settled_leaks_no_winner(
+    upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: the client left while the loser unwound; the winner's lease (a slot, a probe)
+    and its upstream stream were held for good."""
+    settle = hedging.Race.cancel_rest
+
+    async def leave_meanwhile(self: hedging.Race[Any, Any], discard: Any) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        if len(self):  # a winner is in, a loser still runs: the client leaves now
+            asyncio.get_running_loop().call_soon(task.cancel)
+        await settle(self, discard)
+
+    monkeypatch.setattr(hedging.Race, "cancel_rest", leave_meanwhile)
+    app = create_app(settings_from_dict(_config(upstream.port)))
+    async with app.lifespan():
+        gateway = app.state.gateway
+        call = decode_call(msgspec.json.encode({"model": "hedged", "stream": True, "messages": HI}))
+        exchange = Exchange(app.state.outcomes, "req-1", stream=True)
+        with pytest.raises(asyncio.CancelledError):
+            await gateway.open_stream(call, exchange)
+        await asyncio.sleep(0.2)
+        assert {state.label: state.in_flight for state in gateway.targets._declared.values()} == {
+            "up/slow": 0,
+            "up/fast": 0,
+            "up/medium": 0,
+            "up/steady": 0,
+            "up/bad": 0,
+        }

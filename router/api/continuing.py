@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Final
 
 import msgspec
 
@@ -22,8 +23,10 @@ from router.api.streams import ChatFraming, Framing
 from router.gateway.continuation import Splice, Transcript, continuation_messages
 from router.gateway.failover import Gateway, OpenStream
 from router.gateway.outcome import Exchange
+from router.gateway.routing import Target
 
 log = logging.getLogger(__name__)
+MAX_CONTINUATIONS: Final = 3  # a stream goes on elsewhere at most this often
 _encode = msgspec.json.Encoder().encode
 
 
@@ -31,7 +34,7 @@ class Continuing:
     """Chat framing with a transcript, the splice of a continuation once there is one, and the
     ``resume`` the relay asks for a stream to go on with."""
 
-    __slots__ = ("_call", "_exchange", "_gateway", "_inner", "splice", "transcript")
+    __slots__ = ("_call", "_exchange", "_failed", "_gateway", "_inner", "splice", "transcript")
 
     def __init__(self, inner: Framing, gateway: Gateway, call: Inbound, exchange: Exchange) -> None:
         self._inner = inner
@@ -40,6 +43,7 @@ class Continuing:
         self._exchange = exchange
         self.transcript = Transcript()
         self.splice: Splice | None = None
+        self._failed: frozenset[Target] = frozenset()  # every target this stream failed at
 
     def frames(self, payloads: Sequence[bytes]) -> bytes:
         if self.splice is not None:
@@ -59,6 +63,8 @@ class Continuing:
             return "n > 1"
         if chat.logprobs is True:
             return "logprobs were asked for"
+        if len(self._failed) >= MAX_CONTINUATIONS:
+            return f"it was continued {MAX_CONTINUATIONS} times already"
         return self.transcript.unfaithful
 
     async def resume(self, opened: OpenStream, failure: SwitchboardError) -> OpenStream | None:
@@ -75,7 +81,8 @@ class Continuing:
         delivered = self.transcript.text
         try:
             prefill, prompt = self._continued(delivered, prefill=True), self._continued(delivered, prefill=False)
-            resumed = await self._gateway.open_continuation(prefill, prompt, exchange, opened.target)
+            self._failed |= {opened.target}
+            resumed = await self._gateway.open_continuation(prefill, prompt, exchange, self._failed)
         except SwitchboardError as exc:
             log.warning("stream-not-continued target=%s: no target could go on: %s", label, exc.message)
             return None

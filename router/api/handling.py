@@ -259,7 +259,11 @@ async def _stream(
             log.exception("stream failed before its first event, behind keep-alive")
             exc = internal_error()
         return await _failed_committed(send, held.watch, exchange, exc, early_error)
-    if stream_id is None and gateway.resumable(exchange.alias) and not (held.keep is not None and held.keep.started):
+    if (
+        stream_id is None
+        and gateway.resumable(exchange.alias)
+        and not (held.keep is not None and await held.keep.settle())
+    ):
         stream_id = resumable.new_stream_id()  # the alias's choice (too late if the head is out already)
         base = [*base, (resumable.STREAM_ID_HEADER, stream_id.encode())]
     if stream_id is not None:

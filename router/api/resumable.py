@@ -103,35 +103,50 @@ class ResumeWatch(ClientWatch):
 class Recorder:
     """The relay's ``send`` for a resumable stream: each SSE event numbered (``id: n``) and kept."""
 
-    __slots__ = ("_count", "_log", "_send", "_watch")
+    __slots__ = ("_count", "_log", "_send", "_unsent", "_watch")
 
     def __init__(self, send: Send, stream_log: StreamLog, watch: ResumeWatch) -> None:
         self._send = send
         self._log = stream_log
         self._watch = watch
         self._count = 0
+        # A write that did not finish (its wait was cut short): the relay sends the same bytes
+        # again, and they must keep their numbers and be kept once.
+        self._unsent: tuple[bytes, bytes] | None = None
 
     async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.body" and message.get("body"):
             body: bytes = message["body"]
-            out: list[bytes] = []
-            kept: list[bytes] = []
-            for part in body.split(b"\n\n"):
-                if not part:
-                    continue
-                if part.startswith(b":"):  # a comment (keep-alive): for this connection only
-                    out.append(part + b"\n\n")
-                    continue
-                self._count += 1
-                event = b"id: %d\n%s\n\n" % (self._count, part)
-                kept.append(event)
-                out.append(event)
-            if kept:
-                await self._log.append(kept)
-                if self._log.overflowed and self._watch.left:
-                    self._watch.expire()  # past its bound with nobody reading: no reason to go on
-            message = {**message, "body": b"".join(out)}
+            unsent = self._unsent
+            if unsent is not None and unsent[0] is body:
+                numbered = unsent[1]
+            else:
+                numbered, kept = self._number(body)
+                self._unsent = (body, numbered)
+                if kept:
+                    await self._log.append(kept)
+                    if self._log.overflowed and self._watch.left:
+                        self._watch.expire()  # past its bound with nobody reading: no reason to go on
+            await self._send({**message, "body": numbered})
+            self._unsent = None
+            return
         await self._send(message)
+
+    def _number(self, body: bytes) -> tuple[bytes, list[bytes]]:
+        """The body with each event's ``id:``, and those events (comments are neither)."""
+        out: list[bytes] = []
+        kept: list[bytes] = []
+        for part in body.split(b"\n\n"):
+            if not part:
+                continue
+            if part.startswith(b":"):  # a comment (keep-alive): for this connection only
+                out.append(part + b"\n\n")
+                continue
+            self._count += 1
+            event = b"id: %d\n%s\n\n" % (self._count, part)
+            kept.append(event)
+            out.append(event)
+        return b"".join(out), kept
 
 
 def _last_event_id(scope: HTTPScope) -> int:

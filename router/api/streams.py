@@ -198,7 +198,11 @@ class SSEResponse:
         a stream to go on with; a failure that stays one is sent as an error event."""
         failure = await self._relay(send)
         while failure is not None and not isinstance(failure, ClientStalled) and self._resume is not None:
+            if self._keep is not None:  # the next target may take a while: comments meanwhile
+                self._keep.idle_since = asyncio.get_running_loop().time()
             resumed = await self._resume(self.opened, failure)  # mid-stream failover, if it can
+            if self._keep is not None:
+                self._keep.idle_since = None
             if resumed is None:
                 break
             self.opened, self._first = resumed, resumed.first

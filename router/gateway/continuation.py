@@ -36,6 +36,7 @@ class _Choice(msgspec.Struct):
     index: int = 0
     delta: _Delta = msgspec.field(default_factory=_Delta)
     logprobs: Any = None
+    finish_reason: str | None = None
 
 
 class _Chunk(msgspec.Struct):
@@ -75,6 +76,8 @@ class Transcript:
                     self.unfaithful = "the stream carries logprobs"
                 if choice.delta.content:
                     self._parts.append(choice.delta.content)
+                if choice.finish_reason is not None:
+                    self.unfaithful = "the answer had finished already"  # nothing is missing from it
 
     @property
     def text(self) -> str:

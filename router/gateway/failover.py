@@ -326,21 +326,27 @@ class Gateway:
         budget.earn()
         walk = _HedgedWalk(self, hedge, run, self.candidates(route, run, exchange.allows), build, once)
         loop = asyncio.get_running_loop()
+        won: tuple[T, Attempt] | None = None
         try:
             hedge_at = walk.start(False)
-            while walk.race:
+            while walk.race and won is None:
                 finished = await walk.race.finished(None if hedge_at is None else max(0.0, hedge_at - loop.time()))
                 if not finished:  # the hedge is due
                     hedge_at = walk.start(True) if budget.spend() else None
                     continue
                 won = await walk.settle(finished)
-                if won is not None:
-                    return won[0], won[1], run
-                if not walk.race:  # everything under way failed: move on, as without hedging
+                if won is None and not walk.race:  # everything under way failed: move on, as without hedging
                     hedge_at = walk.start(False)
         finally:
-            await walk.race.cancel_rest(_discard)
-        raise run.exhausted()
+            try:
+                await walk.race.cancel_rest(_discard)
+            except asyncio.CancelledError:
+                if won is not None:  # cancelled (the client left) while the losers unwound: the winner too
+                    await _discard(won[0])
+                raise
+        if won is None:
+            raise run.exhausted()
+        return won[0], won[1], run
 
     async def _on_target(
         self, attempt: Attempt, request: httpx.Request, run: Run, once: Once[T], hedged: bool = False
@@ -385,6 +391,8 @@ class Gateway:
             raise
         except BaseException:
             overtaken = asyncio.current_task() in run.overtaken  # a hedge's race was won by another
+            if overtaken:  # it took at least this long: a percentile that left it out would be too low
+                attempt.state.samples.append(time.perf_counter() - started)
             if trace is not None and span is not None:
                 trace.attempt_failed(span, "overtaken" if overtaken else "cancelled", None)
             lease.abandoned()  # cancelled (the client left, another attempt won) or a bug: nothing learned
@@ -432,14 +440,14 @@ class Gateway:
         return route is not None and route.continue_on_failure
 
     async def open_continuation(
-        self, prefill: Inbound, prompt: Inbound, exchange: Exchange, failed: Target
+        self, prefill: Inbound, prompt: Inbound, exchange: Exchange, failed: frozenset[Target]
     ) -> OpenStream:
         """A stream that goes on from where a failed one stopped (``router.gateway.continuation``):
-        the route walked again without the target that failed, each target asked with ``prefill``
+        the route walked again without the targets that failed, each target asked with ``prefill``
         where it continues an assistant turn (Anthropic), else with ``prompt``."""
 
         def build(attempt: Attempt) -> tuple[httpx.Request, Sequence[str]]:
-            if attempt.target == failed:
+            if attempt.target in failed:
                 raise TargetSkipped("it failed mid-stream")
             return _chat_request(prefill if attempt.kind == "anthropic" else prompt, attempt)
 

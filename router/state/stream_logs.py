@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Final, Protocol
 
 from redis.asyncio import Redis
@@ -54,9 +54,21 @@ class StreamLogs(Protocol):
 class MemoryLog:
     """One stream's events in this process."""
 
-    __slots__ = ("_changed", "_done", "_events", "_size", "ended_at", "followers", "limit", "overflowed", "owner")
+    __slots__ = (
+        "_changed",
+        "_done",
+        "_events",
+        "_forget",
+        "_size",
+        "ended_at",
+        "followers",
+        "limit",
+        "overflowed",
+        "owner",
+    )
 
-    def __init__(self, owner: str, limit: int) -> None:
+    def __init__(self, owner: str, limit: int, forget: Callable[[], None] = lambda: None) -> None:
+        self._forget = forget  # called at the end: the registry drops the log a window later
         self.owner = owner
         self.limit = limit
         self.overflowed = False
@@ -79,9 +91,12 @@ class MemoryLog:
         self._wake()
 
     async def end(self) -> None:
+        if self._done:
+            return
         self._done = True
         self.ended_at = time.monotonic()
         self._wake()
+        self._forget()
 
     def _wake(self) -> None:
         self._changed.set()
@@ -118,18 +133,17 @@ class MemoryStreamLogs:
         self._window_s, self._limit = window_s, limit
 
     def create(self, stream_id: str, owner: str) -> MemoryLog:
-        self._sweep()
-        stream = self._logs[stream_id] = MemoryLog(owner, self._limit)
+        loop = asyncio.get_running_loop()
+        window = self._window_s
+
+        def forget() -> None:  # a window after its end, even if no other stream comes
+            loop.call_later(window, self._logs.pop, stream_id, None)
+
+        stream = self._logs[stream_id] = MemoryLog(owner, self._limit, forget)
         return stream
 
     async def find(self, stream_id: str) -> MemoryLog | None:
-        self._sweep()
         return self._logs.get(stream_id)
-
-    def _sweep(self) -> None:
-        cutoff = time.monotonic() - self._window_s
-        for stream_id in [k for k, v in self._logs.items() if v.ended_at is not None and v.ended_at < cutoff]:
-            del self._logs[stream_id]
 
     async def close(self) -> None:
         self._logs.clear()
@@ -138,14 +152,28 @@ class MemoryStreamLogs:
 class RedisLog:
     """One stream's events in a Redis Stream: entry ``0-n`` holds event n; an empty entry ends it."""
 
-    __slots__ = ("_count", "_key", "_redis", "_size", "_window_ms", "followers", "limit", "overflowed", "owner")
+    __slots__ = (
+        "_count",
+        "_key",
+        "_live_ms",
+        "_redis",
+        "_size",
+        "_window_ms",
+        "followers",
+        "limit",
+        "overflowed",
+        "owner",
+    )
 
-    def __init__(self, redis: Redis, stream_id: str, owner: str, limit: int, window_s: float) -> None:
+    def __init__(
+        self, redis: Redis, stream_id: str, owner: str, limit: int, window_s: float, live_s: float = 0.0
+    ) -> None:
         self._redis = redis
         self._key = PREFIX + stream_id
         self.owner = owner
         self.limit = limit
         self._window_ms = int(window_s * 1000)
+        self._live_ms = int((window_s + live_s) * 1000)  # while it runs: a silence must not expire it
         self.overflowed = False
         self.followers = 0  # those on other replicas are not known here
         self._count = 0
@@ -167,7 +195,7 @@ class RedisLog:
                 for event in events:
                     self._count += 1
                     pipe.xadd(self._key, {"e": event}, id=f"0-{self._count + 1}")
-                pipe.pexpire(self._key, self._window_ms)
+                pipe.pexpire(self._key, self._live_ms)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             log.warning("stream-log: Redis refused an event (%s): the stream is no longer resumable", exc)
@@ -212,17 +240,18 @@ async def _follow(redis: Redis, key: str, after: int) -> AsyncIterator[bytes]:
 class RedisStreamLogs:
     """Resumable streams in Redis: any worker or replica can resume any stream."""
 
-    def __init__(self, url: str, timeout_s: float, window_s: float, limit: int) -> None:
+    def __init__(self, url: str, timeout_s: float, window_s: float, limit: int, live_s: float = 0.0) -> None:
         self._redis = Redis.from_url(url, socket_timeout=None, socket_connect_timeout=timeout_s)
         self._window_s = window_s
         self._limit = limit
+        self._live_s = live_s  # the longest a stream runs (timeouts.total_s)
 
     def configure(self, window_s: float, limit: int) -> None:
         """After a config reload: for the streams that start from now on."""
         self._window_s, self._limit = window_s, limit
 
     def create(self, stream_id: str, owner: str) -> RedisLog:
-        return RedisLog(self._redis, stream_id, owner, self._limit, self._window_s)
+        return RedisLog(self._redis, stream_id, owner, self._limit, self._window_s, self._live_s)
 
     async def find(self, stream_id: str) -> RedisLog | None:
         try:

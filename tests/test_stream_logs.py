@@ -1,0 +1,81 @@
+"""Resumable streams' logs: each event kept once with its number even when a write is retried,
+ended logs forgotten a window later without waiting for another stream, and a Redis log that
+outlives a silence while it runs."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from router.api.resumable import Recorder, ResumeWatch
+from router.state.stream_logs import PREFIX, MemoryStreamLogs, RedisStreamLogs
+
+
+async def _receive() -> dict[str, Any]:
+    await asyncio.Event().wait()
+    return {}
+
+
+async def test_a_write_sent_again_after_an_interrupted_one_keeps_its_numbers_and_is_kept_once() -> None:
+    logs = MemoryStreamLogs(60, 1 << 20)
+    log = logs.create("sbs_x", "")
+    sent: list[bytes] = []
+    block = asyncio.Event()
+
+    async def send(message: Any) -> None:
+        await block.wait()  # a full client buffer
+        sent.append(message["body"])
+
+    watch = ResumeWatch(_receive, 60, lambda: False)  # type: ignore[arg-type]
+    recorder = Recorder(send, log, watch)
+    body = b'data: {"n":0}\n\ndata: {"n":1}\n\n'
+    message: Any = {"type": "http.response.body", "body": body, "more_body": True}
+    first = asyncio.create_task(recorder(message))
+    await asyncio.sleep(0.01)
+    first.cancel()  # the relay's timer cut the wait short
+    await asyncio.gather(first, return_exceptions=True)
+    block.set()
+    await recorder(message)  # the relay writes the same bytes again
+    await recorder({"type": "http.response.body", "body": b'data: {"n":2}\n\n', "more_body": True})
+    await log.end()
+    kept = [event async for event in log.follow(0)]
+    assert kept == [b'id: 1\ndata: {"n":0}\n\n', b'id: 2\ndata: {"n":1}\n\n', b'id: 3\ndata: {"n":2}\n\n']
+    assert sent == [b'id: 1\ndata: {"n":0}\n\nid: 2\ndata: {"n":1}\n\n', b'id: 3\ndata: {"n":2}\n\n']
+    watch.close()
+
+
+async def test_an_ended_log_is_forgotten_a_window_later_without_another_stream() -> None:
+    logs = MemoryStreamLogs(0.1, 1 << 20)
+    log = logs.create("sbs_y", "")
+    await log.append([b"id: 1\ndata: {}\n\n"])
+    await log.end()
+    assert await logs.find("sbs_y") is log
+    await asyncio.sleep(0.3)
+    assert await logs.find("sbs_y") is None
+
+
+async def test_a_redis_log_outlives_a_silence_while_it_runs_and_a_window_after_its_end(redis_url: str) -> None:
+    logs = RedisStreamLogs(redis_url, 2, window_s=1, limit=1 << 20, live_s=30)
+    redis = Redis.from_url(redis_url)
+    try:
+        log = logs.create("sbs_ttl_test", "")
+        await log.append([b"id: 1\ndata: {}\n\n"])
+        assert await redis.pttl(PREFIX + "sbs_ttl_test") > 20_000  # the window and the longest a stream runs
+        await log.end()
+        assert 0 < await redis.pttl(PREFIX + "sbs_ttl_test") <= 1_000
+    finally:
+        await redis.delete(PREFIX + "sbs_ttl_test")
+        await redis.aclose()
+        await logs.close()
+
+
+@pytest.mark.parametrize("limit", [10])
+async def test_a_log_past_its_bound_is_no_longer_resumable(limit: int) -> None:
+    logs = MemoryStreamLogs(60, limit)
+    log = logs.create("sbs_z", "")
+    await log.append([b"id: 1\ndata: {0123456789}\n\n"])
+    assert log.overflowed
+    assert [event async for event in log.follow(0)] == []
