@@ -227,3 +227,29 @@ async def test_a_resumed_client_reading_live_holds_the_window_open(fake: FakeUps
         left = time.monotonic()
         assert await asyncio.to_thread(fake.disconnected.wait, 10)  # nobody reading: the window runs out
         assert fake.disconnected_at - left < 3.0
+
+
+async def test_a_client_following_on_another_replica_holds_the_window_open(fake: FakeUpstream, redis_url: str) -> None:
+    config = {
+        "providers": {"up": {"type": "openai", "base_url": f"http://127.0.0.1:{fake.port}/v1"}},
+        "models": {"endless": {"targets": [{"provider": "up", "model": "endless"}]}},
+        "streams": {"keepalive_s": None, "resume_window_s": 0.5},
+        "state": {"backend": "redis", "url": redis_url},
+    }
+    async with (
+        LiveServer(create_app(settings_from_dict(config))) as running,
+        LiveServer(create_app(settings_from_dict(config))) as other,
+    ):
+        ask = {"model": "endless", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+        stream_id, first = await _start_then_leave(running.url, ask, RESUMABLE, keep=2)
+        async with (
+            httpx.AsyncClient(base_url=other.url, timeout=10) as client,
+            client.stream("GET", f"/v1/streams/{stream_id}", headers={"last-event-id": str(first[-1][0])}) as resumed,
+        ):
+            assert resumed.status_code == 200
+            reading_until = time.monotonic() + 2.0  # four windows
+            async for _ in resumed.aiter_raw():
+                if time.monotonic() > reading_until:
+                    break
+            assert not fake.disconnected.is_set()  # followed on the other replica: not cancelled
+        assert await asyncio.to_thread(fake.disconnected.wait, 10)  # then nobody: the window runs out

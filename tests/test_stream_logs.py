@@ -19,6 +19,10 @@ async def _receive() -> dict[str, Any]:
     return {}
 
 
+async def _nobody() -> bool:
+    return False
+
+
 async def test_a_write_sent_again_after_an_interrupted_one_keeps_its_numbers_and_is_kept_once() -> None:
     logs = MemoryStreamLogs(60, 1 << 20)
     log = logs.create("sbs_x", "")
@@ -29,7 +33,7 @@ async def test_a_write_sent_again_after_an_interrupted_one_keeps_its_numbers_and
         await block.wait()  # a full client buffer
         sent.append(message["body"])
 
-    watch = ResumeWatch(_receive, 60, lambda: False)  # type: ignore[arg-type]
+    watch = ResumeWatch(_receive, 60, _nobody)  # type: ignore[arg-type]
     recorder = Recorder(send, log, watch)
     body = b'data: {"n":0}\n\ndata: {"n":1}\n\n'
     message: Any = {"type": "http.response.body", "body": body, "more_body": True}

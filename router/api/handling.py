@@ -284,7 +284,7 @@ def _resumable(held: _Held, state: Any, receive: Receive, send: Send, stream_id:
     streams: StreamsConfig = state.streams
     stream_log = held.log = state.stream_logs.create(stream_id, exchange.key_id or "")
     held.watch.close()
-    watch = held.watch = resumable.ResumeWatch(receive, streams.resume_window_s, lambda: stream_log.followers > 0)
+    watch = held.watch = resumable.ResumeWatch(receive, streams.resume_window_s, stream_log.followed)
     return resumable.Recorder(send, stream_log, watch)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final
 
 from litestar import Request, get
@@ -63,12 +63,13 @@ class ResumeWatch(ClientWatch):
     """A client that leaves does not cancel the stream at once: it gets ``window_s`` to come back
     (through ``GET /v1/streams/{id}``), during which the upstream goes on into the log."""
 
-    __slots__ = ("_expiry", "_followed", "_window_s", "left")
+    __slots__ = ("_checking", "_expiry", "_followed", "_window_s", "left")
 
-    def __init__(self, receive: Receive, window_s: float, followed: Callable[[], bool]) -> None:
+    def __init__(self, receive: Receive, window_s: float, followed: Callable[[], Awaitable[bool]]) -> None:
         self._window_s = window_s
         self._followed = followed  # a resumed client is reading it here: the window waits
         self._expiry: asyncio.TimerHandle | None = None
+        self._checking: asyncio.Task[None] | None = None
         self.left = False
         super().__init__(receive)
 
@@ -79,7 +80,11 @@ class ResumeWatch(ClientWatch):
         self._expiry = asyncio.get_running_loop().call_later(self._window_s, self._window_over)
 
     def _window_over(self) -> None:
-        if self._followed():
+        self._checking = asyncio.get_running_loop().create_task(self._check())
+
+    async def _check(self) -> None:
+        """A client following it (here, or on another replica through Redis) holds the window."""
+        if await self._followed():
             self._expiry = asyncio.get_running_loop().call_later(self._window_s, self._window_over)
             return
         self.expire()
@@ -97,6 +102,8 @@ class ResumeWatch(ClientWatch):
     def close(self) -> None:
         if self._expiry is not None:
             self._expiry.cancel()
+        if self._checking is not None:
+            self._checking.cancel()
         super().close()
 
 

@@ -27,12 +27,18 @@ log = logging.getLogger(__name__)
 END: Final = b""  # the entry that says the stream is over
 PREFIX: Final = "switchboard:stream:"
 BLOCK_MS: Final = 1000  # one XREAD's wait: a follower notices a stream that was forgotten within it
+FOLLOWED: Final = ":followed"  # a key a follower on any replica keeps alive while it reads
+FOLLOWED_MS: Final = 3 * BLOCK_MS
 
 
 class StreamLog(Protocol):
     owner: str
     overflowed: bool  # past its byte bound: no longer resumable
     followers: int  # clients following it live in this process
+
+    async def followed(self) -> bool:
+        """Whether a client follows it live (here, or, in Redis, on any replica)."""
+        ...
 
     async def append(self, events: Sequence[bytes]) -> None: ...
 
@@ -89,6 +95,9 @@ class MemoryLog:
         else:
             self._events.extend(events)
         self._wake()
+
+    async def followed(self) -> bool:
+        return self.followers > 0
 
     async def end(self) -> None:
         if self._done:
@@ -210,6 +219,14 @@ class RedisLog:
                 pipe.pexpire(self._key, self._window_ms)
                 await pipe.execute()
 
+    async def followed(self) -> bool:
+        if self.followers > 0:
+            return True
+        try:
+            return bool(await self._redis.exists(self._key + FOLLOWED))
+        except (RedisError, OSError):
+            return False  # Redis away: as if nobody followed (the window then ends the stream)
+
     async def follow(self, after: int) -> AsyncIterator[bytes]:
         self.followers += 1
         try:
@@ -222,6 +239,8 @@ class RedisLog:
 async def _follow(redis: Redis, key: str, after: int) -> AsyncIterator[bytes]:
     last = f"0-{max(0, after) + 1}"  # entry 0-1 is the owner: events start at 0-2
     while True:
+        # Followed, for the replica that runs the upstream: its resume window waits while this lasts.
+        await redis.set(key + FOLLOWED, b"1", px=FOLLOWED_MS)
         answer = await redis.xread({key: last}, block=BLOCK_MS, count=256)
         if not answer:
             if not await redis.exists(key):
