@@ -244,6 +244,15 @@ def serving_in_thread(app: web.Application) -> Iterator[int]:
 
 
 @contextlib.contextmanager
+def serving_chat(handle: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Iterator[int]:
+    """``handle`` as ``POST /v1/chat/completions`` on 127.0.0.1, from its own thread; the port."""
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handle)
+    with serving_in_thread(app) as port:
+        yield port
+
+
+@contextlib.contextmanager
 def running_upstream() -> Iterator[FakeUpstream]:
     fake = FakeUpstream()
     app = web.Application()

@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import httpx
@@ -33,7 +34,7 @@ from router.resilience.breaker import Breaker
 from router.resilience.targets import TargetState
 from router.telemetry.spans import Tracing
 from tests.conftest import fixture_bytes
-from tests.fakes import serving_in_thread
+from tests.fakes import serving_chat
 from tests.live import LiveServer
 
 DELAYS = {"slow": 3.0, "medium": 0.4, "fast": 0.0, "steady": 0.3}
@@ -70,13 +71,7 @@ async def _answer(up: Upstream, request: web.Request) -> web.StreamResponse:
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[Upstream]:
     up = Upstream()
-    app = web.Application()
-
-    async def handle(request: web.Request) -> web.StreamResponse:
-        return await _answer(up, request)
-
-    app.router.add_post("/v1/chat/completions", handle)
-    with serving_in_thread(app) as port:
+    with serving_chat(partial(_answer, up)) as port:
         up.port = port
         yield up
 

@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from functools import partial
 
 import anthropic
 import httpx
@@ -23,7 +24,7 @@ from aiohttp import web
 from router.app import create_app
 from router.config import ConfigError, settings_from_dict
 from tests.conftest import fixture_bytes
-from tests.fakes import serving_in_thread
+from tests.fakes import serving_chat
 from tests.idle_proxy import IdleCuttingProxy
 from tests.live import LiveServer
 
@@ -80,13 +81,7 @@ async def _answer(calls: Counter[str], gone: list[str], request: web.Request) ->
 def upstream() -> Iterator[Upstream]:
     calls: Counter[str] = Counter()
     gone: list[str] = []
-    app = web.Application()
-
-    async def handle(request: web.Request) -> web.StreamResponse:
-        return await _answer(calls, gone, request)
-
-    app.router.add_post("/v1/chat/completions", handle)
-    with serving_in_thread(app) as port:
+    with serving_chat(partial(_answer, calls, gone)) as port:
         yield Upstream(port, calls, gone)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Final
 
@@ -15,7 +14,7 @@ from router.api.continuing import chat_framing
 from router.api.decode import decode_call
 from router.api.handling import admit, begin, failed, finish, governed, identify, read_body, serve
 from router.errors import MethodNotAllowed
-from router.gateway.failover import Gateway, OpenStream
+from router.gateway.failover import Gateway
 
 CHAT_PATH: Final = "/v1/chat/completions"
 
@@ -44,12 +43,12 @@ async def chat_completions(scope: HTTPScope, receive: Receive, send: Send) -> No
         extra = admission.headroom.headers() if admission is not None else []
         gateway: Gateway = state.gateway
         if call.chat.is_stream:
-            answer = None
-            stream: Callable[[], Awaitable[OpenStream]] | None = partial(gateway.open_stream, call, exchange)
+            stream = partial(gateway.open_stream, call, exchange)
+            framing = partial(chat_framing, gateway, call)
+            status, code = await serve(gateway, scope, receive, send, exchange, extra, None, stream, framing)
         else:
-            answer, stream = partial(gateway.complete, call, exchange), None
-        framing = partial(chat_framing, gateway, call)
-        status, code = await serve(gateway, scope, receive, send, exchange, extra, answer, stream, framing)
+            answer = partial(gateway.complete, call, exchange)
+            status, code = await serve(gateway, scope, receive, send, exchange, extra, answer)
     except BaseException as exc:
         failed(exchange, admission, exc)
         raise

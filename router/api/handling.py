@@ -25,7 +25,7 @@ from router.api.disconnect import ClientWatch
 from router.api.drain import ENDED_BY_DRAIN, Drain
 from router.api.keepalive import KeepAlive
 from router.api.responses import CLIENT_GONE, JSONBody
-from router.api.streams import Framing, Resume, SSEResponse, error_frame
+from router.api.streams import SSE_HEADERS, Framing, Resume, SSEResponse, error_frame
 from router.config_schema import ParamsPolicy, StreamsConfig
 from router.errors import InvalidRequest, PayloadTooLarge, ShuttingDown, internal_error
 from router.gateway.failover import Answer, Gateway, OpenStream
@@ -42,11 +42,6 @@ TARGET_HEADER: Final = b"x-switchboard-target"
 ATTEMPTS_HEADER: Final = b"x-switchboard-attempts"
 DROPPED_HEADER: Final = b"x-switchboard-dropped-params"
 _HEADER_UNSAFE: Final = re.compile(r"[^A-Za-z0-9_.\-]")
-SSE_HEADERS: Final = [
-    (b"content-type", b"text/event-stream; charset=utf-8"),
-    (b"cache-control", b"no-cache"),
-    (b"x-accel-buffering", b"no"),
-]
 
 
 def begin(scope: HTTPScope, path: str, operation: str = "chat", content: bool = False) -> Exchange:

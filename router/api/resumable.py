@@ -27,6 +27,7 @@ from litestar.types import HTTPScope, Message, Receive, Send
 from router.access.guard import Guard, key_id_of_caller, presented_key
 from router.api.disconnect import ClientWatch
 from router.api.responses import request_id_of
+from router.api.streams import SSE_HEADERS
 from router.errors import ClientError, InvalidRequest
 from router.state.stream_logs import StreamLog, StreamLogs
 
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 RESUMABLE_HEADER: Final = b"x-switchboard-resumable"
 STREAM_ID_HEADER: Final = b"x-switchboard-stream-id"
 STREAMS_PATH: Final = "/v1/streams"
-_SSE_EXTRA: Final = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+_SSE_TYPE, *_SSE_REST = ((name.decode(), value.decode()) for name, value in SSE_HEADERS)
 
 
 class StreamNotFound(ClientError):
@@ -191,5 +192,5 @@ async def resume_stream(request: Request[Any, Any, State], stream_id: FromPath[s
             found = None  # another key's stream: as if there were none
     if found is None or found.overflowed:
         raise StreamNotFound(f"No resumable stream '{stream_id}' (it ended over the resume window ago, or never was).")
-    headers = {"x-request-id": request_id_of(scope), "x-switchboard-stream-id": stream_id, **_SSE_EXTRA}
-    return Stream(found.follow(after), media_type="text/event-stream; charset=utf-8", headers=headers)
+    headers = {"x-request-id": request_id_of(scope), STREAM_ID_HEADER.decode(): stream_id, **dict(_SSE_REST)}
+    return Stream(found.follow(after), media_type=_SSE_TYPE[1], headers=headers)

@@ -29,6 +29,11 @@ from router.gateway.upstream_stream import UpstreamStream
 log = logging.getLogger(__name__)
 
 DONE_FRAME: Final = b"data: [DONE]\n\n"
+SSE_HEADERS: Final = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
 IDLE_SLACK: Final = 0.5  # of idle_s: how far past it the idle timer may be set
 
 

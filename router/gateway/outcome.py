@@ -207,14 +207,18 @@ class Exchange:
         are the request's too."""
         usage = report.usage
         if usage is not None:
-            try:
-                cost = self._outcomes.pricing.cost(provider, model, report.response_model, usage)
-            except Exception:
-                log.exception("pricing failed")
-                cost = None
-            self.carried_cost = _plus(self.carried_cost, cost)
+            self.carried_cost = _plus(self.carried_cost, self._price(provider, model, report.response_model, usage))
             self.carried_usage = _add(self.carried_usage, usage)
         self.continued += 1
+
+    def _price(
+        self, provider: str | None, model: str | None, answered: str | None, usage: TokenUsage | None
+    ) -> float | None:
+        try:
+            return self._outcomes.pricing.cost(provider, model, answered, usage)
+        except Exception:  # a price table surprise must not cost the request its record
+            log.exception("pricing failed")
+            return None
 
     def reported(self, report: Report) -> None:
         """What the answer said about itself: usage (None stays unknown), finish reason, model."""
@@ -234,11 +238,7 @@ class Exchange:
             return None
         self._done = True
         usage = self.usage
-        try:
-            cost_usd = self._outcomes.pricing.cost(self.provider, self.model, self.response_model, usage)
-        except Exception:  # a price table surprise must not cost the request its record
-            log.exception("pricing failed")
-            cost_usd = None
+        cost_usd = self._price(self.provider, self.model, self.response_model, usage)
         if self.continued:
             cost_usd = _plus(cost_usd, self.carried_cost)
             usage = self.usage = _add(usage, self.carried_usage)
