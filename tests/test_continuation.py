@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import anthropic
+import httpx
 import msgspec
 import openai
 import pytest
@@ -23,7 +25,7 @@ from router.app import create_app
 from router.config import settings_from_dict
 from router.gateway.continuation import CONTINUE_PROMPT
 from router.gateway.outcome import Outcome
-from tests.fakes import FakeAnthropic, running_anthropic, serving_in_thread
+from tests.fakes import FakeAnthropic, running_anthropic, serving_chat
 from tests.live import LiveServer
 
 HI: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Tell me about foxes."}]
@@ -90,13 +92,7 @@ async def _answer(up: Upstream, request: web.Request) -> web.StreamResponse:
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[Upstream]:
     up = Upstream()
-    app = web.Application()
-
-    async def handle(request: web.Request) -> web.StreamResponse:
-        return await _answer(up, request)
-
-    app.router.add_post("/v1/chat/completions", handle)
-    with serving_in_thread(app) as port:
+    with serving_chat(partial(_answer, up)) as port:
         up.port = port
         yield up
 
@@ -270,3 +266,11 @@ async def test_an_answer_that_had_finished_is_not_continued(proxy: Proxy, upstre
     assert "".join(parts) == "".join(FIRST)
     assert len(upstream.seen) == calls + 1  # nothing asked of the next target
     assert proxy.outcomes[-1].continued == 0
+
+
+async def test_continuations_are_counted_in_the_metrics(proxy: Proxy) -> None:
+    await _read(proxy, "dies")
+    base = str(proxy.client.base_url).removesuffix("/v1/")
+    async with httpx.AsyncClient(base_url=base) as http:
+        metrics = (await http.get("/metrics")).text
+    assert 'switchboard_continuations_total{alias="dies"} 1.0' in metrics

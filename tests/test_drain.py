@@ -24,7 +24,9 @@ server: {{drain_s: {drain_s}}}
 providers:
   demo: {{type: mock, token_delay_s: 0.05}}
   slow: {{type: mock, latency_s: 5}}
+  crawl: {{type: mock, token_delay_s: 0.5}}
 models:
+  crawl: {{targets: [{{provider: crawl, model: echo}}]}}
   demo: {{targets: [{{provider: demo, model: echo}}]}}
   slow: {{targets: [{{provider: slow, model: echo}}]}}
 """
@@ -45,8 +47,9 @@ def _client(proxy: ProxyProcess) -> openai.OpenAI:
 class Reader(threading.Thread):
     """Reads a stream with the openai SDK; ``started`` once its first chunk is in."""
 
-    def __init__(self, proxy: ProxyProcess) -> None:
+    def __init__(self, proxy: ProxyProcess, model: str = "demo") -> None:
         super().__init__(daemon=True)
+        self.model = model
         self.client = _client(proxy)
         self.started = threading.Event()
         self.text = ""
@@ -56,7 +59,7 @@ class Reader(threading.Thread):
     def run(self) -> None:
         try:
             stream = self.client.chat.completions.create(
-                model="demo", messages=[{"role": "user", "content": WORDS}], stream=True
+                model=self.model, messages=[{"role": "user", "content": WORDS}], stream=True
             )
             for chunk in stream:
                 self.started.set()
@@ -139,10 +142,15 @@ def test_a_request_that_outlasts_drain_s_before_its_answer_gets_a_503(serve: Pro
     assert "Traceback" not in serve.log.read_text()
 
 
-def test_a_second_sigterm_hands_over_to_the_servers_own_shutdown(serve: ProxyProcess) -> None:
-    reader = _stop_mid_stream(serve)  # drain_s 30, a 3 s stream
-    time.sleep(0.2)
-    serve.process.send_signal(signal.SIGTERM)
-    serve.process.wait(10)  # uvicorn's own: up to 5 s for what is in flight
+def test_a_second_ctrl_c_exits_without_waiting_for_the_drain(serve: ProxyProcess) -> None:
+    reader = Reader(serve, model="crawl")  # drain_s 30, a 30 s answer
+    reader.start()
+    assert reader.started.wait(10)
+    pressed = time.monotonic()
+    serve.process.send_signal(signal.SIGINT)  # the drain begins
+    time.sleep(0.3)
+    serve.process.send_signal(signal.SIGINT)  # again: uvicorn's own shutdown, up to 5 s, then cut
+    serve.process.wait(15)
+    assert time.monotonic() - pressed < 9
     reader.join(10)
-    assert serve.process.returncode is not None
+    assert reader.finish is None  # the answer was cut, not waited for

@@ -130,6 +130,14 @@ SPECS: Final = {
             unit="{request}",
         ),
         Spec(
+            "switchboard_continuations",
+            "counter",
+            "Times a stream went on at another target after its upstream failed mid-way, by alias",
+            ("alias",),
+            otel="switchboard.continuations",
+            unit="{continuation}",
+        ),
+        Spec(
             "switchboard_client_disconnects",
             "counter",
             "Requests whose client left before the end",
@@ -416,6 +424,8 @@ class Recorder:
         if code == "gateway_overloaded":
             self._rejections[0] += 1
         waited, hedged = self._attempts(outcome, alias)
+        if outcome.continued:
+            f.add("switchboard_continuations", (alias,), outcome.continued)
         if target:
             self._answered(outcome, alias, target)
         # Overhead: the request's time not spent waiting on an upstream (for a stream, up to its
