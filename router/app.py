@@ -30,6 +30,7 @@ from router.api.chat import chat_completions
 from router.api.completions import legacy_completions
 from router.api.drain import Drain
 from router.api.embeddings import embeddings
+from router.api.handoff import Takeovers
 from router.api.health import live, ready
 from router.api.messages import count_tokens, create_message
 from router.api.metrics import metrics_endpoint
@@ -172,6 +173,7 @@ def create_app(
             await sync.start(targets)
         bulkhead = Bulkhead(resilience.max_concurrent)
         app.state.gateway = build_gateway(config, upstreams, targets, sleep, seeded_random(seed), bulkhead)
+        takeovers = app.state.takeovers = Takeovers(app)  # streams other replicas handed off
         reloader = Reloader(app.state, settings, config_path, clock=clock, sleep=sleep, transport=transport, sync=sync)
         app.state.reloader = reloader
         drain: Drain = app.state.drain
@@ -201,6 +203,7 @@ def create_app(
                 restore()
             try:
                 await drain.close()
+                await takeovers.close()
                 await metrics.stop()
             finally:
                 await close_upstreams(state.gateway.upstreams)

@@ -5,6 +5,7 @@ outlives a silence while it runs."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -83,3 +84,55 @@ async def test_a_log_past_its_bound_is_no_longer_resumable(limit: int) -> None:
     await log.append([b"id: 1\ndata: {0123456789}\n\n"])
     assert log.overflowed
     assert [event async for event in log.follow(0)] == []
+
+
+async def test_a_handed_off_redis_log_is_claimed_by_one_replica_which_goes_on_with_the_next_numbers(
+    redis_url: str,
+) -> None:
+    logs = RedisStreamLogs(redis_url, 2, window_s=5, limit=1 << 20, live_s=30)
+    stream_id = f"sbs_handoff_test_{time.monotonic_ns()}"
+    try:
+        first = logs.create(stream_id, "key-1")
+        await first.append([b"id: 1\ndata: {}\n\n", b"id: 2\ndata: {}\n\n"])
+        assert await first.hand_off(b'{"record":1}')
+        await first.append([b"id: 99\ndata: {}\n\n"])  # handed off: this replica writes no more
+        await first.end()  # nor ends it
+
+        found = await logs.find(stream_id)
+        assert found is not None
+        assert found.owner == "key-1"
+        seen: list[tuple[str, bytes]] = []
+        claimed: list[bool] = []
+
+        async def on_hand_off(entry: str, record: bytes) -> bool:
+            seen.append((entry, record))
+            taker = logs.create(stream_id, found.owner)
+            claimed.extend([await taker.claim(int(entry.split("-")[1])), await taker.claim(int(entry.split("-")[1]))])
+            assert await taker.events() == [b"id: 1\ndata: {}\n\n", b"id: 2\ndata: {}\n\n"]
+            await taker.append([b"id: 3\ndata: {}\n\n"])
+            await taker.end()
+            return True
+
+        followed = [event async for event in found.follow(1, on_hand_off)]
+        assert seen == [("0-4", b'{"record":1}')]
+        assert claimed == [True, False]  # one replica only
+        assert followed == [b"id: 2\ndata: {}\n\n", b"id: 3\ndata: {}\n\n"]  # event 3 sits past the hand-off
+
+        async def taken_already(entry: str, record: bytes) -> bool:
+            return True
+
+        assert [event async for event in found.follow(2, taken_already)] == [b"id: 3\ndata: {}\n\n"]
+        no_taker = [event async for event in found.follow(0)]
+        assert no_taker == [b"id: 1\ndata: {}\n\n", b"id: 2\ndata: {}\n\n"]  # a hand-off ends the follower
+
+    finally:
+        redis = Redis.from_url(redis_url)
+        await redis.delete(PREFIX + stream_id)
+        await redis.aclose()
+        await logs.close()
+
+
+async def test_a_memory_log_cannot_be_handed_off() -> None:
+    log = MemoryStreamLogs(60, 1 << 20).create("sbs_m", "")
+    await log.append([b"id: 1\ndata: {}\n\n"])
+    assert not await log.hand_off(b"{}")

@@ -245,14 +245,22 @@ class Guard:
             entry = self._by_digest.get(presented_digest)
         if entry is None or not hmac.compare_digest(presented_digest, entry[0].key_hash):
             raise AuthenticationFailed(INVALID_KEY)
-        key, caller = entry
-        if (
-            not key.enabled
-            or key.revoked_at is not None
-            or (caller.expires is not None and time.time() >= caller.expires)
-        ):
+        if not _usable(*entry):
             raise AuthenticationFailed(INVALID_KEY)
-        return caller
+        return entry[1]
+
+    def caller_of(self, key_id: str | None) -> Caller:
+        """The caller with the key ``key_id`` (as ``key_id_of_caller`` names it), as it stands now:
+        for a request started elsewhere (a stream another replica handed off). The same
+        ``AuthenticationFailed`` as ``authenticate`` if that key may no longer be used."""
+        if not self.enforcing:
+            return OPEN
+        if key_id == "":
+            return MASTER
+        entry = self._by_id.get(key_id) if key_id is not None else None
+        if entry is None or not _usable(*entry):
+            raise AuthenticationFailed(INVALID_KEY)
+        return entry[1]
 
     def check_model(self, caller: Caller, model: str) -> None:
         if caller.restricted and not caller.allows(model):
@@ -343,6 +351,11 @@ class Guard:
 
     def callers(self) -> list[Caller]:
         return [caller for _, caller in self._by_id.values()]
+
+
+def _usable(key: KeyRecord, caller: Caller) -> bool:
+    """Neither disabled, revoked nor expired."""
+    return key.enabled and key.revoked_at is None and (caller.expires is None or time.time() < caller.expires)
 
 
 def _over_budget(subject: str, record: KeyRecord | TeamRecord, spent: float) -> QuotaExceeded:

@@ -10,6 +10,7 @@ from litestar.types import HTTPScope, Receive, Send
 
 from router.access.guard import Guard
 from router.access.limits import Admitted, estimate_tokens
+from router.api import handoff
 from router.api.continuing import chat_framing
 from router.api.decode import decode_call
 from router.api.handling import admit, begin, failed, finish, governed, identify, read_body, serve
@@ -45,7 +46,10 @@ async def chat_completions(scope: HTTPScope, receive: Receive, send: Send) -> No
         if call.chat.is_stream:
             stream = partial(gateway.open_stream, call, exchange)
             framing = partial(chat_framing, gateway, call)
-            status, code = await serve(gateway, scope, receive, send, exchange, extra, None, stream, framing)
+            hand_off = partial(handoff.record, call)  # when a drain ends it, resumable: on another replica
+            status, code = await serve(
+                gateway, scope, receive, send, exchange, extra, None, stream, framing, hand_off=hand_off
+            )
         else:
             answer = partial(gateway.complete, call, exchange)
             status, code = await serve(gateway, scope, receive, send, exchange, extra, answer)

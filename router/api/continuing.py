@@ -16,13 +16,13 @@ from typing import Final
 
 import msgspec
 
-from providers.base import Inbound
+from providers.base import Inbound, TokenUsage
 from providers.errors import SwitchboardError
 from router.api.decode import decode_call
 from router.api.streams import ChatFraming, Framing
 from router.gateway.continuation import Splice, Transcript, continuation_messages
 from router.gateway.failover import Gateway, OpenStream
-from router.gateway.outcome import Exchange
+from router.gateway.outcome import Exchange, add_usage
 from router.gateway.routing import Target
 
 log = logging.getLogger(__name__)
@@ -34,16 +34,20 @@ class Continuing:
     """Chat framing with a transcript, the splice of a continuation once there is one, and the
     ``resume`` the relay asks for a stream to go on with."""
 
-    __slots__ = ("_call", "_exchange", "_failed", "_gateway", "_inner", "splice", "transcript")
+    __slots__ = ("_before", "_call", "_exchange", "_fail_over", "_failed", "_gateway", "_inner", "splice", "transcript")
 
-    def __init__(self, inner: Framing, gateway: Gateway, call: Inbound, exchange: Exchange) -> None:
+    def __init__(
+        self, inner: Framing, gateway: Gateway, call: Inbound, exchange: Exchange, fail_over: bool = True
+    ) -> None:
         self._inner = inner
         self._gateway = gateway
         self._call = call
         self._exchange = exchange
+        self._fail_over = fail_over  # whether a failure mid-way is continued (the alias says)
         self.transcript = Transcript()
         self.splice: Splice | None = None
         self._failed: frozenset[Target] = frozenset()  # every target this stream failed at
+        self._before: TokenUsage | None = None  # of the replica that handed the stream off
 
     def frames(self, payloads: Sequence[bytes]) -> bytes:
         if self.splice is not None:
@@ -57,7 +61,8 @@ class Continuing:
     def error(self, exc: SwitchboardError, request_id: str | None) -> bytes:
         return self._inner.error(exc, request_id)
 
-    def _unfaithful(self) -> str | None:
+    def unfaithful(self) -> str | None:
+        """Why another target could not go on from here faithfully; None if it can."""
         chat = self._call.chat
         if isinstance(chat.n, int) and chat.n > 1:
             return "n > 1"
@@ -72,7 +77,9 @@ class Continuing:
         none (the stream then ends with its error event, as without continuation). On success
         the failed upstream is closed, its lease failed, its usage and cost carried over."""
         label = opened.target.label
-        why = self._unfaithful()
+        if not self._fail_over:
+            return None
+        why = self.unfaithful()
         if why is not None:
             log.warning("stream-not-continued target=%s: %s", label, why)
             return None
@@ -92,8 +99,7 @@ class Continuing:
         except Exception:  # it failed already: closing it must not end the stream now
             log.warning("closing the failed upstream of %s failed", label, exc_info=True)
         exchange.carry(opened.upstream.report, provider, model)
-        trimmed = exchange.provider == "anthropic" and delivered != delivered.rstrip()  # see the prefill
-        self.splice = Splice(self.transcript, exchange.carried_usage, trimmed)
+        self._spliced(delivered, exchange.carried_usage)
         log.warning(
             "stream-continued from=%s to=%s reason=%r delivered_chars=%d",
             label,
@@ -102,6 +108,24 @@ class Continuing:
             len(delivered),
         )
         return resumed
+
+    async def take_over(self, before: TokenUsage | None) -> OpenStream:
+        """Go on with a stream another replica handed off (``router.api.handoff``), from what its
+        log holds (fed to ``frames`` already); ``before`` is its usage there, added to the
+        continuation's for the client."""
+        delivered = self.transcript.text
+        prefill, prompt = self._continued(delivered, prefill=True), self._continued(delivered, prefill=False)
+        resumed = await self._gateway.open_continuation(prefill, prompt, self._exchange, frozenset())
+        self._before = before
+        self._exchange.continued += 1
+        self._spliced(delivered, None)
+        log.warning("stream-taken-over to=%s delivered_chars=%d", resumed.target.label, len(delivered))
+        return resumed
+
+    def _spliced(self, delivered: str, carried: TokenUsage | None) -> None:
+        """From now on the continuation's chunks are made part of the stream."""
+        trimmed = self._exchange.provider == "anthropic" and delivered != delivered.rstrip()  # see the prefill
+        self.splice = Splice(self.transcript, add_usage(self._before, carried), trimmed)
 
     def _continued(self, delivered: str, prefill: bool) -> Inbound:
         fields = dict(self._call.fields)

@@ -4,7 +4,8 @@ On SIGTERM the process drains: ``/health/ready`` answers 503 at once (a load bal
 sending it traffic), a new API request is refused with a 503 that the SDKs retry (elsewhere,
 behind a load balancer), and the requests in flight go on for up to ``server.drain_s``. What is
 still running then is ended by the drain: a stream gets one error event in its API's shape and a
-proper end, any other request a 503. Only then is the server told to exit, and it finds nothing
+proper end (a resumable chat stream in Redis is handed to another replica: ``router.api.handoff``),
+any other request a 503. Only then is the server told to exit, and it finds nothing
 left to cut. A second SIGTERM exits at once, as before.
 """
 

@@ -6,10 +6,12 @@ parameters (``governed``), the answer or stream (``serve``), and the end of the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Final
+from functools import partial
+from typing import Any, Final, NamedTuple
 
 import msgspec
 from litestar.types import HTTPScope, Receive, Send
@@ -22,7 +24,7 @@ from router.access.policy import apply as apply_policy
 from router.api import resumable
 from router.api.decode import decode_call
 from router.api.disconnect import ClientWatch
-from router.api.drain import ENDED_BY_DRAIN, Drain
+from router.api.drain import ENDED_BY_DRAIN, GRACE_S, Drain
 from router.api.keepalive import KeepAlive
 from router.api.responses import CLIENT_GONE, JSONBody
 from router.api.streams import SSE_HEADERS, Framing, Resume, SSEResponse, error_frame
@@ -134,6 +136,20 @@ async def read_body(scope: HTTPScope, receive: Receive, limit: int) -> bytes:
 
 
 EarlyError = Callable[[SwitchboardError, str | None], bytes]
+# A stream's hand-off record (``router.api.handoff``): what another replica needs to go on with
+# it, from the request's record and the stream being relayed; None when it cannot go on faithfully.
+HandOffRecord = Callable[[Exchange, OpenStream], bytes | None]
+HANDED_OFF: Final = (
+    "Switchboard is shutting down; this stream goes on at another instance: GET /v1/streams/{} "
+    "with the Last-Event-ID of the last event you got."
+)
+
+
+class Resumed(NamedTuple):
+    """A stream taken over from a replica that handed it off: its log, and the events in it."""
+
+    log: StreamLog
+    events: int
 
 
 class _Held:
@@ -176,6 +192,8 @@ async def serve(
     stream: Callable[[], Awaitable[OpenStream]] | None = None,
     framing: Callable[[OpenStream, Exchange], Framing] | None = None,
     early_error: EarlyError = error_frame,
+    hand_off: HandOffRecord | None = None,
+    resumed: Resumed | None = None,
 ) -> tuple[int, str | None]:
     """Answer the request (from ``stream`` when given, else from ``answer``); the status and code
     it ended with. This is the one owner of what a request holds: the bulkhead slot, its place
@@ -183,7 +201,8 @@ async def serve(
     response and its target's lease are each released here, once, however the request ends (the
     relay only reports to the lease how the stream went). A stream whose keep-alive committed the
     response before any target answered ends a failure with ``early_error``, the client API's own
-    error event."""
+    error event. A resumable stream with ``hand_off`` is handed to another replica when the drain
+    ends it; ``resumed`` goes on with a stream so handed, into its log, with no client here."""
     drain: Drain = scope["app"].state.drain
     if drain.draining:
         raise ShuttingDown("Switchboard is shutting down; retry, and another instance will answer.")
@@ -195,7 +214,8 @@ async def serve(
     base = [(REQUEST_ID_HEADER, exchange.request_id.encode()), *extra]
     try:
         if stream is not None:
-            return await _stream(held, gateway, scope, receive, send, exchange, base, stream, framing, early_error)
+            served = _Served(stream, framing, early_error, hand_off, resumed)
+            return await _stream(held, gateway, scope, receive, send, exchange, base, served)
         assert answer is not None
         whole = await answer()
         await held.watch.stop()  # the answer is in: the end of the response would read as a disconnect
@@ -226,6 +246,16 @@ async def serve(
             drain.leave(task)
 
 
+class _Served(NamedTuple):
+    """How a stream is opened, framed and ended."""
+
+    open: Callable[[], Awaitable[OpenStream]]
+    framing: Callable[[OpenStream, Exchange], Framing] | None
+    early_error: EarlyError
+    hand_off: HandOffRecord | None
+    resumed: Resumed | None
+
+
 async def _stream(
     held: _Held,
     gateway: Gateway,
@@ -234,53 +264,91 @@ async def _stream(
     send: Send,
     exchange: Exchange,
     base: list[tuple[bytes, bytes]],
-    stream: Callable[[], Awaitable[OpenStream]],
-    framing: Callable[[OpenStream, Exchange], Framing] | None,
-    early_error: EarlyError,
+    served: _Served,
 ) -> tuple[int, str | None]:
     state = scope["app"].state
-    stream_id = resumable.new_stream_id() if resumable.asked(scope["headers"]) else None
+    resumed = served.resumed  # taken over: the log exists, and no client is here to keep alive
+    stream_id = resumable.new_stream_id() if resumed is None and resumable.asked(scope["headers"]) else None
     if stream_id is not None:
         base = [*base, (resumable.STREAM_ID_HEADER, stream_id.encode())]
-    every: float | None = state.keepalive_s
+    every: float | None = state.keepalive_s if resumed is None else None
     if every is not None:
         held.keep = KeepAlive(send, every, [*SSE_HEADERS, *base])
     try:
-        opened = held.opened = await stream()
+        opened = held.opened = await served.open()
     except Exception as exc:
         if held.keep is None or not await held.keep.stop():
             raise  # nothing went out: an HTTP error, as without keep-alive
         if not isinstance(exc, SwitchboardError):
             log.exception("stream failed before its first event, behind keep-alive")
             exc = internal_error()
-        return await _failed_committed(send, held.watch, exchange, exc, early_error)
+        return await _failed_committed(send, held.watch, exchange, exc, served.early_error)
     if (
         stream_id is None
+        and resumed is None
         and gateway.resumable(exchange.alias)
         and not (held.keep is not None and await held.keep.settle())
     ):
         stream_id = resumable.new_stream_id()  # the alias's choice (too late if the head is out already)
         base = [*base, (resumable.STREAM_ID_HEADER, stream_id.encode())]
-    if stream_id is not None:
-        send = _resumable(held, state, receive, send, stream_id, exchange)
+    client = send
+    if resumed is not None:
+        send = _recorded(held, state, receive, send, resumed.log, resumed.events)
+    elif stream_id is not None:
+        send = _recorded(held, state, receive, send, state.stream_logs.create(stream_id, exchange.key_id or ""), 0)
     headers = _headers([*SSE_HEADERS, *base], opened.target, opened.calls, opened.dropped)
-    frames = framing(opened, exchange) if framing is not None else None
+    frames = served.framing(opened, exchange) if served.framing is not None else None
     resume: Resume | None = getattr(frames, "resume", None)  # a framing that can go on elsewhere
+    on_drain = None
+    if served.hand_off is not None and held.log is not None and held.log.shared:
+        on_drain = partial(_hand_off, held, client, exchange, served.hand_off, frames, held.log.stream_id)
     relay = held.relay = SSEResponse(
-        opened, headers, held.watch, gateway, exchange, frames, held.keep, state.drain, resume
+        opened, headers, held.watch, gateway, exchange, frames, held.keep, state.drain, resume, on_drain
     )
     await relay(scope, receive, send)
     return 200, relay.code
 
 
-def _resumable(held: _Held, state: Any, receive: Receive, send: Send, stream_id: str, exchange: Exchange) -> Send:
+def _recorded(held: _Held, state: Any, receive: Receive, send: Send, stream_log: StreamLog, events: int) -> Send:
     """From here on the stream outlives its client's connection for the resume window: its events
-    are numbered and kept, and a client that leaves does not cancel it at once."""
+    are numbered (after the ``events`` in the log already) and kept, and a client that leaves does
+    not cancel it at once."""
     streams: StreamsConfig = state.streams
-    stream_log = held.log = state.stream_logs.create(stream_id, exchange.key_id or "")
+    held.log = stream_log
     held.watch.close()
-    watch = held.watch = resumable.ResumeWatch(receive, streams.resume_window_s, stream_log.followed)
-    return resumable.Recorder(send, stream_log, watch)
+    away = events > 0  # a stream taken over: its clients follow it from elsewhere
+    watch = held.watch = resumable.ResumeWatch(receive, streams.resume_window_s, stream_log.followed, away)
+    return resumable.Recorder(send, stream_log, watch, events)
+
+
+async def _hand_off(
+    held: _Held,
+    client: Send,
+    exchange: Exchange,
+    record_of: HandOffRecord,
+    framing: Framing | None,
+    stream_id: str,
+) -> bool:
+    """The drain's time ran out: leave the stream to another replica (a follower there takes it
+    on); its client here gets an error event that says where it goes on, kept for nobody else."""
+    stream_log, relay = held.log, held.relay
+    assert stream_log is not None
+    assert relay is not None
+    record = record_of(exchange, relay.opened)
+    if record is None or not await stream_log.hand_off(record):
+        return False
+    log.warning(
+        "stream-handed-off target=%s: the drain ended it here; a replica that is not draining goes on with it",
+        relay.opened.target.label,
+    )
+    notice = ShuttingDown(HANDED_OFF.format(stream_id))
+    event = (
+        framing.error(notice, exchange.request_id) if framing is not None else error_frame(notice, exchange.request_id)
+    )
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(GRACE_S):  # a client that reads nothing more does not hold the exit
+            await client({"type": "http.response.body", "body": event, "more_body": True})
+    return True
 
 
 async def _ended_by_drain(

@@ -16,7 +16,8 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Final
+from functools import partial
+from typing import TYPE_CHECKING, Any, Final
 
 from litestar import Request, get
 from litestar.datastructures import State
@@ -30,6 +31,9 @@ from router.api.responses import request_id_of
 from router.api.streams import SSE_HEADERS
 from router.errors import ClientError, InvalidRequest
 from router.state.stream_logs import StreamLog, StreamLogs
+
+if TYPE_CHECKING:
+    from router.api.handoff import Takeovers
 
 log = logging.getLogger(__name__)
 
@@ -64,19 +68,23 @@ class ResumeWatch(ClientWatch):
     """A client that leaves does not cancel the stream at once: it gets ``window_s`` to come back
     (through ``GET /v1/streams/{id}``), during which the upstream goes on into the log."""
 
-    __slots__ = ("_checking", "_expiry", "_followed", "_window_s", "left")
+    __slots__ = ("_away", "_checking", "_expiry", "_followed", "_window_s", "left")
 
-    def __init__(self, receive: Receive, window_s: float, followed: Callable[[], Awaitable[bool]]) -> None:
+    def __init__(
+        self, receive: Receive, window_s: float, followed: Callable[[], Awaitable[bool]], away: bool = False
+    ) -> None:
         self._window_s = window_s
         self._followed = followed  # a resumed client is reading it here: the window waits
         self._expiry: asyncio.TimerHandle | None = None
         self._checking: asyncio.Task[None] | None = None
+        self._away = away  # no client here from the start (a stream taken over): the window runs at once
         self.left = False
         super().__init__(receive)
 
     async def _watch(self, receive: Receive) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
+        if not self._away:
+            while (await receive())["type"] != "http.disconnect":
+                pass
         self.left = True
         self._expiry = asyncio.get_running_loop().call_later(self._window_s, self._window_over)
 
@@ -113,11 +121,11 @@ class Recorder:
 
     __slots__ = ("_count", "_log", "_send", "_unsent", "_watch")
 
-    def __init__(self, send: Send, stream_log: StreamLog, watch: ResumeWatch) -> None:
+    def __init__(self, send: Send, stream_log: StreamLog, watch: ResumeWatch, start: int = 0) -> None:
         self._send = send
         self._log = stream_log
         self._watch = watch
-        self._count = 0
+        self._count = start  # the events numbered so far (by another replica, for a stream taken over)
         # A write that did not finish (its wait was cut short): the relay sends the same bytes
         # again, and they must keep their numbers and be kept once.
         self._unsent: tuple[bytes, bytes] | None = None
@@ -193,4 +201,7 @@ async def resume_stream(request: Request[Any, Any, State], stream_id: FromPath[s
     if found is None or found.overflowed:
         raise StreamNotFound(f"No resumable stream '{stream_id}' (it ended over the resume window ago, or never was).")
     headers = {"x-request-id": request_id_of(scope), STREAM_ID_HEADER.decode(): stream_id, **dict(_SSE_REST)}
-    return Stream(found.follow(after), media_type=_SSE_TYPE[1], headers=headers)
+    takeovers: Takeovers = state.takeovers  # a stream another replica handed off goes on here
+    return Stream(
+        found.follow(after, partial(takeovers.take, stream_id, found)), media_type=_SSE_TYPE[1], headers=headers
+    )

@@ -109,6 +109,7 @@ class SSEResponse:
         "_head_sent",
         "_headers",
         "_keep",
+        "_on_drain",
         "_resume",
         "_watch",
         "code",
@@ -126,8 +127,10 @@ class SSEResponse:
         keep: KeepAlive | None = None,
         drain: Drain | None = None,
         resume: Resume | None = None,
+        on_drain: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self._drain = drain
+        self._on_drain = on_drain  # hands the stream to another replica, if it can: True then
         self._framing = framing or ChatFraming(exchange.trace)
         self._keep = keep
         self._exchange = exchange
@@ -183,12 +186,16 @@ class SSEResponse:
             self._gateway.bulkhead.streams -= 1
 
     async def _ended_by_drain(self, send: Send) -> None:
-        """The drain's time ran out with this stream still going: one error event, a proper end
-        (the head first, if the cancel came before it went out; only the end, if the relay was
-        over)."""
+        """The drain's time ran out with this stream still going: handed off to another replica
+        where it can be (a resumable stream), else one error event; then a proper end (the head
+        first, if the cancel came before it went out; only the end, if the relay was over)."""
         self.opened.lease.abandoned()  # a no-op when the relay has ended it
         head_sent = (await self._keep.stop() if self._keep is not None else False) or self._head_sent
         if self._complete:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        if head_sent and self._on_drain is not None and await self._on_drain():
+            self.code = "handed_off"
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
         self.code = ShuttingDown.code

@@ -51,13 +51,14 @@ _decode_chunk = msgspec.json.Decoder(_Chunk).decode
 class Transcript:
     """What the client has been sent of a Chat Completions stream."""
 
-    __slots__ = ("_parts", "created", "id", "unfaithful")
+    __slots__ = ("_parts", "created", "finished", "id", "unfaithful")
 
     def __init__(self) -> None:
         self._parts: list[str] = []
         self.id: str | None = None
         self.created: int | None = None
         self.unfaithful: str | None = None  # why another target could not go on from here
+        self.finished = False  # its finish reason has gone out: only the end is missing
 
     def add(self, payloads: Sequence[bytes]) -> None:
         for payload in payloads:
@@ -78,6 +79,7 @@ class Transcript:
                     self._parts.append(choice.delta.content)
                 if choice.finish_reason is not None:
                     self.unfaithful = "the answer had finished already"  # nothing is missing from it
+                    self.finished = True
 
     @property
     def text(self) -> str:

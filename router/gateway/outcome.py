@@ -208,7 +208,7 @@ class Exchange:
         usage = report.usage
         if usage is not None:
             self.carried_cost = _plus(self.carried_cost, self._price(provider, model, report.response_model, usage))
-            self.carried_usage = _add(self.carried_usage, usage)
+            self.carried_usage = add_usage(self.carried_usage, usage)
         self.continued += 1
 
     def _price(
@@ -241,7 +241,7 @@ class Exchange:
         cost_usd = self._price(self.provider, self.model, self.response_model, usage)
         if self.continued:
             cost_usd = _plus(cost_usd, self.carried_cost)
-            usage = self.usage = _add(usage, self.carried_usage)
+            usage = self.usage = add_usage(usage, self.carried_usage)
         outcome = Outcome(
             request_id=self.request_id,
             alias=self.alias,
@@ -278,7 +278,7 @@ def _plus(a: float | None, b: float | None) -> float | None:
     return b if a is None else a if b is None else a + b
 
 
-def _add(a: TokenUsage | None, b: TokenUsage | None) -> TokenUsage | None:
+def add_usage(a: TokenUsage | None, b: TokenUsage | None) -> TokenUsage | None:
     if a is None or b is None:
         return a or b
     return TokenUsage(

@@ -8,6 +8,11 @@ process (a reconnect must reach the same worker); ``RedisStreamLogs`` in Redis S
 stream, ``XADD`` with the event's number as its entry id, ``XREAD BLOCK`` to follow), so that a
 reconnect may land on any worker or replica. Either forgets a stream ``window_s`` after its last
 event.
+
+A Redis log can also be handed off: a replica that drains with the stream still running writes a
+hand-off entry (what another replica needs to go on with the stream) instead of the end, and a
+follower on another replica that reads it claims the stream (``claim``: one replica only) and
+goes on appending to the same log (``router.api.handoff``).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Final, Protocol
 
 from redis.asyncio import Redis
@@ -29,12 +34,24 @@ PREFIX: Final = "switchboard:stream:"
 BLOCK_MS: Final = 1000  # one XREAD's wait: a follower notices a stream that was forgotten within it
 FOLLOWED: Final = ":followed"  # a key a follower on any replica keeps alive while it reads
 FOLLOWED_MS: Final = 3 * BLOCK_MS
+TAKEN: Final = ":taken"  # the replica that claimed a handed-off stream
+
+# Called by a follower with a hand-off entry's record: True to go on following (someone goes on
+# with the stream), False to end here.
+OnHandOff = Callable[[str, bytes], Awaitable[bool]]
 
 
 class StreamLog(Protocol):
+    stream_id: str
     owner: str
     overflowed: bool  # past its byte bound: no longer resumable
     followers: int  # clients following it live in this process
+    shared: bool  # another replica can read it, so the stream can be handed off
+
+    @property
+    def size(self) -> int:
+        """Bytes kept so far."""
+        ...
 
     async def followed(self) -> bool:
         """Whether a client follows it live (here, or, in Redis, on any replica)."""
@@ -44,7 +61,12 @@ class StreamLog(Protocol):
 
     async def end(self) -> None: ...
 
-    def follow(self, after: int) -> AsyncIterator[bytes]: ...
+    async def hand_off(self, record: bytes) -> bool:
+        """Leave the stream to another replica (``record`` says how to go on with it) instead of
+        ending it; False if it cannot be (the log is not shared, or it is past its bound)."""
+        ...
+
+    def follow(self, after: int, on_hand_off: OnHandOff | None = None) -> AsyncIterator[bytes]: ...
 
 
 class StreamLogs(Protocol):
@@ -71,10 +93,14 @@ class MemoryLog:
         "limit",
         "overflowed",
         "owner",
+        "stream_id",
     )
 
-    def __init__(self, owner: str, limit: int, forget: Callable[[], None] = lambda: None) -> None:
+    shared = False
+
+    def __init__(self, stream_id: str, owner: str, limit: int, forget: Callable[[], None] = lambda: None) -> None:
         self._forget = forget  # called at the end: the registry drops the log a window later
+        self.stream_id = stream_id
         self.owner = owner
         self.limit = limit
         self.overflowed = False
@@ -99,6 +125,13 @@ class MemoryLog:
     async def followed(self) -> bool:
         return self.followers > 0
 
+    @property
+    def size(self) -> int:
+        return self._size
+
+    async def hand_off(self, record: bytes) -> bool:
+        return False  # no other replica can read it
+
     async def end(self) -> None:
         if self._done:
             return
@@ -111,7 +144,7 @@ class MemoryLog:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    async def follow(self, after: int) -> AsyncIterator[bytes]:
+    async def follow(self, after: int, on_hand_off: OnHandOff | None = None) -> AsyncIterator[bytes]:
         sent = max(0, after)
         self.followers += 1
         try:
@@ -148,7 +181,7 @@ class MemoryStreamLogs:
         def forget() -> None:  # a window after its end, even if no other stream comes
             loop.call_later(window, self._logs.pop, stream_id, None)
 
-        stream = self._logs[stream_id] = MemoryLog(owner, self._limit, forget)
+        stream = self._logs[stream_id] = MemoryLog(stream_id, owner, self._limit, forget)
         return stream
 
     async def find(self, stream_id: str) -> MemoryLog | None:
@@ -159,37 +192,48 @@ class MemoryStreamLogs:
 
 
 class RedisLog:
-    """One stream's events in a Redis Stream: entry ``0-n`` holds event n; an empty entry ends it."""
+    """One stream's events in a Redis Stream: entry ``0-1`` names the owner, each later entry holds
+    an event, in order; an empty entry ends it, an ``h`` entry hands it off."""
 
     __slots__ = (
-        "_count",
+        "_handed",
         "_key",
         "_live_ms",
         "_redis",
+        "_seq",
         "_size",
         "_window_ms",
         "followers",
         "limit",
         "overflowed",
         "owner",
+        "stream_id",
     )
+
+    shared = True
 
     def __init__(
         self, redis: Redis, stream_id: str, owner: str, limit: int, window_s: float, live_s: float = 0.0
     ) -> None:
         self._redis = redis
         self._key = PREFIX + stream_id
+        self.stream_id = stream_id
         self.owner = owner
         self.limit = limit
         self._window_ms = int(window_s * 1000)
         self._live_ms = int((window_s + live_s) * 1000)  # while it runs: a silence must not expire it
         self.overflowed = False
         self.followers = 0  # those on other replicas are not known here
-        self._count = 0
+        self._seq = 0  # the last entry written (0: none yet, not even the owner's)
         self._size = 0
+        self._handed = False  # left to another replica: this one neither writes nor ends it
+
+    @property
+    def size(self) -> int:
+        return self._size
 
     async def append(self, events: Sequence[bytes]) -> None:
-        if self.overflowed:
+        if self.overflowed or self._handed:
             return
         self._size += sum(len(e) for e in events)
         if self._size > self.limit:
@@ -199,11 +243,12 @@ class RedisLog:
             return
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                if self._count == 0:
+                if self._seq == 0:
+                    self._seq = 1
                     pipe.xadd(self._key, {"o": self.owner}, id="0-1")  # the owner, before event 1
                 for event in events:
-                    self._count += 1
-                    pipe.xadd(self._key, {"e": event}, id=f"0-{self._count + 1}")
+                    self._seq += 1
+                    pipe.xadd(self._key, {"e": event}, id=f"0-{self._seq}")
                 pipe.pexpire(self._key, self._live_ms)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
@@ -211,13 +256,48 @@ class RedisLog:
             self.overflowed = True
 
     async def end(self) -> None:
-        if self.overflowed:
+        if self.overflowed or self._handed:
             return
         with contextlib.suppress(RedisError, OSError):
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.xadd(self._key, {"e": END}, id=f"0-{self._count + 2}")
+                pipe.xadd(self._key, {"e": END}, id=f"0-{max(self._seq, 1) + 1}")
                 pipe.pexpire(self._key, self._window_ms)
                 await pipe.execute()
+
+    async def hand_off(self, record: bytes) -> bool:
+        if self.overflowed or self._handed or self._seq == 0:
+            return False
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.xadd(self._key, {"h": record}, id=f"0-{self._seq + 1}")
+                pipe.pexpire(self._key, self._live_ms)  # the window for a replica to take it on
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            log.warning("stream-log: Redis refused the hand-off (%s)", exc)
+            return False
+        self._seq += 1
+        self._handed = True
+        return True
+
+    async def claim(self, entry: int) -> bool:
+        """Take on the stream handed off at entry ``0-entry``: True for one replica only, which then
+        reads what the log holds (``events``) and appends to it as its own."""
+        try:
+            claimed = await self._redis.set(f"{self._key}{TAKEN}:{entry}", b"1", nx=True, px=self._live_ms)
+        except (RedisError, OSError) as exc:
+            log.warning("stream-log: Redis did not answer a claim (%s)", exc)
+            return False
+        if not claimed:
+            return False
+        self._seq = entry
+        return True
+
+    async def events(self) -> list[bytes]:
+        """Every event kept so far, in order (for the replica that takes the stream on)."""
+        entries = await self._redis.xrange(self._key, "0-2", "+")
+        kept = [event for _, fields in entries if (event := fields.get(b"e"))]
+        self._size = sum(len(event) for event in kept)
+        return kept
 
     async def followed(self) -> bool:
         if self.followers > 0:
@@ -227,17 +307,20 @@ class RedisLog:
         except (RedisError, OSError):
             return False  # Redis away: as if nobody followed (the window then ends the stream)
 
-    async def follow(self, after: int) -> AsyncIterator[bytes]:
+    async def follow(self, after: int, on_hand_off: OnHandOff | None = None) -> AsyncIterator[bytes]:
         self.followers += 1
         try:
-            async for event in _follow(self._redis, self._key, after):
+            async for event in _follow(self._redis, self._key, after, on_hand_off):
                 yield event
         finally:
             self.followers -= 1
 
 
-async def _follow(redis: Redis, key: str, after: int) -> AsyncIterator[bytes]:
-    last = f"0-{max(0, after) + 1}"  # entry 0-1 is the owner: events start at 0-2
+async def _follow(redis: Redis, key: str, after: int, on_hand_off: OnHandOff | None) -> AsyncIterator[bytes]:
+    """Events numbered after ``after``. Event n is at entry ``0-(n+1)`` or, past a hand-off entry
+    (which has no number of its own), later: the reading starts there and goes by each event's
+    own ``id: n``."""
+    last = f"0-{max(0, after) + 1}"
     while True:
         # Followed, for the replica that runs the upstream: its resume window waits while this lasts.
         await redis.set(key + FOLLOWED, b"1", px=FOLLOWED_MS)
@@ -250,10 +333,20 @@ async def _follow(redis: Redis, key: str, after: int) -> AsyncIterator[bytes]:
             last = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
             event = fields.get(b"e")
             if event is None:
+                record = fields.get(b"h")
+                if record is not None and (on_hand_off is None or not await on_hand_off(last, record)):
+                    return  # handed off, and nobody here goes on with it
                 continue
             if event == END:
                 return
-            yield event
+            if event_number(event) > after:
+                yield event
+
+
+def event_number(event: bytes) -> int:
+    """An event's ``id: n`` (its first line)."""
+    head = event[4 : event.find(b"\n")]
+    return int(head) if head.isdigit() else 0
 
 
 class RedisStreamLogs:
