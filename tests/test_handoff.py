@@ -12,6 +12,7 @@ import re
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -31,6 +32,9 @@ from tests.live import LiveServer
 WORDS = [f"w{i}" for i in range(60)]
 ASK: list[Any] = [{"role": "user", "content": "Count for me."}]
 RESUMABLE = {"x-switchboard-resumable": "true"}
+MASTER = "sk-master-handoff-0123456789"
+AS_MASTER = {"authorization": f"Bearer {MASTER}"}
+MASTER_RESUMABLE = RESUMABLE | AS_MASTER
 
 
 @dataclass
@@ -57,6 +61,10 @@ async def _count(up: Upstream, request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"content-type": "text/event-stream"})
     await response.prepare(request)
     await response.write(_chunk({"role": "assistant", "content": ""}))
+    if body["model"] == "lingers":  # a whole answer at once, then the connection stays open a while
+        await response.write(_chunk({"content": "all of it"}) + _chunk({}, "stop") + b"data: [DONE]\n\n")
+        await asyncio.sleep(3)
+        return response
     for word in WORDS[start:]:
         await response.write(_chunk({"content": word + " "}))
         await asyncio.sleep(0.04)
@@ -91,11 +99,16 @@ class Replica:
 
 
 @pytest.fixture
-async def replicas(upstream: Upstream, redis_url: str) -> AsyncIterator[tuple[Replica, Replica]]:
+async def replicas(upstream: Upstream, redis_url: str, tmp_path: Path) -> AsyncIterator[tuple[Replica, Replica]]:
     upstream.seen.clear()
     config = {
         "providers": {"up": {"type": "openai", "base_url": f"http://127.0.0.1:{upstream.port}/v1"}},
-        "models": {"counter": {"targets": [{"provider": "up", "model": "m"}]}},
+        "models": {
+            "counter": {"targets": [{"provider": "up", "model": "m"}]},
+            "lingering": {"targets": [{"provider": "up", "model": "lingers"}]},
+        },
+        "auth": {"master_key": MASTER},
+        "database": {"url": f"sqlite:///{tmp_path / 'keys.db'}"},
         "streams": {"keepalive_s": None, "resume_window_s": 10},
         "state": {"backend": "redis", "url": redis_url},
         "server": {"drain_s": 0.4},
@@ -108,6 +121,13 @@ async def replicas(upstream: Upstream, redis_url: str) -> AsyncIterator[tuple[Re
         made.append(Replica(app, LiveServer(app), outcomes))
     async with made[0].live, made[1].live:
         yield made[0], made[1]
+
+
+async def _key(replica: Replica) -> tuple[str, str]:
+    """A new virtual key (made on ``replica``; the replicas share the database): secret, id."""
+    async with httpx.AsyncClient(base_url=replica.url, headers=AS_MASTER) as admin:
+        made = (await admin.post("/admin/keys", json={"name": "streams"})).json()
+    return made["key"], made["id"]
 
 
 def _events(raw: bytes) -> list[tuple[int | None, bytes]]:
@@ -132,7 +152,8 @@ async def test_a_stream_the_drain_ends_goes_on_at_another_replica_with_nothing_m
     replicas: tuple[Replica, Replica], upstream: Upstream
 ) -> None:
     draining, other = replicas
-    client = openai.AsyncOpenAI(base_url=f"{draining.url}/v1", api_key="unused", max_retries=0)
+    key, key_id = await _key(draining)
+    client = openai.AsyncOpenAI(base_url=f"{draining.url}/v1", api_key=key, max_retries=0)
     raw = await client.chat.completions.with_raw_response.create(
         model="counter", messages=ASK, stream=True, extra_headers=RESUMABLE
     )
@@ -153,7 +174,8 @@ async def test_a_stream_the_drain_ends_goes_on_at_another_replica_with_nothing_m
     await client.close()
 
     async with httpx.AsyncClient(base_url=other.url, timeout=10) as resumer:
-        resumed = await resumer.get(f"/v1/streams/{stream_id}", headers={"last-event-id": str(len(got) + 1)})
+        last = {"last-event-id": str(len(got) + 1), "authorization": f"Bearer {key}"}
+        resumed = await resumer.get(f"/v1/streams/{stream_id}", headers=last)
     assert resumed.status_code == 200
     rest = _events(resumed.content)
     assert rest[-1][1] == b"[DONE]"
@@ -167,9 +189,9 @@ async def test_a_stream_the_drain_ends_goes_on_at_another_replica_with_nothing_m
     assert continuation[:-2] == ASK
     assert continuation[-2] == {"role": "assistant", "content": " ".join(got) + " "}
     assert continuation[-1] == {"role": "user", "content": CONTINUE_PROMPT}
-    assert [(o.code, o.continued) for o in draining.outcomes] == [("handed_off", 0)]
+    assert [(o.code, o.continued, o.key_id) for o in draining.outcomes] == [("handed_off", 0, key_id)]
     await asyncio.sleep(0.1)  # the other replica's record ends just after its log does
-    assert [(o.status, o.code, o.continued) for o in other.outcomes] == [(200, None, 1)]
+    assert [(o.status, o.code, o.continued, o.key_id) for o in other.outcomes] == [(200, None, 1, key_id)]
     assert other.outcomes[0].request_id == draining.outcomes[0].request_id  # one request, two replicas
 
 
@@ -179,7 +201,9 @@ async def test_a_follower_on_the_draining_replica_reconnects_elsewhere_and_the_s
     draining, other = replicas
     async with httpx.AsyncClient(timeout=10) as http:
         ask = {"model": "counter", "stream": True, "messages": ASK}
-        async with http.stream("POST", f"{draining.url}/v1/chat/completions", json=ask, headers=RESUMABLE) as started:
+        async with http.stream(
+            "POST", f"{draining.url}/v1/chat/completions", json=ask, headers=RESUMABLE | AS_MASTER
+        ) as started:
             stream_id = started.headers["x-switchboard-stream-id"]
             async for _ in started.aiter_raw():
                 break  # the client that started it leaves; a follower on the same replica reads on
@@ -211,7 +235,9 @@ async def test_a_stream_that_cannot_be_continued_faithfully_ends_with_its_error_
     ask = {"model": "counter", "stream": True, "messages": ASK, "n": 2}  # two answers: not continued
     async with httpx.AsyncClient(timeout=10) as http:
         got = b""
-        async with http.stream("POST", f"{draining.url}/v1/chat/completions", json=ask, headers=RESUMABLE) as started:
+        async with http.stream(
+            "POST", f"{draining.url}/v1/chat/completions", json=ask, headers=RESUMABLE | AS_MASTER
+        ) as started:
             stream_id = started.headers["x-switchboard-stream-id"]
             async for piece in started.aiter_raw():
                 got += piece
@@ -223,3 +249,46 @@ async def test_a_stream_that_cannot_be_continued_faithfully_ends_with_its_error_
     assert msgspec.json.decode(error[1])["error"]["code"] == "server_shutting_down"
     assert _events(resumed.content)[-1] == error
     assert not re.search(rb"/v1/streams/", got)  # nothing tells it to go on elsewhere
+
+
+async def test_a_stream_whose_end_had_gone_out_is_not_handed_off(replicas: tuple[Replica, Replica]) -> None:
+    draining, other = replicas
+    ask = {"model": "lingering", "stream": True, "messages": ASK}
+    async with httpx.AsyncClient(timeout=10) as http:
+        got = b""
+        async with http.stream(
+            "POST", f"{draining.url}/v1/chat/completions", json=ask, headers=RESUMABLE | AS_MASTER
+        ) as started:
+            stream_id = started.headers["x-switchboard-stream-id"]
+            async for piece in started.aiter_raw():
+                got += piece
+                if b"[DONE]" in got and not draining.app.state.drain.draining:
+                    draining.drain()  # lands while the upstream, done, keeps its connection open
+        resumed = await http.get(f"{other.url}/v1/streams/{stream_id}", headers={"last-event-id": "0"})
+    assert _events(got)[-1][1] == b"[DONE]"  # nothing after it: no error event, no hand-off
+    assert _events(resumed.content) == _events(got)
+    assert [o.code for o in draining.outcomes] != ["handed_off"]
+    assert other.outcomes == []  # nobody went on with it
+
+
+async def test_a_key_revoked_after_the_hand_off_is_not_continued(replicas: tuple[Replica, Replica]) -> None:
+    draining, other = replicas
+    key, key_id = await _key(draining)
+    ask = {"model": "counter", "stream": True, "messages": ASK}
+    mine = RESUMABLE | {"authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(timeout=10) as http:
+        got = b""
+        async with http.stream("POST", f"{draining.url}/v1/chat/completions", json=ask, headers=mine) as started:
+            stream_id = started.headers["x-switchboard-stream-id"]
+            async for piece in started.aiter_raw():
+                got += piece
+                if len(_events(got)) >= 3 and not draining.app.state.drain.draining:
+                    draining.drain()
+        assert (await http.delete(f"{other.url}/admin/keys/{key_id}", headers=AS_MASTER)).status_code == 200
+        await asyncio.sleep(1.2)  # every replica knows within a second
+        resumed = await http.get(f"{other.url}/v1/streams/{stream_id}", headers={"last-event-id": "1"})
+    rest = _events(resumed.content)
+    assert msgspec.json.decode(rest[-1][1])["error"]["code"] == "invalid_api_key"
+    assert len(_words(rest)) < len(WORDS) - 2  # not continued
+    await asyncio.sleep(0.1)
+    assert [(o.status, o.key_id) for o in other.outcomes] == [(401, key_id)]

@@ -103,11 +103,16 @@ async def test_a_handed_off_redis_log_is_claimed_by_one_replica_which_goes_on_wi
         assert found.owner == "key-1"
         seen: list[tuple[str, bytes]] = []
         claimed: list[bool] = []
+        handed = 0
 
         async def on_hand_off(entry: str, record: bytes) -> bool:
+            nonlocal handed
             seen.append((entry, record))
-            taker = logs.create(stream_id, found.owner)
-            claimed.extend([await taker.claim(int(entry.split("-")[1])), await taker.claim(int(entry.split("-")[1]))])
+            handed = int(entry.split("-")[1])
+            taker, other = logs.create(stream_id, found.owner), logs.create(stream_id, found.owner)
+            # Two replicas: one claims it; the same replica again (an answer it lost) still has it.
+            claimed.extend([bool(await taker.claim(handed, "b")), bool(await other.claim(handed, "c"))])
+            claimed.append(bool(await logs.create(stream_id, found.owner).claim(handed, "b")))
             assert await taker.events() == [b"id: 1\ndata: {}\n\n", b"id: 2\ndata: {}\n\n"]
             await taker.append([b"id: 3\ndata: {}\n\n"])
             await taker.end()
@@ -115,13 +120,15 @@ async def test_a_handed_off_redis_log_is_claimed_by_one_replica_which_goes_on_wi
 
         followed = [event async for event in found.follow(1, on_hand_off)]
         assert seen == [("0-4", b'{"record":1}')]
-        assert claimed == [True, False]  # one replica only
+        assert claimed == [True, False, True]  # one replica only
         assert followed == [b"id: 2\ndata: {}\n\n", b"id: 3\ndata: {}\n\n"]  # event 3 sits past the hand-off
 
         async def taken_already(entry: str, record: bytes) -> bool:
             return True
 
         assert [event async for event in found.follow(2, taken_already)] == [b"id: 3\ndata: {}\n\n"]
+        late = logs.create(stream_id, found.owner)
+        assert await late.claim(handed, "b") is False  # it went on after its claim: taken for good
         no_taker = [event async for event in found.follow(0)]
         assert no_taker == [b"id: 1\ndata: {}\n\n", b"id: 2\ndata: {}\n\n"]  # a hand-off ends the follower
 

@@ -46,7 +46,7 @@ async def chat_completions(scope: HTTPScope, receive: Receive, send: Send) -> No
         if call.chat.is_stream:
             stream = partial(gateway.open_stream, call, exchange)
             framing = partial(chat_framing, gateway, call)
-            hand_off = partial(handoff.record, call)  # when a drain ends it, resumable: on another replica
+            hand_off = partial(handoff.record, call, None)  # when a drain ends it, resumable: on another replica
             status, code = await serve(
                 gateway, scope, receive, send, exchange, extra, None, stream, framing, hand_off=hand_off
             )

@@ -102,6 +102,7 @@ class SSEResponse:
     __slots__ = (
         "_complete",
         "_drain",
+        "_ending",
         "_exchange",
         "_first",
         "_framing",
@@ -137,6 +138,7 @@ class SSEResponse:
         self._resume = resume
         self._head_sent = False
         self._complete = False  # the relay is over: only the end of the body is left to send
+        self._ending = False  # the stream's last event ([DONE] or an error) is framed: nothing goes on
         self.opened = opened  # the stream being relayed (another after a continuation)
         self._first = opened.first
         self._headers = headers
@@ -191,7 +193,7 @@ class SSEResponse:
         first, if the cancel came before it went out; only the end, if the relay was over)."""
         self.opened.lease.abandoned()  # a no-op when the relay has ended it
         head_sent = (await self._keep.stop() if self._keep is not None else False) or self._head_sent
-        if self._complete:
+        if self._complete or self._ending:  # its last event has gone out (or is going): only the end is left
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
         if head_sent and self._on_drain is not None and await self._on_drain():
@@ -226,6 +228,7 @@ class SSEResponse:
     async def _fail(self, send: Send, failure: SwitchboardError) -> SwitchboardError:
         """The upstream failed mid-way: one error event, and the failure (or ``ClientStalled``)."""
         log.warning("stream-failed target=%s reason=%r", self.opened.target.label, failure.message)
+        self._ending = True
         error = self._framing.error(failure, self._exchange.request_id)
         if not await self._write_until(send, error, self.opened.deadline):
             return self._stalled()
@@ -271,6 +274,7 @@ class SSEResponse:
                         payloads = await (upstream.pull() if keep is None else _pull(upstream, keep, now))
                         if payloads is None:
                             pending, finished = framing.done(), True
+                            self._ending = True
                         else:
                             pending = framed(payloads)
             except TimeoutError:
@@ -294,6 +298,7 @@ class SSEResponse:
                 log.exception("stream from %s failed mid-way", upstream.provider)
                 failure = internal_error()
                 break
+            self._complete = True  # [DONE] is out: what is left is reading the upstream to its end
             await upstream.drain()
             return None
         return failure

@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Final, Protocol
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,6 @@ PREFIX: Final = "switchboard:stream:"
 BLOCK_MS: Final = 1000  # one XREAD's wait: a follower notices a stream that was forgotten within it
 FOLLOWED: Final = ":followed"  # a key a follower on any replica keeps alive while it reads
 FOLLOWED_MS: Final = 3 * BLOCK_MS
-TAKEN: Final = ":taken"  # the replica that claimed a handed-off stream
 
 # Called by a follower with a hand-off entry's record: True to go on following (someone goes on
 # with the stream), False to end here.
@@ -193,7 +192,8 @@ class MemoryStreamLogs:
 
 class RedisLog:
     """One stream's events in a Redis Stream: entry ``0-1`` names the owner, each later entry holds
-    an event, in order; an empty entry ends it, an ``h`` entry hands it off."""
+    an event (``e``), in order; an empty event ends it, an ``h`` entry hands it off, and the ``t``
+    entry after that names the replica that took it on."""
 
     __slots__ = (
         "_handed",
@@ -279,17 +279,25 @@ class RedisLog:
         self._handed = True
         return True
 
-    async def claim(self, entry: int) -> bool:
-        """Take on the stream handed off at entry ``0-entry``: True for one replica only, which then
-        reads what the log holds (``events``) and appends to it as its own."""
+    async def claim(self, entry: int, token: str) -> bool | None:
+        """Take on the stream handed off at entry ``0-entry``, as the replica ``token``: True for
+        one replica only, which then reads what the log holds (``events``) and appends to it as its
+        own; None if Redis did not answer. The claim is an entry right after the hand-off, so it
+        lives as long as the log, and a log that went on after the hand-off is taken already."""
+        marker = f"0-{entry + 1}"
         try:
-            claimed = await self._redis.set(f"{self._key}{TAKEN}:{entry}", b"1", nx=True, px=self._live_ms)
+            try:
+                added = await self._redis.xadd(self._key, {"t": token}, id=marker, nomkstream=True)
+            except ResponseError:  # an entry past the hand-off exists: claimed, perhaps by this replica
+                after = await self._redis.xrange(self._key, marker, "+", count=2)
+                # Ours, with nothing after it: an earlier claim whose answer was lost. Go on.
+                added = len(after) == 1 and after[0][1].get(b"t") == token.encode()
+            if not added:
+                return False  # taken by another replica, or the log is gone
         except (RedisError, OSError) as exc:
             log.warning("stream-log: Redis did not answer a claim (%s)", exc)
-            return False
-        if not claimed:
-            return False
-        self._seq = entry
+            return None
+        self._seq = entry + 1
         return True
 
     async def events(self) -> list[bytes]:
