@@ -143,3 +143,23 @@ async def test_a_memory_log_cannot_be_handed_off() -> None:
     log = MemoryStreamLogs(60, 1 << 20).create("sbs_m", "")
     await log.append([b"id: 1\ndata: {}\n\n"])
     assert not await log.hand_off(b"{}")
+
+
+async def test_a_last_event_id_past_the_end_of_an_ended_redis_log_ends_at_once(redis_url: str) -> None:
+    logs = RedisStreamLogs(redis_url, 2, window_s=30, limit=1 << 20, live_s=30)
+    stream_id = f"sbs_past_end_{time.monotonic_ns()}"
+    try:
+        log = logs.create(stream_id, "")
+        await log.append([b"id: 1\ndata: {}\n\n", b"id: 2\ndata: {}\n\n"])
+        await log.end()
+        found = await logs.find(stream_id)
+        assert found is not None
+        for after in (2, 3, 50):  # the last event, one past it, far past it
+            async with asyncio.timeout(0.5):  # not a wait for the log to expire
+                assert [event async for event in found.follow(after)] == []
+        assert [event async for event in found.follow(1)] == [b"id: 2\ndata: {}\n\n"]
+    finally:
+        redis = Redis.from_url(redis_url)
+        await redis.delete(PREFIX + stream_id)
+        await redis.aclose()
+        await logs.close()

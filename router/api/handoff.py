@@ -38,7 +38,7 @@ from router.errors import ShuttingDown, internal_error
 from router.gateway.continuation import Transcript
 from router.gateway.failover import Gateway, OpenStream
 from router.gateway.outcome import Exchange, add_usage
-from router.state.stream_logs import RedisLog, StreamLog, event_number
+from router.state.stream_logs import RedisLog, StreamLog, entry_seq, event_number
 
 log = logging.getLogger(__name__)
 _encode = msgspec.json.Encoder().encode
@@ -94,7 +94,7 @@ class Takeovers:
         taken = state.stream_logs.create(stream_id, found.owner)
         if not isinstance(taken, RedisLog):  # hand-offs are written to Redis only
             return False
-        handed = (stream_id, int(entry.rpartition("-")[2]))
+        handed = (stream_id, entry_seq(entry))
         if handed in self._running:
             return True  # another follower here read it first
         claimed = await taken.claim(handed[1], self._token)

@@ -329,26 +329,37 @@ async def _follow(redis: Redis, key: str, after: int, on_hand_off: OnHandOff | N
     (which has no number of its own), later: the reading starts there and goes by each event's
     own ``id: n``."""
     last = f"0-{max(0, after) + 1}"
-    while True:
-        # Followed, for the replica that runs the upstream: its resume window waits while this lasts.
-        await redis.set(key + FOLLOWED, b"1", px=FOLLOWED_MS)
-        answer = await redis.xread({key: last}, block=BLOCK_MS, count=256)
-        if not answer:
-            if not await redis.exists(key):
+    try:
+        # A Last-Event-ID past the last entry: the reading would wait for entries already written.
+        top = await redis.xrevrange(key, count=1)
+        entries = top if top and entry_seq(top[0][0]) <= max(0, after) + 1 else []
+        while True:
+            for entry_id, fields in entries:
+                last = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+                event = fields.get(b"e")
+                if event is None:
+                    record = fields.get(b"h")
+                    if record is not None and (on_hand_off is None or not await on_hand_off(last, record)):
+                        return  # handed off, and nobody here goes on with it
+                    continue
+                if event == END:
+                    return
+                if event_number(event) > after:
+                    yield event
+            # Followed, for the replica that runs the upstream: its resume window waits while this lasts.
+            await redis.set(key + FOLLOWED, b"1", px=FOLLOWED_MS)
+            answer = await redis.xread({key: last}, block=BLOCK_MS, count=256)
+            entries = answer[0][1] if answer else []
+            if not answer and not await redis.exists(key):
                 return  # forgotten (or past its bound): nothing more will come
-            continue
-        for entry_id, fields in answer[0][1]:
-            last = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
-            event = fields.get(b"e")
-            if event is None:
-                record = fields.get(b"h")
-                if record is not None and (on_hand_off is None or not await on_hand_off(last, record)):
-                    return  # handed off, and nobody here goes on with it
-                continue
-            if event == END:
-                return
-            if event_number(event) > after:
-                yield event
+    except (RedisError, OSError) as exc:
+        log.warning("stream-log: Redis did not answer a follower (%s): its connection ends; it may resume", exc)
+
+
+def entry_seq(entry_id: bytes | str) -> int:
+    """The n of a ``0-n`` entry id."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return int(text.rpartition("-")[2])
 
 
 def event_number(event: bytes) -> int:
@@ -361,7 +372,9 @@ class RedisStreamLogs:
     """Resumable streams in Redis: any worker or replica can resume any stream."""
 
     def __init__(self, url: str, timeout_s: float, window_s: float, limit: int, live_s: float = 0.0) -> None:
-        self._redis = Redis.from_url(url, socket_timeout=None, socket_connect_timeout=timeout_s)
+        # A read waits at most one XREAD block, and Redis's own time-out on top.
+        read_s = BLOCK_MS / 1000 + timeout_s
+        self._redis = Redis.from_url(url, socket_timeout=read_s, socket_connect_timeout=timeout_s)
         self._window_s = window_s
         self._limit = limit
         self._live_s = live_s  # the longest a stream runs (timeouts.total_s)
