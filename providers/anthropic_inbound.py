@@ -22,7 +22,7 @@ from typing import Any, Final
 import msgspec
 
 from providers.base import TokenUsage
-from providers.chunk_view import ChunkDelta, ChunkView, decode_chunk
+from providers.chunk_view import ChunkBody, ChunkDelta, ChunkView, decode_body, decode_chunk
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.decode
@@ -325,10 +325,14 @@ class MessagesStream:
 
     def frames(self, payloads: Sequence[bytes]) -> bytes:
         out: list[bytes] = []
+        chunk: ChunkBody
         for payload in payloads:
-            chunk = decode_chunk(payload)
-            if not self._started:
-                out.append(self._start(chunk))
+            if not self._started:  # its id and model are read from the first chunk only
+                view = decode_chunk(payload)
+                out.append(self._start(view))
+                chunk = view
+            else:
+                chunk = decode_body(payload)
             if chunk.usage:
                 self._usage(chunk.usage)
             for choice in chunk.choices[:1]:  # Messages has one answer

@@ -19,12 +19,19 @@ class ChunkChoice(msgspec.Struct):
     finish_reason: str | None = None
 
 
-class ChunkView(msgspec.Struct):
-    id: str | None = None
-    model: str | None = None
+class ChunkBody(msgspec.Struct):
+    """A chunk without its id and model, which are the same in every chunk of a stream: the
+    translations read them from the first and skip them (two strings fewer a chunk) after."""
+
     choices: list[ChunkChoice] = []
     usage: dict[str, Any] | None = None
     error: msgspec.Raw | None = None  # an in-band error (OpenRouter, vLLM)
 
 
+class ChunkView(ChunkBody):
+    id: str | None = None
+    model: str | None = None
+
+
 decode_chunk = msgspec.json.Decoder(ChunkView).decode
+decode_body = msgspec.json.Decoder(ChunkBody).decode

@@ -19,7 +19,7 @@ from typing import Any, Final
 import msgspec
 
 from providers.base import TokenUsage
-from providers.chunk_view import ChunkDelta, decode_chunk
+from providers.chunk_view import ChunkBody, ChunkDelta, decode_body, decode_chunk
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.decode
@@ -370,8 +370,13 @@ class ResponsesStream:
 
     def frames(self, payloads: Sequence[bytes]) -> bytes:
         out: list[bytes] = [] if self._started else [self.start()]
+        chunk: ChunkBody
         for payload in payloads:
-            chunk = decode_chunk(payload)
+            if self._model is None:  # the first chunk (or a server that names no model)
+                view = decode_chunk(payload)
+                self._model, chunk = view.model, view
+            else:
+                chunk = decode_body(payload)
             if chunk.usage:
                 self._usage = _token_usage(chunk.usage)
             if not chunk.choices:
@@ -381,14 +386,12 @@ class ResponsesStream:
             text = delta.content
             if text and self._text_head and delta.tool_calls is None:
                 # The common case, once per token, inline: the text's JSON string spliced into
-                # the open message's prepared delta event.
+                # the open message's prepared delta event, its parts joined once with the rest.
                 token = _encode(text)
                 self._tokens.append(token)
-                number = str(self._sequence).encode()
+                out += (self._text_head, b"%d" % self._sequence, self._text_tail, token, _DELTA_END)
                 self._sequence += 1
-                out.append(self._text_head + number + self._text_tail + token + _DELTA_END)
             else:
-                self._model = self._model or chunk.model
                 self._delta(delta, out)
             if choice.finish_reason:
                 self._finish = choice.finish_reason

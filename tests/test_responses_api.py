@@ -333,3 +333,30 @@ async def test_a_row_the_database_refuses_does_not_block_the_others(tmp_path: Pa
             assert await database.get_response(response_id) is not None, response_id
     finally:
         await database.close()
+
+
+async def test_kept_responses_are_nothing_for_the_garbage_collector_to_walk_and_read_back_whole() -> None:
+    import gc
+
+    import msgspec
+
+    from router.store.responses import ResponseStore
+
+    store = ResponseStore(None, 3600)
+    text = [{"type": "output_text", "text": "hi"}]
+    message = {"id": "msg_1", "type": "message", "role": "assistant", "content": text}
+    response = {"id": "resp_gc", "output": [message], "usage": {"input_tokens": 1}}
+    before = len(gc.get_objects())
+    for i in range(200):  # each its own nested objects, as each request's are
+        fresh = msgspec.json.decode(msgspec.json.encode(response | {"id": f"resp_{i}"}))
+        store.put("k", fresh, [{"role": "user", "content": "hi"}, *fresh["output"]])
+    gc.collect()
+    # Nested dicts and lists for each response would be thousands of objects kept alive.
+    assert len(gc.get_objects()) - before < 200
+    stored = await store.get("resp_7", "k")
+    assert stored is not None
+    assert stored.response == response | {"id": "resp_7"}
+    assert stored.items == [{"role": "user", "content": "hi"}, message]
+    assert store.item("msg_1", "k") == message
+    assert store.item("msg_1", "another key") is None
+    assert await store.get("resp_7", "another key") is None

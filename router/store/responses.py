@@ -1,7 +1,9 @@
 """Stored responses (the Responses API's ``store``): what ``previous_response_id`` continues from
 and ``GET``/``DELETE /v1/responses/{id}`` read.
 
-A response is kept in this worker's memory at once (the most recent ``MEMORY`` of them) and
+A response is kept in this worker's memory at once (the most recent ``MEMORY`` of them, encoded:
+a thousand nested dicts would be walked by the garbage collector on every full collection, which
+measurably slowed every request while they were kept) and
 written to the database within ``FLUSH_S``, off the request path, for every worker and replica,
 until it expires (``responses.store_ttl_s``). Without a database (open mode), memory is all there
 is. A response belongs to the key that made it: another key cannot read, continue or delete it.
@@ -16,6 +18,8 @@ from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+import msgspec
+
 from router.store.database import Database, StoredResponse
 
 log = logging.getLogger(__name__)
@@ -26,12 +30,40 @@ MEMORY: Final = 1000  # responses
 ITEMS: Final = 10_000  # output items findable by id (``item_reference``)
 
 
+class _Kept(msgspec.Struct, frozen=True, gc=False):
+    """A stored response as this worker keeps it: its JSON (nothing for the collector to walk)."""
+
+    id: str
+    key_id: str
+    created_at: datetime
+    expires_at: datetime
+    response: bytes
+    items: bytes
+    native: bool
+
+    def stored(self) -> StoredResponse:
+        return StoredResponse(
+            self.id,
+            self.key_id,
+            self.created_at,
+            self.expires_at,
+            _decode_response(self.response),
+            _decode_items(self.items),
+            self.native,
+        )
+
+
+_encode = msgspec.json.Encoder().encode
+_decode_response = msgspec.json.Decoder(dict[str, Any]).decode
+_decode_items = msgspec.json.Decoder(list[Any]).decode
+
+
 class ResponseStore:
     def __init__(self, database: Database | None, ttl_s: float) -> None:
         self.database = database
         self._ttl = timedelta(seconds=ttl_s)
-        self._recent: OrderedDict[str, StoredResponse] = OrderedDict()
-        self._items: OrderedDict[str, tuple[str, dict[str, Any]]] = OrderedDict()  # item id → (owner, item)
+        self._recent: OrderedDict[str, _Kept] = OrderedDict()
+        self._items: OrderedDict[str, tuple[str, bytes]] = OrderedDict()  # item id → (owner, its JSON)
         self._pending: list[StoredResponse] = []
         self._deleted: set[str] = set()  # deleted here, maybe not yet written: never served again
         self._task: asyncio.Task[None] | None = None
@@ -64,12 +96,15 @@ class ResponseStore:
             self._pending.append(stored)
 
     def _remember(self, stored: StoredResponse) -> None:
-        self._recent[stored.id] = stored
+        response, items = _encode(stored.response), _encode(stored.items)
+        self._recent[stored.id] = _Kept(
+            stored.id, stored.key_id, stored.created_at, stored.expires_at, response, items, stored.native
+        )
         while len(self._recent) > MEMORY:
             self._recent.popitem(last=False)
         for item in stored.response.get("output") or ():
             if isinstance(item, dict) and isinstance(item.get("id"), str):
-                self._items[item["id"]] = (stored.key_id, item)
+                self._items[item["id"]] = (stored.key_id, _encode(item))
         while len(self._items) > ITEMS:
             self._items.popitem(last=False)
 
@@ -88,11 +123,14 @@ class ResponseStore:
     async def _find(self, response_id: str) -> StoredResponse | None:
         if response_id in self._deleted:
             return None
-        stored = self._recent.get(response_id)
-        if stored is None and self.database is not None:
-            stored = await self.database.get_response(response_id)
-            if stored is not None:
-                self._remember(stored)
+        kept = self._recent.get(response_id)
+        if kept is not None:
+            return kept.stored()
+        if self.database is None:
+            return None
+        stored = await self.database.get_response(response_id)
+        if stored is not None:
+            self._remember(stored)
         return stored
 
     def item_owner(self, item_id: str) -> str | None:
@@ -102,7 +140,7 @@ class ResponseStore:
     def item(self, item_id: str, key_id: str) -> dict[str, Any] | None:
         """An output item of one of this key's recent responses, for ``item_reference``."""
         found = self._items.get(item_id)
-        return found[1] if found is not None and found[0] == key_id else None
+        return _decode_response(found[1]) if found is not None and found[0] == key_id else None
 
     async def delete(self, response_id: str, key_id: str) -> bool:
         stored = await self.get(response_id, key_id)
