@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Final
 
@@ -222,11 +222,18 @@ class Direct:
 
 
 def load(subject: Subject | Direct, kind: str, connections: int, seconds: int, workdir: Path) -> LoadResult:
+    """One wrk run; for a server under test, with the CPU it spent per answered request (on a
+    shared machine a steadier measure of its cost than req/s, which another tenant's load moves)."""
     if kind in API_KINDS and isinstance(subject, Subject):
         url, body = api_request(subject, kind)
     else:
         url, body = subject.url(kind), request_body(subject.model(kind), kind.endswith("stream"))
-    return run_wrk(url, body, connections=connections, seconds=seconds, cpu=LOAD_CPU, workdir=workdir)
+    pid = subject.process.pid if isinstance(subject, Subject) and subject.process is not None else None
+    before = capacity.cpu_seconds(pid) if pid is not None else 0.0
+    result = run_wrk(url, body, connections=connections, seconds=seconds, cpu=LOAD_CPU, workdir=workdir)
+    if pid is None or not result.requests:
+        return result
+    return replace(result, cpu_us=(capacity.cpu_seconds(pid) - before) / result.requests * 1e6)
 
 
 API_KINDS: Final = ("responses-stream", "messages-stream")
@@ -245,8 +252,11 @@ def api_request(subject: Subject, kind: str) -> tuple[str, bytes]:
 
 
 def median_run(runs: list[LoadResult]) -> LoadResult:
-    """The run with the median throughput (its latencies come with it)."""
-    return sorted(runs, key=lambda r: r.rps)[len(runs) // 2]
+    """The run with the median throughput (its latencies come with it), and the median of the
+    runs' CPU per request."""
+    middle = sorted(runs, key=lambda r: r.rps)[len(runs) // 2]
+    cpu = sorted(r.cpu_us for r in runs if r.cpu_us is not None)
+    return replace(middle, cpu_us=cpu[len(cpu) // 2]) if cpu else middle
 
 
 def open_stream_kb(subject: Subject, count: int) -> float:
@@ -296,6 +306,18 @@ def measure(subjects: list[Subject | Direct], args: argparse.Namespace, workdir:
     return list(results.values())
 
 
+API_ROWS: Final = (("responses", "Responses API"), ("messages", "Messages API"))
+
+
+def _cpu(run: LoadResult, chat: LoadResult | None = None) -> str:
+    """CPU per request, and as a throughput ratio to ``chat``'s (its CPU over this one's)."""
+    if run.cpu_us is None:
+        return "-"
+    if chat is None or chat.cpu_us is None:
+        return f"{run.cpu_us:,.0f}"
+    return f"{run.cpu_us:,.0f} ({chat.cpu_us / run.cpu_us:.2f}x)"
+
+
 def report(results: list[SubjectResult]) -> str:
     head = "| subject | " + " | ".join(f"{k} c{c}: req/s · p50 · p99 (ms)" for k, c in SCENARIOS)
     lines = [head + " | RSS MB | KB/open stream |", "|---" * (len(SCENARIOS) + 3) + "|"]
@@ -323,21 +345,21 @@ def report(results: list[SubjectResult]) -> str:
                 f"{failing.rps:,.0f} · {failing.p99_ms:.2f} ms{errors} |"
             )
         if "anthropic-stream-c64" in runs:
-            openai, anthropic = runs["openai-stream-c64"], runs["anthropic-stream-c64"]
+            openai = runs["openai-stream-c64"]
             lines += [
                 "",
-                "| switchboard, streamed, 64 clients | req/s · p50 · p99 (ms) |",
-                "|---|---|",
-                f"| `openai` target | {openai.rps:,.0f} · {openai.p50_ms:.2f} · {openai.p99_ms:.2f} |",
-                f"| `anthropic` target (every event translated) | {anthropic.rps:,.0f} · {anthropic.p50_ms:.2f} · "
-                f"{anthropic.p99_ms:.2f} ({anthropic.rps / openai.rps:.2f}x, target >= 0.8) |",
+                "| switchboard, streamed, 64 clients | req/s · p50 · p99 (ms) | proxy CPU µs/request |",
+                "|---|---|---|",
+                f"| `openai` target | {openai.rps:,.0f} · {openai.p50_ms:.2f} · {openai.p99_ms:.2f} | {_cpu(openai)} |",
             ]
-            for kind, what in (("responses", "Responses API"), ("messages", "Messages API")):
+            rows = [("anthropic", "`anthropic` target (every event translated)")]
+            rows += [(kind, f"{what} from the `openai` target (every event translated)") for kind, what in API_ROWS]
+            for kind, what in rows:
                 api = runs.get(f"{kind}-stream-c64")
                 if api is not None:
                     lines.append(
-                        f"| {what} from the `openai` target (every event translated) | {api.rps:,.0f} · "
-                        f"{api.p50_ms:.2f} · {api.p99_ms:.2f} ({api.rps / openai.rps:.2f}x, target >= 0.8) |"
+                        f"| {what} | {api.rps:,.0f} · {api.p50_ms:.2f} · {api.p99_ms:.2f} "
+                        f"({api.rps / openai.rps:.2f}x, target >= 0.8) | {_cpu(api, openai)} |"
                     )
     reference = "baseline" if "baseline" in by_name else "switchboard"
     telemetry = (("switchboard-logged", 0.95), ("switchboard-traced", 0.8), ("switchboard-traced-otlp", 0.0))

@@ -19,6 +19,8 @@ class LoadResult:
     p50_ms: float
     p99_ms: float
     errors: int
+    requests: int = 0  # answered in the run
+    cpu_us: float | None = None  # the server's CPU per answered request, where it was measured
 
 
 def _ms(text: str) -> float:
@@ -62,7 +64,8 @@ def run_wrk(url: str, body: bytes, *, connections: int, seconds: int, cpu: int, 
         errors += int(m.group(1))
     if m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out):
         errors += sum(int(g) for g in m.groups())
-    return LoadResult(rps, p50, p99, errors)
+    done = re.search(r"(\d+) requests in", out)
+    return LoadResult(rps, p50, p99, errors, int(done.group(1)) if done else 0)
 
 
 async def hold_streams(url: str, body: bytes, count: int, measure: object) -> tuple[int, object]:
