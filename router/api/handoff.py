@@ -134,6 +134,13 @@ class Takeovers:
         exchange = Exchange(state.outcomes, handoff.request_id, stream=True)
         exchange.key_id, exchange.team_id = handoff.key_id, handoff.team_id
         admission: Admitted | None = None
+        over: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def receive() -> ReceiveMessage:
+            """No client here: the stream's end is the only disconnect its watch hears."""
+            await over
+            return {"type": "http.disconnect"}
+
         try:
             call, caller, continuing = self._continuing(handoff, payloads, exchange)
             scope: Any = {"type": "http", "app": self._app, "headers": [], "state": {}}
@@ -141,7 +148,7 @@ class Takeovers:
             status, code = await serve(
                 state.gateway,
                 scope,
-                _never,
+                receive,
                 _nowhere,
                 exchange,
                 [],
@@ -160,6 +167,8 @@ class Takeovers:
             raise
         else:
             finish(exchange, admission, status, code)
+        finally:
+            over.set_result(None)
 
     def _continuing(
         self, handoff: Handoff, payloads: list[bytes], exchange: Exchange
@@ -218,12 +227,6 @@ def _payload(event: bytes) -> bytes:
     """The ``data:`` of a kept chat event (``id: n`` then ``data: {chunk}``)."""
     start = event.find(b"data: ")
     return event[start + 6 :].rstrip(b"\n") if start >= 0 else b""
-
-
-async def _never() -> ReceiveMessage:
-    """A taken-over stream's ``receive``: it has no client here to leave."""
-    await asyncio.get_running_loop().create_future()
-    raise AssertionError("unreachable")
 
 
 async def _nowhere(message: Message) -> None:

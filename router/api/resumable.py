@@ -85,6 +85,8 @@ class ResumeWatch(ClientWatch):
         if not self._away:
             while (await receive())["type"] != "http.disconnect":
                 pass
+            if self._stopped:
+                return  # the response's own end
         self.left = True
         self._expiry = asyncio.get_running_loop().call_later(self._window_s, self._window_over)
 
