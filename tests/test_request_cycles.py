@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import socket
 
 import httpx
+import msgspec
 
 from router.api.disconnect import ClientWatch
 from router.app import create_app
-from router.config import settings_from_dict
+from router.config import ServerConfig, settings_from_dict
 from tests.live import LiveServer
 
 SERVER = ("router", "providers", "uvicorn", "litestar")
@@ -49,3 +51,27 @@ async def test_answered_and_streamed_requests_leave_no_reference_cycle_behind() 
             gc.enable()
     assert watches == []
     assert server == [], f"{len(server)} of the server's objects were left for the collector by four requests"
+
+
+async def test_a_watch_the_server_never_wakes_is_not_left_waiting() -> None:
+    """Pipelined behind a stream the client stopped reading: the stream outlasts its deadline and
+    its connection is aborted, and uvicorn, acting on the request queued behind it, never reports
+    the end of the first one. Its watch must not be left pending."""
+    config = CONFIG | {"streams": {"keepalive_s": None}, "resilience": {"timeouts": {"total_s": 1.0}}}
+    words = " ".join(f"word{i}" for i in range(60000))
+    stream = msgspec.json.encode({"model": "demo", "stream": True, "messages": [{"role": "user", "content": words}]})
+    small = msgspec.json.encode({"model": "demo", "messages": [{"role": "user", "content": "hi"}]})
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
+    )
+    async with LiveServer(create_app(settings_from_dict(config)), ServerConfig(write_timeout_s=60)) as live:
+        loop = asyncio.get_running_loop()
+        with socket.socket() as client:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            client.setblocking(False)
+            await loop.sock_connect(client, ("127.0.0.1", live.port))
+            await loop.sock_sendall(client, head % len(stream) + stream + head % len(small) + small)
+            await asyncio.sleep(2.5)  # reading nothing, past the deadline
+        await asyncio.sleep(0.5)
+        waiting = [t for t in asyncio.all_tasks() if "Watch._watch" in t.get_coro().__qualname__]  # type: ignore[union-attr]
+    assert waiting == []

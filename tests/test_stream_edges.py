@@ -211,3 +211,30 @@ def test_sigint_then_sigterm_as_a_process_group_gets_them_keeps_draining(tmp_pat
         assert errors == []
         assert "".join(received).split() == words.split()
         proxy.process.wait(10)
+
+
+async def test_a_drain_landing_while_the_last_event_is_written_still_sends_it() -> None:
+    async def fast(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=STREAM, headers={"content-type": "text/event-stream"})
+
+    app = _app(fast, None, 0.05)
+    send = StrictSend()
+    held = asyncio.Event()
+    exited: list[bool] = []
+
+    async def full_buffer_at_the_end(message: dict[str, Any]) -> None:
+        if b"[DONE]" in message.get("body", b"") and not held.is_set():
+            held.set()
+            app.state.drain.begin(lambda: exited.append(True))
+            await asyncio.sleep(3)  # uvicorn's send waiting on a full buffer: nothing written yet
+        await send(message)
+
+    async with AsyncTestClient(app=app):
+        async with asyncio.timeout(5):
+            await app(chat_scope(BODY), _receive(), full_buffer_at_the_end)
+        await asyncio.sleep(0.1)
+    assert held.is_set()
+    assert send.errors == []
+    assert send.complete
+    assert send.body.endswith(b"data: [DONE]\n\n")  # the last event, not lost, and nothing after it
+    assert b"error" not in send.body

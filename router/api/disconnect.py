@@ -50,8 +50,16 @@ class ClientWatch:
         return True
 
     def close(self) -> None:
-        """Stop watching, whatever happened (idempotent)."""
+        """Stop watching, whatever happened (idempotent). A waiter the server has not woken by its
+        next turn (a response that never completed: a connection aborted with pipelined requests
+        behind it) is cancelled then, so that it is not left pending."""
         self._stopped = True
+        if not self._watcher.done():
+            asyncio.get_running_loop().call_soon(self._cancel_if_waiting)
+
+    def _cancel_if_waiting(self) -> None:
+        if not self._watcher.done():
+            self._watcher.cancel()
 
     async def stop(self) -> None:
         """Stop watching before the response completes (completion also reads as a disconnect)."""

@@ -17,7 +17,7 @@ from litestar.types import Receive, Scope, Send
 
 from providers.errors import SwitchboardError, UpstreamTimeout
 from router.api.disconnect import ClientWatch
-from router.api.drain import ENDED_BY_DRAIN, Drain
+from router.api.drain import ENDED_BY_DRAIN, GRACE_S, Drain
 from router.api.keepalive import KeepAlive
 from router.api.responses import abort_client
 from router.errors import ShuttingDown, encode_error, internal_error
@@ -110,6 +110,7 @@ class SSEResponse:
         "_head_sent",
         "_headers",
         "_keep",
+        "_last",
         "_on_drain",
         "_resume",
         "_watch",
@@ -138,6 +139,7 @@ class SSEResponse:
         self._resume = resume
         self._head_sent = False
         self._complete = False  # the relay is over: only the end of the body is left to send
+        self._last: bytes | None = None  # that last event, once framed
         self._ending = False  # the stream's last event ([DONE] or an error) is framed: nothing goes on
         self.opened = opened  # the stream being relayed (another after a continuation)
         self._first = opened.first
@@ -193,6 +195,8 @@ class SSEResponse:
         first, if the cancel came before it went out; only the end, if the relay was over)."""
         self.opened.lease.abandoned()  # a no-op when the relay has ended it
         head_sent = (await self._keep.stop() if self._keep is not None else False) or self._head_sent
+        if self._ending and not self._complete and self._last is not None:  # framed, perhaps not out: once more
+            await self._write_until(send, self._last, asyncio.get_running_loop().time() + GRACE_S)
         if self._complete or self._ending:  # its last event has gone out (or is going): only the end is left
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
@@ -229,7 +233,7 @@ class SSEResponse:
         """The upstream failed mid-way: one error event, and the failure (or ``ClientStalled``)."""
         log.warning("stream-failed target=%s reason=%r", self.opened.target.label, failure.message)
         self._ending = True
-        error = self._framing.error(failure, self._exchange.request_id)
+        error = self._last = self._framing.error(failure, self._exchange.request_id)
         if not await self._write_until(send, error, self.opened.deadline):
             return self._stalled()
         return failure
@@ -274,6 +278,7 @@ class SSEResponse:
                         payloads = await (upstream.pull() if keep is None else _pull(upstream, keep, now))
                         if payloads is None:
                             pending, finished = framing.done(), True
+                            self._last = pending
                             self._ending = True
                         else:
                             pending = framed(payloads)

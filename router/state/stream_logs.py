@@ -288,7 +288,10 @@ class RedisLog:
         try:
             try:
                 added = await self._redis.xadd(self._key, {"t": token}, id=marker, nomkstream=True)
-            except ResponseError:  # an entry past the hand-off exists: claimed, perhaps by this replica
+            except ResponseError as exc:
+                if "equal or smaller" not in str(exc):
+                    raise  # not the answer to an entry past the hand-off: Redis refused
+                # An entry past the hand-off exists: claimed, perhaps by this replica.
                 after = await self._redis.xrange(self._key, marker, "+", count=2)
                 # Ours, with nothing after it: an earlier claim whose answer was lost. Go on.
                 added = len(after) == 1 and after[0][1].get(b"t") == token.encode()
