@@ -394,9 +394,12 @@ def _ratios(
         if name not in by_name:
             continue
         for kind in ("json", "stream"):
-            ratio = by_name[name].runs[f"{kind}-c64"].rps / base.runs[f"{kind}-c64"].rps
+            run, against = by_name[name].runs[f"{kind}-c64"], base.runs[f"{kind}-c64"]
             goal = f" (target >= {target})" if target else ""
-            lines.append(f"- {kind}: {name} at 64 clients = {ratio:.2f}x {label}{goal}")
+            cpu = ""
+            if run.cpu_us and against.cpu_us:  # the steadier figure: the proxy's CPU per request
+                cpu = f"; by CPU per request {against.cpu_us / run.cpu_us:.2f}x ({run.cpu_us:,.0f} µs)"
+            lines.append(f"- {kind}: {name} at 64 clients = {run.rps / against.rps:.2f}x {label}{goal}{cpu}")
     return lines
 
 
