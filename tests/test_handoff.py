@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -130,6 +130,33 @@ async def _key(replica: Replica) -> tuple[str, str]:
     return made["key"], made["id"]
 
 
+async def _drained_while_reading(
+    http: httpx.AsyncClient,
+    draining: Replica,
+    ask: dict[str, Any],
+    headers: dict[str, str],
+    until: Callable[[bytes], bool],
+) -> tuple[str, bytes]:
+    """Start a resumable stream on ``draining`` and read it, draining the replica (as SIGTERM
+    would) once what was read satisfies ``until``; the stream id and everything read."""
+    got = b""
+    async with http.stream("POST", f"{draining.url}/v1/chat/completions", json=ask, headers=headers) as started:
+        stream_id = started.headers["x-switchboard-stream-id"]
+        async for piece in started.aiter_raw():
+            got += piece
+            if until(got) and not draining.app.state.drain.draining:
+                draining.drain()
+    return stream_id, got
+
+
+def _three_events(got: bytes) -> bool:
+    return len(_events(got)) >= 3
+
+
+def _done(got: bytes) -> bool:
+    return b"[DONE]" in got
+
+
 def _events(raw: bytes) -> list[tuple[int | None, bytes]]:
     out: list[tuple[int | None, bytes]] = []
     for block in raw.split(b"\n\n"):
@@ -234,15 +261,7 @@ async def test_a_stream_that_cannot_be_continued_faithfully_ends_with_its_error_
     draining, other = replicas
     ask = {"model": "counter", "stream": True, "messages": ASK, "n": 2}  # two answers: not continued
     async with httpx.AsyncClient(timeout=10) as http:
-        got = b""
-        async with http.stream(
-            "POST", f"{draining.url}/v1/chat/completions", json=ask, headers=RESUMABLE | AS_MASTER
-        ) as started:
-            stream_id = started.headers["x-switchboard-stream-id"]
-            async for piece in started.aiter_raw():
-                got += piece
-                if len(_events(got)) >= 3 and not draining.app.state.drain.draining:
-                    draining.drain()
+        stream_id, got = await _drained_while_reading(http, draining, ask, RESUMABLE | AS_MASTER, _three_events)
         resumed = await http.get(f"{other.url}/v1/streams/{stream_id}", headers={"last-event-id": "2"})
     error = _events(got)[-1]
     assert error[0] is not None  # kept: resumers get it too
@@ -255,19 +274,12 @@ async def test_a_stream_whose_end_had_gone_out_is_not_handed_off(replicas: tuple
     draining, other = replicas
     ask = {"model": "lingering", "stream": True, "messages": ASK}
     async with httpx.AsyncClient(timeout=10) as http:
-        got = b""
-        async with http.stream(
-            "POST", f"{draining.url}/v1/chat/completions", json=ask, headers=RESUMABLE | AS_MASTER
-        ) as started:
-            stream_id = started.headers["x-switchboard-stream-id"]
-            async for piece in started.aiter_raw():
-                got += piece
-                if b"[DONE]" in got and not draining.app.state.drain.draining:
-                    draining.drain()  # lands while the upstream, done, keeps its connection open
+        # The drain lands while the upstream, done, keeps its connection open.
+        stream_id, got = await _drained_while_reading(http, draining, ask, RESUMABLE | AS_MASTER, _done)
         resumed = await http.get(f"{other.url}/v1/streams/{stream_id}", headers={"last-event-id": "0"})
     assert _events(got)[-1][1] == b"[DONE]"  # nothing after it: no error event, no hand-off
     assert _events(resumed.content) == _events(got)
-    assert [o.code for o in draining.outcomes] != ["handed_off"]
+    assert "handed_off" not in [o.code for o in draining.outcomes]
     assert other.outcomes == []  # nobody went on with it
 
 
@@ -277,13 +289,7 @@ async def test_a_key_revoked_after_the_hand_off_is_not_continued(replicas: tuple
     ask = {"model": "counter", "stream": True, "messages": ASK}
     mine = RESUMABLE | {"authorization": f"Bearer {key}"}
     async with httpx.AsyncClient(timeout=10) as http:
-        got = b""
-        async with http.stream("POST", f"{draining.url}/v1/chat/completions", json=ask, headers=mine) as started:
-            stream_id = started.headers["x-switchboard-stream-id"]
-            async for piece in started.aiter_raw():
-                got += piece
-                if len(_events(got)) >= 3 and not draining.app.state.drain.draining:
-                    draining.drain()
+        stream_id, _ = await _drained_while_reading(http, draining, ask, mine, _three_events)
         assert (await http.delete(f"{other.url}/admin/keys/{key_id}", headers=AS_MASTER)).status_code == 200
         await asyncio.sleep(1.2)  # every replica knows within a second
         resumed = await http.get(f"{other.url}/v1/streams/{stream_id}", headers={"last-event-id": "1"})

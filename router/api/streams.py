@@ -102,7 +102,6 @@ class SSEResponse:
     __slots__ = (
         "_complete",
         "_drain",
-        "_ending",
         "_exchange",
         "_first",
         "_framing",
@@ -139,8 +138,7 @@ class SSEResponse:
         self._resume = resume
         self._head_sent = False
         self._complete = False  # the relay is over: only the end of the body is left to send
-        self._last: bytes | None = None  # that last event, once framed
-        self._ending = False  # the stream's last event ([DONE] or an error) is framed: nothing goes on
+        self._last: bytes | None = None  # the stream's last event ([DONE] or an error), once framed
         self.opened = opened  # the stream being relayed (another after a continuation)
         self._first = opened.first
         self._headers = headers
@@ -195,9 +193,9 @@ class SSEResponse:
         first, if the cancel came before it went out; only the end, if the relay was over)."""
         self.opened.lease.abandoned()  # a no-op when the relay has ended it
         head_sent = (await self._keep.stop() if self._keep is not None else False) or self._head_sent
-        if self._ending and not self._complete and self._last is not None:  # framed, perhaps not out: once more
+        if self._last is not None and not self._complete:  # framed, perhaps not out: once more
             await self._write_until(send, self._last, asyncio.get_running_loop().time() + GRACE_S)
-        if self._complete or self._ending:  # its last event has gone out (or is going): only the end is left
+        if self._complete or self._last is not None:  # its last event is out: only the end is left
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
         if head_sent and self._on_drain is not None and await self._on_drain():
@@ -232,7 +230,6 @@ class SSEResponse:
     async def _fail(self, send: Send, failure: SwitchboardError) -> SwitchboardError:
         """The upstream failed mid-way: one error event, and the failure (or ``ClientStalled``)."""
         log.warning("stream-failed target=%s reason=%r", self.opened.target.label, failure.message)
-        self._ending = True
         error = self._last = self._framing.error(failure, self._exchange.request_id)
         if not await self._write_until(send, error, self.opened.deadline):
             return self._stalled()
@@ -279,7 +276,6 @@ class SSEResponse:
                         if payloads is None:
                             pending, finished = framing.done(), True
                             self._last = pending
-                            self._ending = True
                         else:
                             pending = framed(payloads)
             except TimeoutError:
