@@ -4,6 +4,7 @@ shared machine, so it is the tool for A/B-testing a hot-path change:
 
     python -m bench.inprocess            # non-streamed and streamed, microseconds of CPU per request
     python -m bench.inprocess --keys     # the same, called with a key that has rpm, tpm and a budget
+    python -m bench.inprocess --redis    # the same, the limits' counts in Redis on 127.0.0.1
     python -m bench.inprocess --in-flight 64   # 64 requests at a time, as under load (default 1)
     python -m bench.inprocess --api responses  # the same answers asked through the Responses API (or messages)
 """
@@ -125,7 +126,7 @@ def caller(
     return one
 
 
-async def measure(stream: bool, keys: bool = False, in_flight: int = 1, api: str = "chat") -> float:
+async def measure(stream: bool, keys: bool = False, in_flight: int = 1, api: str = "chat", redis: bool = False) -> float:
     config: dict[str, Any] = {
         "providers": {"o": {"type": "openai", "base_url": "http://upstream/v1", "api_key": "k"}},
         "models": {"m": {"targets": [{"provider": "o", "model": "gpt-4o-mini"}]}},
@@ -137,6 +138,8 @@ async def measure(stream: bool, keys: bool = False, in_flight: int = 1, api: str
             "database": {"url": f"sqlite:///{tempfile.mkdtemp()}/keys.db"},
             "keys": [{"name": "bench", "key_env": "BENCH_CLIENT_KEY", **limits}],
         }
+        if redis:  # as switchboard-keys-redis: the counts shared in a local Redis
+            config["state"] = {"backend": "redis", "url": "redis://127.0.0.1:6379/0"}
     settings = settings_from_dict(config, {"BENCH_CLIENT_KEY": CLIENT_KEY})
     app = create_app(settings, transport=httpx.MockTransport(upstream))
     await started(app)
@@ -160,11 +163,12 @@ async def measure(stream: bool, keys: bool = False, in_flight: int = 1, api: str
 
 def main() -> None:
     args = sys.argv[1:]
-    keys = "--keys" in args
+    redis = "--redis" in args
+    keys = "--keys" in args or redis
     in_flight = int(args[args.index("--in-flight") + 1]) if "--in-flight" in args else 1
     api = args[args.index("--api") + 1] if "--api" in args else "chat"
     for stream in (False, True):
-        us = asyncio.run(measure(stream, keys, in_flight, api))
+        us = asyncio.run(measure(stream, keys, in_flight, api, redis))
         print(f"{'streamed (43 events)' if stream else 'non-streamed'}: {us:.1f} us of CPU per request")
 
 

@@ -198,14 +198,15 @@ async def test_admissions_asked_at_once_share_one_round_trip(redis_url: str) -> 
     from router.state.redis_limits import RedisLimiter
 
     limiter = RedisLimiter(redis_url, 1.0)
-    pipelines: list[int] = []
-    real = limiter._call_many
+    calls: list[int] = []
+    real = limiter._call
 
-    async def counted(calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
-        pipelines.append(len(calls))
-        return await real(calls)
+    async def counted(script: Any, keys: list[str], argv: list[Any]) -> Any:
+        if script is limiter._admit:
+            calls.append((len(argv) - 2) // 3)  # the admissions this call carries
+        return await real(script, keys, argv)
 
-    limiter._call_many = counted  # type: ignore[method-assign]
+    limiter._call = counted  # type: ignore[method-assign]
     subject = f"key:test-{random_ids.token_hex(6)}"
     try:
         answers = await asyncio.gather(
@@ -213,7 +214,7 @@ async def test_admissions_asked_at_once_share_one_round_trip(redis_url: str) -> 
         )
     finally:
         await limiter.close()
-    assert pipelines == [8]
+    assert calls == [8]
     assert [a[0] for a in answers] == [1] * 5 + [0] * 3
 
 
@@ -388,4 +389,47 @@ async def test_a_charge_that_may_be_lost_drops_the_count_to_be_rebuilt(redis_url
     finally:
         await limiter.close()
         await client.delete(f"{PREFIX}{subject}:spend")
+        await client.aclose()
+
+
+async def test_settlements_true_up_give_back_and_undo_and_charges_add_up(redis_url: str) -> None:
+    """Each settlement form against Redis itself (the packed arguments the scripts take): a known
+    usage trues the reservation up, an unknown one keeps it, a cancel undoes the admission whole;
+    charges in one batch to one subject add up."""
+    import secrets as random_ids
+
+    from redis.asyncio import Redis
+
+    from router.state.redis_limits import CANCEL, PREFIX, RedisLimiter, Spec
+
+    key, team = f"key:settle-{random_ids.token_hex(6)}", f"team:settle-{random_ids.token_hex(6)}"
+    specs: list[Spec] = [(key, 10, 1000, 5, None, "total"), (team, 10, 1000, 5, None, "total")]
+    limiter = RedisLimiter(redis_url, 1.0)
+    client = Redis.from_url(redis_url)
+
+    async def figures(subject: str) -> tuple[int, int, float]:
+        base = PREFIX + subject
+        return (await client.zcard(f"{base}:req"), await client.zcard(f"{base}:par"), float(await client.get(f"{base}:sum")))
+
+    try:
+        answers = [await limiter.admit(specs, 100, member) for member in ("known", "unknown", "undone")]
+        assert [a[0] for a in answers] == [1, 1, 1]
+        assert [int(a[3]) for a in answers] == [900, 800, 700]  # tokens left after each reservation
+        limiter.settle(specs, "known", 30)  # used 130 of its 100
+        limiter.settle(specs, "unknown", None)
+        limiter._queue(specs, "undone", CANCEL)
+        await asyncio.sleep(0.1)  # the settlements go together, a few milliseconds later
+        for subject in (key, team):
+            assert await figures(subject) == (2, 0, 230.0)
+        fields = ("daily:2026-12-01", "weekly:2026-11-30", "monthly:2026-12-01", "total")
+        assert await limiter.seed(key, dict.fromkeys(fields, 0.0))
+        for cost in (0.25, 0.5, 1.0):
+            limiter.charge([key, team], cost, fields)  # the team has no count: left to its seed
+        await limiter.drain()
+        assert float(await client.hget(f"{PREFIX}{key}:spend", "daily:2026-12-01")) == 1.75  # type: ignore[misc]
+        assert await client.exists(f"{PREFIX}{team}:spend") == 0
+    finally:
+        await limiter.close()
+        for subject in (key, team):
+            await client.delete(*(f"{PREFIX}{subject}:{part}" for part in ("req", "tok", "amt", "sum", "par", "spend")))
         await client.aclose()

@@ -31,90 +31,100 @@ PARALLEL_TTL_MS: Final = 15 * 60_000  # a request in flight longer than this no 
 RETRY_S: Final = 1.0
 PREFIX: Final = "sb:limits:"
 
-# KEYS: per subject its base key; the script derives its six (requests, token log, token amounts,
-# token sum, in flight, spend): fewer arguments to pack on every call. (A single Redis, not a
-# cluster.) ARGV: now_ms, window_ms, estimate, member, subject count, parallel ttl, then per
-# subject rpm, tpm, max_parallel (0: none), budget in USD (0: none) and the spend field of its
-# period. Returns {0, subject index, what, wait_ms or, for 'budget', the spend} or {1, then per
-# subject rpm left, rpm reset ms, tpm left, tpm reset ms, spend ("" no budget, "-" not counted
-# here yet: the caller seeds it from the database)}.
+# The admissions asked for in one turn of the event loop, in one call: each is atomic, and they
+# run in the order asked. KEYS: the batch's subjects' base keys; the script derives each one's six
+# (requests, token log, token amounts, token sum, in flight, spend). (A single Redis, not a
+# cluster.) ARGV: window ms, parallel ttl ms, then per admission its member, its token estimate and
+# its subjects as one string, six words each: the index in KEYS, rpm, tpm, max_parallel (0: none),
+# budget in USD (0: none) and the spend field of its period ("-": none). Few, packed arguments and
+# one string back per admission: the client's per-argument and per-element work is what an
+# admission costs the proxy. Each answer is "0 <subject index> <what> <wait ms or, for 'budget',
+# the spend>" or "1" and then per subject "<rpm left> <rpm reset ms> <tpm left> <tpm reset ms>
+# <spend>" (spend "" no budget, "-" not counted here yet: the caller seeds it from the database).
 ADMIT: Final = """
 local t = redis.call('TIME')  -- Redis's clock: replicas' clocks may disagree
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local window, est, member = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
-local n, ttl = tonumber(ARGV[5]), tonumber(ARGV[6])
-local spent = {}
-for i = 0, n - 1 do
-  local b = KEYS[i+1]
-  local rk, tk, ak, sk, pk = b..':req', b..':tok', b..':amt', b..':sum', b..':par'
-  local rpm, tpm, par = tonumber(ARGV[7+i*5]), tonumber(ARGV[8+i*5]), tonumber(ARGV[9+i*5])
-  local budget, s = tonumber(ARGV[10+i*5]), ''
-  if budget > 0 then
-    if redis.call('EXISTS', b..':spend') == 0 then s = '-' else
-      s = redis.call('HGET', b..':spend', ARGV[11+i*5]) or '0'
-      if tonumber(s) >= budget then return {0, i, 'budget', s} end
-    end
+local window, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+local function int(x) return string.format('%d', x) end
+
+local function admit(member, est, spec)
+  local subjects, w = {}, {}
+  for word in string.gmatch(spec, '%S+') do w[#w+1] = word end
+  for j = 1, #w, 6 do
+    subjects[#subjects+1] = {KEYS[tonumber(w[j])], tonumber(w[j+1]), tonumber(w[j+2]), tonumber(w[j+3]),
+                             tonumber(w[j+4]), w[j+5]}
   end
-  spent[i+1] = s
-  redis.call('ZREMRANGEBYSCORE', rk, '-inf', now - window)
-  while true do  -- in chunks: unpack() has a limit
-    local old = redis.call('ZRANGEBYSCORE', tk, '-inf', now - window, 'LIMIT', 0, 500)
-    if #old == 0 then break end
-    local gone = 0
-    for _, a in ipairs(redis.call('HMGET', ak, unpack(old))) do gone = gone + (tonumber(a) or 0) end
-    redis.call('ZREM', tk, unpack(old))
-    redis.call('HDEL', ak, unpack(old))
-    redis.call('INCRBYFLOAT', sk, -gone)
-  end
-  redis.call('ZREMRANGEBYSCORE', pk, '-inf', now - ttl)
-  if par > 0 and redis.call('ZCARD', pk) >= par then return {0, i, 'parallel', 1000} end
-  if rpm > 0 and redis.call('ZCARD', rk) >= rpm then
-    local first = redis.call('ZRANGE', rk, 0, 0, 'WITHSCORES')
-    return {0, i, 'rpm', tonumber(first[2]) + window - now}
-  end
-  if tpm > 0 then
-    local sum = tonumber(redis.call('GET', sk) or '0')
-    if sum + est > tpm and redis.call('ZCARD', tk) > 0 then
-      local need, freed, wait = sum + est - tpm, 0, window
-      local log = redis.call('ZRANGE', tk, 0, -1, 'WITHSCORES')
-      for j = 1, #log, 2 do
-        freed = freed + (tonumber(redis.call('HGET', ak, log[j])) or 0)
-        wait = tonumber(log[j+1]) + window - now
-        if freed >= need then break end
+  local spent = {}
+  for i, sub in ipairs(subjects) do
+    local b, rpm, tpm, par, budget, field = sub[1], sub[2], sub[3], sub[4], sub[5], sub[6]
+    local rk, tk, ak, sk, pk = b..':req', b..':tok', b..':amt', b..':sum', b..':par'
+    local s = ''
+    if budget > 0 then
+      if redis.call('EXISTS', b..':spend') == 0 then s = '-' else
+        s = redis.call('HGET', b..':spend', field) or '0'
+        if tonumber(s) >= budget then return '0 '..(i-1)..' budget '..s end
       end
-      return {0, i, 'tpm', wait}
+    end
+    spent[i] = s
+    redis.call('ZREMRANGEBYSCORE', rk, '-inf', now - window)
+    while true do  -- in chunks: unpack() has a limit
+      local old = redis.call('ZRANGEBYSCORE', tk, '-inf', now - window, 'LIMIT', 0, 500)
+      if #old == 0 then break end
+      local gone = 0
+      for _, a in ipairs(redis.call('HMGET', ak, unpack(old))) do gone = gone + (tonumber(a) or 0) end
+      redis.call('ZREM', tk, unpack(old))
+      redis.call('HDEL', ak, unpack(old))
+      redis.call('INCRBYFLOAT', sk, -gone)
+    end
+    redis.call('ZREMRANGEBYSCORE', pk, '-inf', now - ttl)
+    if par > 0 and redis.call('ZCARD', pk) >= par then return '0 '..(i-1)..' parallel 1000' end
+    if rpm > 0 and redis.call('ZCARD', rk) >= rpm then
+      local first = redis.call('ZRANGE', rk, 0, 0, 'WITHSCORES')
+      return '0 '..(i-1)..' rpm '..int(tonumber(first[2]) + window - now)
+    end
+    if tpm > 0 then
+      local sum = tonumber(redis.call('GET', sk) or '0')
+      if sum + est > tpm and redis.call('ZCARD', tk) > 0 then
+        local need, freed, wait = sum + est - tpm, 0, window
+        local log = redis.call('ZRANGE', tk, 0, -1, 'WITHSCORES')
+        for j = 1, #log, 2 do
+          freed = freed + (tonumber(redis.call('HGET', ak, log[j])) or 0)
+          wait = tonumber(log[j+1]) + window - now
+          if freed >= need then break end
+        end
+        return '0 '..(i-1)..' tpm '..int(wait)
+      end
     end
   end
-end
-local out = {1}
-for i = 0, n - 1 do
-  local b = KEYS[i+1]
-  local rk, tk, ak, sk, pk = b..':req', b..':tok', b..':amt', b..':sum', b..':par'
-  local rpm, tpm = tonumber(ARGV[7+i*5]), tonumber(ARGV[8+i*5])
-  redis.call('ZADD', pk, now, member)
-  redis.call('PEXPIRE', pk, ttl)
-  local rleft, rreset, tleft, treset = -1, 0, -1, 0
-  if rpm > 0 then
-    redis.call('ZADD', rk, now, member)
-    redis.call('PEXPIRE', rk, window)
-    rleft = rpm - redis.call('ZCARD', rk)
-    rreset = tonumber(redis.call('ZRANGE', rk, 0, 0, 'WITHSCORES')[2]) + window - now
+  local out = {'1'}
+  for i, sub in ipairs(subjects) do
+    local b, rpm, tpm = sub[1], sub[2], sub[3]
+    local rk, tk, ak, sk, pk = b..':req', b..':tok', b..':amt', b..':sum', b..':par'
+    redis.call('ZADD', pk, now, member)
+    redis.call('PEXPIRE', pk, ttl)
+    local rleft, rreset, tleft, treset = -1, 0, -1, 0
+    if rpm > 0 then
+      redis.call('ZADD', rk, now, member)
+      redis.call('PEXPIRE', rk, window)
+      rleft = rpm - redis.call('ZCARD', rk)
+      rreset = tonumber(redis.call('ZRANGE', rk, 0, 0, 'WITHSCORES')[2]) + window - now
+    end
+    if tpm > 0 then
+      redis.call('ZADD', tk, now, member)
+      redis.call('HSET', ak, member, est)
+      local sum = tonumber(redis.call('INCRBYFLOAT', sk, est))
+      for _, k in ipairs({tk, ak, sk}) do redis.call('PEXPIRE', k, window) end
+      tleft = math.floor(tpm - sum)
+      treset = tonumber(redis.call('ZRANGE', tk, 0, 0, 'WITHSCORES')[2]) + window - now
+    end
+    out[#out+1] = int(rleft)..' '..int(rreset)..' '..int(tleft)..' '..int(treset)..' '..spent[i]
   end
-  if tpm > 0 then
-    redis.call('ZADD', tk, now, member)
-    redis.call('HSET', ak, member, est)
-    local sum = tonumber(redis.call('INCRBYFLOAT', sk, est))
-    for _, k in ipairs({tk, ak, sk}) do redis.call('PEXPIRE', k, window) end
-    tleft = math.floor(tpm - sum)
-    treset = tonumber(redis.call('ZRANGE', tk, 0, 0, 'WITHSCORES')[2]) + window - now
-  end
-  table.insert(out, rleft)
-  table.insert(out, rreset)
-  table.insert(out, tleft)
-  table.insert(out, treset)
-  table.insert(out, spent[i+1])
+  return table.concat(out, ' ')
 end
-return out
+
+local answers = {}
+for a = 3, #ARGV, 3 do answers[#answers+1] = admit(ARGV[a], tonumber(ARGV[a+1]), ARGV[a+2]) end
+return answers
 """
 
 # Spend: per subject a hash of period field ("daily:2026-11-30", …, "total") → USD, seeded from
@@ -148,30 +158,30 @@ return 1
 """
 SPEND_TTL_MS: Final = 40 * 86_400_000  # a quiet subject's hash goes; it is seeded again when used
 
-# Many settlements in one call: KEYS are the subjects' base keys; ARGV per settlement: member,
-# delta (the real usage minus the estimate, "" when unknown, "x" to undo the admission), the count
-# of its subjects, and then each subject's index in KEYS.
+# Many settlements in one call: KEYS are the subjects' base keys; ARGV per settlement: its member
+# and one string, its delta (the real usage minus the estimate, "?" when unknown, "x" to undo the
+# admission) and then each of its subjects' index in KEYS (two arguments, not four: see ADMIT).
 SETTLE: Final = """
-local i = 1
-while i <= #ARGV do
-  local member, delta, n = ARGV[i], ARGV[i+1], tonumber(ARGV[i+2])
-  for j = 1, n do
-    local b = KEYS[tonumber(ARGV[i+2+j])]
-    redis.call('ZREM', b..':par', member)
-    if delta == 'x' then  -- an admission whose outcome was never known: undo it whole
-      redis.call('ZREM', b..':req', member)
-      local amount = redis.call('HGET', b..':amt', member)
-      if amount then
-        redis.call('HDEL', b..':amt', member)
-        redis.call('ZREM', b..':tok', member)
-        redis.call('INCRBYFLOAT', b..':sum', -tonumber(amount))
+for i = 1, #ARGV, 2 do
+  local member, delta = ARGV[i], nil
+  for word in string.gmatch(ARGV[i+1], '%S+') do
+    if delta == nil then delta = word else
+      local b = KEYS[tonumber(word)]
+      redis.call('ZREM', b..':par', member)
+      if delta == 'x' then  -- an admission whose outcome was never known: undo it whole
+        redis.call('ZREM', b..':req', member)
+        local amount = redis.call('HGET', b..':amt', member)
+        if amount then
+          redis.call('HDEL', b..':amt', member)
+          redis.call('ZREM', b..':tok', member)
+          redis.call('INCRBYFLOAT', b..':sum', -tonumber(amount))
+        end
+      elseif tonumber(delta) and tonumber(delta) ~= 0 and redis.call('HEXISTS', b..':amt', member) == 1 then
+        redis.call('HINCRBYFLOAT', b..':amt', member, tonumber(delta))
+        redis.call('INCRBYFLOAT', b..':sum', tonumber(delta))
       end
-    elseif tonumber(delta) and tonumber(delta) ~= 0 and redis.call('HEXISTS', b..':amt', member) == 1 then
-      redis.call('HINCRBYFLOAT', b..':amt', member, tonumber(delta))
-      redis.call('INCRBYFLOAT', b..':sum', tonumber(delta))
     end
   end
-  i = i + 3 + n
 end
 return 1
 """
@@ -184,8 +194,9 @@ Spec = tuple[str, int | None, int | None, int | None, float | None, str]
 Charge = tuple[Sequence[str], float, Sequence[str]]  # subjects, cost, the four period fields
 
 
-# An admission asked for: its subjects, the script's keys and arguments, and who waits for it.
-Pending = tuple[Sequence["Spec"], list[str], list[Any], "asyncio.Future[Any]"]
+# An admission asked for: its subjects, its member, its estimate, its subjects' words for the
+# script (all but their index in the batch's keys), and who waits for it.
+Pending = tuple[Sequence["Spec"], str, int, list[str], "asyncio.Future[list[Any]]"]
 
 
 class StateUnavailable(Exception):
@@ -231,24 +242,24 @@ class RedisLimiter:
     async def admit(
         self, specs: Sequence[Spec], estimate: int, member: str, fields: Mapping[str, str] | None = None
     ) -> list[Any]:
-        """The script's answer (see ``ADMIT``), or ``StateUnavailable``. ``member`` must be unique
+        """The script's answer (see ``ADMIT``) as a list of its words, the first 1 (admitted) or 0,
+        the rest as bytes; or ``StateUnavailable``. ``member`` must be unique
         to this admission: it is the request's entry in the shared windows. ``fields``: each
         budget period's spend field today."""
-        keys = [PREFIX + subject for subject, *_ in specs]
-        argv: list[Any] = [0, WINDOW_MS, estimate, member, len(specs), PARALLEL_TTL_MS]  # the script reads the time
+        words = []
         for _, rpm, tpm, parallel, budget, period in specs:
             field = fields.get(period, "") if budget is not None and fields else ""
-            argv += [rpm or 0, tpm or 0, parallel or 0, budget if field else 0, field]
+            words.append(f"{rpm or 0} {tpm or 0} {parallel or 0} {budget if field else 0} {field or '-'}")
         if time.monotonic() < self._down_until:
             raise StateUnavailable("Redis failed a moment ago")
-        # The admissions asked for in one turn of the event loop go to Redis in one pipeline:
-        # under load that is one round trip for many requests instead of one each.
+        # The admissions asked for in one turn of the event loop go to Redis in one call: under
+        # load that is one round trip for many requests instead of one each.
         loop = asyncio.get_running_loop()
-        answer: asyncio.Future[Any] = loop.create_future()
-        self._admissions.append((specs, keys, argv, answer))
+        answer: asyncio.Future[list[Any]] = loop.create_future()
+        self._admissions.append((specs, member, estimate, words, answer))
         if len(self._admissions) == 1:
             loop.call_soon(self._send_admissions)
-        return list(await answer)
+        return await answer
 
     def _send_admissions(self) -> None:
         batch, self._admissions = self._admissions, []
@@ -261,42 +272,44 @@ class RedisLimiter:
         task.add_done_callback(self._settling.discard)
 
     async def _admit_batch(self, batch: list[Pending]) -> None:
+        keys: dict[str, int] = {}
+        argv: list[Any] = [WINDOW_MS, PARALLEL_TTL_MS]
+        for specs, member, estimate, words, _ in batch:
+            spec = " ".join(
+                f"{keys.setdefault(PREFIX + subject, len(keys) + 1)} {w}"
+                for (subject, *_), w in zip(specs, words, strict=True)
+            )
+            argv += [member, estimate, spec]
         try:
-            if len(batch) == 1:
-                _, keys, argv, _ = batch[0]
-                results = [await self._call(self._admit, keys, argv)]
-            else:
-                results = await self._call_many([(keys, argv) for _, keys, argv, _ in batch])
+            replies = await self._call(self._admit, list(keys), argv)
         except BaseException as exc:
-            # Failed or timed out, the scripts may still have run: each admission is undone
+            # Failed or timed out, the script may still have run: each admission is undone
             # (once Redis answers), and nobody is left waiting.
-            for specs, _, argv, _ in batch:
-                self._queue(specs, str(argv[3]), CANCEL)
+            for specs, member, *_ in batch:
+                self._queue(specs, member, CANCEL)
             self._fail(batch, exc if isinstance(exc, StateUnavailable) else StateUnavailable(repr(exc)))
             if not isinstance(exc, Exception):
                 raise
             return
-        for (specs, _, argv, answer), result in zip(batch, results, strict=True):
-            if isinstance(result, Exception):
-                self._queue(specs, str(argv[3]), CANCEL)
-                if not answer.done():
-                    answer.set_exception(StateUnavailable(str(result)))
-            elif answer.done():  # its request stopped waiting: it will not run
-                if result[0] == 1:
-                    self._queue(specs, str(argv[3]), CANCEL)
+        for (specs, member, _, _, answer), reply in zip(batch, replies, strict=True):
+            words = reply.split(b" ")
+            admitted = words[0] == b"1"
+            if answer.done():  # its request stopped waiting: it will not run
+                if admitted:
+                    self._queue(specs, member, CANCEL)
             else:
-                answer.set_result(result)
+                answer.set_result([1 if admitted else 0, *words[1:]])
 
     @staticmethod
     def _fail(batch: list[Pending], exc: StateUnavailable) -> None:
-        for _, _, _, answer in batch:
+        for *_, answer in batch:
             if not answer.done():
                 answer.set_exception(StateUnavailable(str(exc)))
 
     def settle(self, specs: Sequence[Spec], member: str, delta: int | None) -> None:
         """Give back the request's slot and true up its tokens, off the request path: the
         settlements of a few milliseconds go to Redis in one call."""
-        self._queue(specs, member, "" if delta is None else delta)
+        self._queue(specs, member, "?" if delta is None else delta)
 
     def _queue(self, specs: Sequence[Spec], member: str, delta: int | str) -> None:
         self._queued.append((specs, member, delta))
@@ -328,8 +341,8 @@ class RedisLimiter:
         keys: dict[str, int] = {}
         argv: list[Any] = []
         for specs, member, delta in queued:
-            argv += [member, delta, len(specs)]
-            argv += [keys.setdefault(PREFIX + subject, len(keys) + 1) for subject, *_ in specs]
+            indices = " ".join(str(keys.setdefault(PREFIX + subject, len(keys) + 1)) for subject, *_ in specs)
+            argv += [member, f"{delta} {indices}"]
         await self._call(self._settle, list(keys), argv)
 
     # spend
@@ -367,10 +380,16 @@ class RedisLimiter:
             return
         stale = [PREFIX + subject + ":spend" for subject in self._stale]
         keys = {key: i + 1 for i, key in enumerate(stale)}
-        argv: list[Any] = [len(stale), SPEND_TTL_MS]
+        # Summed per subject and period fields first: one increment per subject per batch, not
+        # per request (the fields differ only when a day turned over within the batch).
+        totals: dict[tuple[int, Sequence[str]], float] = {}
         for subjects, cost, fields in charges:
             for subject in subjects:
-                argv += [keys.setdefault(PREFIX + subject + ":spend", len(keys) + 1), cost, *fields]
+                at = (keys.setdefault(PREFIX + subject + ":spend", len(keys) + 1), tuple(fields))
+                totals[at] = totals.get(at, 0.0) + cost
+        argv: list[Any] = [len(stale), SPEND_TTL_MS]
+        for (index, fields), cost in totals.items():
+            argv += [index, cost, *fields]
         dropping = set(self._stale)
         try:
             await self._call(self._charge, list(keys), argv)
@@ -389,14 +408,6 @@ class RedisLimiter:
         for field, value in values.items():
             argv += [field, value]
         return bool(await self._call(self._seed, [PREFIX + subject + ":spend"], argv))
-
-    async def _call_many(self, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
-        """Several admissions in one pipeline (one round trip); a failed one is its exception."""
-        pipe = self.redis.pipeline(transaction=False)
-        for keys, argv in calls:
-            await self._admit(keys=keys, args=argv, client=pipe)
-        results: list[Any] = await self._guarded(pipe.execute(raise_on_error=False))
-        return results
 
     async def _call(self, script: Any, keys: list[str], argv: list[Any]) -> Any:
         return await self._guarded(script(keys=keys, args=argv))
