@@ -126,7 +126,9 @@ def caller(
     return one
 
 
-async def measure(stream: bool, keys: bool = False, in_flight: int = 1, api: str = "chat", redis: bool = False) -> float:
+async def measure(
+    stream: bool, keys: bool = False, in_flight: int = 1, api: str = "chat", redis: bool = False
+) -> float:
     config: dict[str, Any] = {
         "providers": {"o": {"type": "openai", "base_url": "http://upstream/v1", "api_key": "k"}},
         "models": {"m": {"targets": [{"provider": "o", "model": "gpt-4o-mini"}]}},

@@ -409,7 +409,8 @@ async def test_settlements_true_up_give_back_and_undo_and_charges_add_up(redis_u
 
     async def figures(subject: str) -> tuple[int, int, float]:
         base = PREFIX + subject
-        return (await client.zcard(f"{base}:req"), await client.zcard(f"{base}:par"), float(await client.get(f"{base}:sum")))
+        requests, parallel = await client.zcard(f"{base}:req"), await client.zcard(f"{base}:par")
+        return requests, parallel, float(await client.get(f"{base}:sum"))
 
     try:
         answers = [await limiter.admit(specs, 100, member) for member in ("known", "unknown", "undone")]
