@@ -137,6 +137,7 @@ class Subject:
 
     def __enter__(self) -> Subject:
         env = {**os.environ, "BENCH_UPSTREAM": self.upstream}
+        cwd: Path | None = None
         if self.is_switchboard:
             config = self.workdir / f"{self.name}.yaml"
             text = switchboard_config(self.upstream, resumable=self.name == "switchboard-full")
@@ -148,7 +149,9 @@ class Subject:
             argv = [sys.executable, "-m", "router", "serve", "--config", str(config), "--log-level", level]
             argv += ["--port", str(self.port)]
             if self.name == "baseline":
-                env["PYTHONPATH"] = str(self._checkout())
+                # Run from the checkout: ``python -m`` puts the working directory first on the
+                # path, ahead of PYTHONPATH, so from here it would import this build instead.
+                cwd = self._checkout()
             else:
                 argv += ["--log-format", "json"]
             if self.name == "switchboard-traced":
@@ -171,7 +174,7 @@ class Subject:
             argv += ["--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
         self.log = (self.workdir / f"{self.name}.log").open("wb")
         self.process = subprocess.Popen(
-            ["taskset", "-c", str(PROXY_CPU), *argv], env=env, stdout=self.log, stderr=subprocess.STDOUT
+            ["taskset", "-c", str(PROXY_CPU), *argv], env=env, cwd=cwd, stdout=self.log, stderr=subprocess.STDOUT
         )
         deadline = time.monotonic() + 20
         body = request_body(self.model("json"), False)
