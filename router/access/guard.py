@@ -413,7 +413,7 @@ class SharedAdmission:
     __slots__ = ("_estimate", "_limiter", "_member", "_settled", "_specs", "headroom")
 
     def __init__(
-        self, limiter: RedisLimiter, specs: list[Spec], member: str, estimate: int, figures: list[object]
+        self, limiter: RedisLimiter, specs: list[Spec], member: str, estimate: int, figures: Sequence[bytes]
     ) -> None:
         self._limiter = limiter
         self._specs = specs
@@ -423,7 +423,7 @@ class SharedAdmission:
         self.headroom = Headroom()
         headroom = self.headroom
         for i, (_, rpm, tpm, *_rest) in enumerate(specs):
-            rleft, rreset, tleft, treset = (int(_text(v)) for v in figures[i * 5 : i * 5 + 4])
+            rleft, rreset, tleft, treset = map(int, figures[i * 5 : i * 5 + 4])
             if rpm and (headroom.remaining_requests is None or rleft < headroom.remaining_requests):
                 headroom.limit_requests, headroom.remaining_requests = rpm, rleft
                 headroom.reset_requests_s = rreset / 1000
