@@ -8,18 +8,18 @@ from typing import Any
 import msgspec
 
 
-class ChunkDelta(msgspec.Struct):
+class ChunkDelta(msgspec.Struct, gc=False):
     content: str | None = None
     refusal: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
 
 
-class ChunkChoice(msgspec.Struct):
+class ChunkChoice(msgspec.Struct, gc=False):
     delta: ChunkDelta = msgspec.field(default_factory=ChunkDelta)
     finish_reason: str | None = None
 
 
-class ChunkBody(msgspec.Struct):
+class ChunkBody(msgspec.Struct, gc=False):
     """A chunk without its id and model, which are the same in every chunk of a stream: the
     translations read them from the first and skip them (two strings fewer a chunk) after."""
 

@@ -11,7 +11,7 @@ in, bodies out.
 
 from __future__ import annotations
 
-import secrets
+import os
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
@@ -38,7 +38,8 @@ class Untranslatable(Exception):
 
 
 def new_id(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_hex(16)}"
+    # Unguessable: in open mode a response id is all it takes to read the response back.
+    return f"{prefix}_{os.urandom(16).hex()}"
 
 
 Item = tuple[str, dict[str, Any]]  # where it came from (for error messages), the item
@@ -330,6 +331,11 @@ def reasoning_item(text: str) -> dict[str, Any]:
 
 
 _DELTA_END: Final = b',"logprobs":[]}\n\n'
+_NO_LOGPROBS: Final = b',"logprobs":[]'
+_TEXT_DELTA_HEAD: Final = (
+    b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","sequence_number":'
+)
+_EMPTY_PART: Final = b'{"type":"output_text","text":"","annotations":[],"logprobs":[]}'
 _decode_texts = msgspec.json.Decoder(list[str]).decode
 
 
@@ -350,7 +356,9 @@ class ResponsesStream:
         self._model: str | None = None
         self._text_head = b""  # a text delta event up to its sequence number, for the open message
         self._text_tail = b""  # … from after it up to the delta
+        self._item = b""  # the open message's item_id, output_index and content_index, as JSON
         self.final: dict[str, Any] | None = None  # the response, once complete
+        self.final_json = b""  # … and as JSON
 
     def _event(self, kind: str, payload: dict[str, Any]) -> bytes:
         payload = {"type": kind, "sequence_number": self._sequence, **payload}
@@ -361,41 +369,59 @@ class ResponsesStream:
         """``response.created`` and ``response.in_progress``: the same response, encoded once."""
         self._started = True
         shell = _encode(self._builder.response("in_progress", []))
-        out = b""
-        for kind in ("response.created", "response.in_progress"):
-            head = _encode({"type": kind, "sequence_number": self._sequence})[:-1]  # without its closing brace
-            out += b"event: " + kind.encode() + b"\ndata: " + head + b',"response":' + shell + b"}\n\n"
-            self._sequence += 1
-        return out
+        return self._wrapped("response.created", shell) + self._wrapped("response.in_progress", shell)
+
+    def _wrapped(self, kind: str, response: bytes) -> bytes:
+        """An event carrying the response, given as JSON."""
+        return self._raw_event(kind.encode(), b'"response":' + response)
+
+    def _raw_event(self, kind: bytes, fields: bytes) -> bytes:
+        """An event from its other fields as JSON (``"name":value,…``). The events of a text
+        message are put together from bytes: every value in them is JSON already (the text and
+        its tokens) or an id and a number of Switchboard's own, and a dict to encode for each
+        would cost as much again. The bytes are those ``_event`` would give."""
+        head = b'event: %s\ndata: {"type":"%s","sequence_number":%d,' % (kind, kind, self._sequence)
+        self._sequence += 1
+        return head + fields + b"}\n\n"
 
     def frames(self, payloads: Sequence[bytes]) -> bytes:
         out: list[bytes] = [] if self._started else [self.start()]
-        chunk: ChunkBody
+        if self._model is None and payloads:  # the first chunk (or a server that names no model)
+            view = decode_chunk(payloads[0])
+            self._model = view.model
+            self._chunk(view, out)
+            payloads = payloads[1:]
+        # The common case, once per token, inline and on locals: the text's JSON string spliced
+        # into the open message's prepared delta event, its parts joined once with the rest.
+        head, tail, tokens, sequence = self._text_head, self._text_tail, self._tokens, self._sequence
         for payload in payloads:
-            if self._model is None:  # the first chunk (or a server that names no model)
-                view = decode_chunk(payload)
-                self._model, chunk = view.model, view
-            else:
-                chunk = decode_body(payload)
-            if chunk.usage:
-                self._usage = _token_usage(chunk.usage)
-            if not chunk.choices:
-                continue
-            choice = chunk.choices[0]  # Responses has one answer
-            delta = choice.delta
-            text = delta.content
-            if text and self._text_head and delta.tool_calls is None:
-                # The common case, once per token, inline: the text's JSON string spliced into
-                # the open message's prepared delta event, its parts joined once with the rest.
-                token = _encode(text)
-                self._tokens.append(token)
-                out += (self._text_head, b"%d" % self._sequence, self._text_tail, token, _DELTA_END)
-                self._sequence += 1
-            else:
-                self._delta(delta, out)
-            if choice.finish_reason:
-                self._finish = choice.finish_reason
+            chunk = decode_body(payload)
+            choices = chunk.choices
+            if choices and head and not chunk.usage:
+                choice = choices[0]  # Responses has one answer
+                delta = choice.delta
+                text = delta.content
+                if text and delta.tool_calls is None and choice.finish_reason is None:
+                    token = _encode(text)
+                    tokens.append(token)
+                    out += (head, b"%d" % sequence, tail, token, _DELTA_END)
+                    sequence += 1
+                    continue
+            self._sequence = sequence
+            self._chunk(chunk, out)
+            head, tail, tokens, sequence = self._text_head, self._text_tail, self._tokens, self._sequence
+        self._sequence = sequence
         return b"".join(out)
+
+    def _chunk(self, chunk: ChunkBody, out: list[bytes]) -> None:
+        if chunk.usage:
+            self._usage = _token_usage(chunk.usage)
+        if not chunk.choices:
+            return
+        choice = chunk.choices[0]  # Responses has one answer
+        self._delta(choice.delta, out)
+        if choice.finish_reason:
+            self._finish = choice.finish_reason
 
     def done(self) -> bytes:
         out: list[bytes] = [] if self._started else [self.start()]
@@ -404,8 +430,8 @@ class ResponsesStream:
         final = self._builder.response(
             "incomplete" if incomplete else "completed", self._output, self._usage, self._model, incomplete
         )
-        self.final = final
-        out.append(self._event("response.incomplete" if incomplete else "response.completed", {"response": final}))
+        self.final, self.final_json = final, _encode(final)  # encoded once: the event and the store
+        out.append(self._wrapped("response.incomplete" if incomplete else "response.completed", self.final_json))
         return b"".join(out)
 
     def failed(self, code: str, message: str) -> bytes:
@@ -420,11 +446,11 @@ class ResponsesStream:
         text = delta.content or delta.refusal
         if text:
             if self._open is None or self._open["type"] != "message":
-                self._begin(out, message_item(new_id("msg"), "", status="in_progress") | {"content": []})
-                out.append(self._item_event("response.content_part.added", {"content_index": 0, "part": _part("")}))
+                self._begin_message(out)
             token = _encode(text)
             self._tokens.append(token)
-            out.append(self._text_delta(token))
+            out.append(self._text_head + b"%d" % self._sequence + self._text_tail + token + _DELTA_END)
+            self._sequence += 1
         for call in delta.tool_calls or ():
             position = call.get("index", 0)
             function = call.get("function") or {}
@@ -440,20 +466,22 @@ class ResponsesStream:
                 item["arguments"] += arguments
                 out.append(self._item_event("response.function_call_arguments.delta", {"delta": arguments}))
 
-    def _text_delta(self, token: bytes) -> bytes:
-        """``response.output_text.delta``, once per token: the token (a JSON string, as the chunk
-        held it) spliced into bytes prepared when the message began, rather than decoded, put in a
-        dict and encoded again (the bytes are the same)."""
-        if not self._text_head:
-            sample = self._item_event("response.output_text.delta", {"content_index": 0, "delta": "", "logprobs": []})
-            self._sequence -= 1  # the sample was not sent
-            number = b'"sequence_number":' + str(self._sequence).encode()
-            head, _, rest = sample.partition(number)
-            self._text_head = head + b'"sequence_number":'
-            self._text_tail = rest.partition(b'"delta":""')[0] + b'"delta":'
-        event = self._text_head + str(self._sequence).encode() + self._text_tail + token + _DELTA_END
-        self._sequence += 1
-        return event
+    def _begin_message(self, out: list[bytes]) -> None:
+        """A message item and its one text part; then ``response.output_text.delta`` once per
+        token: the token (a JSON string, as the chunk held it) spliced between bytes prepared
+        here, rather than decoded, put in a dict and encoded again (the bytes are the same)."""
+        item = message_item(new_id("msg"), "", status="in_progress") | {"content": []}
+        self._close(out)
+        self._open = item
+        self._output.append(item)
+        index = len(self._output) - 1
+        self._item = b'"item_id":"%s","output_index":%d,"content_index":0,' % (item["id"].encode(), index)
+        added = b'"output_index":%d,"item":{"id":"%s","type":"message","role":"assistant","status":"in_progress",'
+        added = added % (index, item["id"].encode()) + b'"content":[]}'
+        out.append(self._raw_event(b"response.output_item.added", added))
+        out.append(self._raw_event(b"response.content_part.added", self._item + b'"part":' + _EMPTY_PART))
+        self._text_head = _TEXT_DELTA_HEAD
+        self._text_tail = b"," + self._item + b'"delta":'
 
     def _item_event(self, kind: str, payload: dict[str, Any]) -> bytes:
         assert self._open is not None
@@ -474,23 +502,28 @@ class ResponsesStream:
         if item is None:
             return
         if item["type"] == "message":
-            text = "".join(_decode_texts(b"[" + b",".join(self._tokens) + b"]"))
-            part = _part(text)
-            out.append(
-                self._item_event("response.output_text.done", {"content_index": 0, "text": text, "logprobs": []})
-            )
-            out.append(self._item_event("response.content_part.done", {"content_index": 0, "part": part}))
-            item["content"] = [part]
-            self._tokens = []
+            self._close_message(item, out)
         else:
             out.append(
                 self._item_event(
                     "response.function_call_arguments.done", {"arguments": item["arguments"], "name": item["name"]}
                 )
             )
-        item["status"] = "completed"
-        out.append(self._event("response.output_item.done", {"output_index": len(self._output) - 1, "item": item}))
+            item["status"] = "completed"
+            out.append(self._event("response.output_item.done", {"output_index": len(self._output) - 1, "item": item}))
         self._open = None
+
+    def _close_message(self, item: dict[str, Any], out: list[bytes]) -> None:
+        text = "".join(_decode_texts(b"[" + b",".join(self._tokens) + b"]"))
+        self._tokens = []
+        item["content"], item["status"] = [_part(text)], "completed"
+        text_json = _encode(text)
+        part = b'{"type":"output_text","text":' + text_json + b',"annotations":[],"logprobs":[]}'
+        out.append(self._raw_event(b"response.output_text.done", self._item + b'"text":' + text_json + _NO_LOGPROBS))
+        out.append(self._raw_event(b"response.content_part.done", self._item + b'"part":' + part))
+        done = b'"output_index":%d,"item":{"id":"%s","type":"message","role":"assistant","status":"completed",'
+        done = done % (len(self._output) - 1, item["id"].encode()) + b'"content":[' + part + b"]}"
+        out.append(self._raw_event(b"response.output_item.done", done))
 
 
 def _part(text: str) -> dict[str, Any]:

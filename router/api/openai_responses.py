@@ -143,7 +143,7 @@ class _Translated:
     def done(self) -> bytes:
         out = self._stream.done()
         if self._keep is not None and self._stream.final is not None:
-            self._keep(self._stream.final, False)
+            self._keep(self._stream.final, False, self._stream.final_json)
         return out
 
     def error(self, exc: SwitchboardError, request_id: str | None) -> bytes:
@@ -164,7 +164,7 @@ class _Native:
                 if payload.startswith((b"event: response.completed\n", b"event: response.incomplete\n")):
                     event = msgspec.json.decode(payload.partition(b"\ndata: ")[2])
                     if isinstance(event, dict) and isinstance(event.get("response"), dict):
-                        self._keep(event["response"], True)
+                        self._keep(event["response"], True, b"")
         return b"".join(payloads)
 
     @staticmethod
@@ -177,11 +177,13 @@ class _Native:
         return b"event: error\ndata: " + _encode(body) + b"\n\n"
 
 
-Keep = Callable[[dict[str, Any], bool], None]
+Keep = Callable[[dict[str, Any], bool, bytes], None]  # the response, whether native, its JSON (or b"")
 
 
-def _keep(store: ResponseStore, key: str, items: Sequence[Item], response: dict[str, Any], native: bool) -> None:
-    store.put(key, response, [item for _, item in items] + list(response.get("output") or ()), native)
+def _keep(
+    store: ResponseStore, key: str, items: Sequence[Item], response: dict[str, Any], native: bool, encoded: bytes
+) -> None:
+    store.put(key, response, [item for _, item in items] + list(response.get("output") or ()), native, encoded)
 
 
 @asgi([RESPONSES_PATH, RESPONSES_PATH.removeprefix("/v1")], http_methods=["POST"], copy_scope=False)
@@ -259,7 +261,7 @@ async def _answer(gateway: Gateway, call: ResponsesCall, exchange: Exchange, kee
     if keep is not None:
         response = msgspec.json.decode(answer.body)
         if isinstance(response, dict):
-            keep(response, native)
+            keep(response, native, answer.body)
     return answer
 
 

@@ -80,7 +80,11 @@ class ResponseStore:
         with contextlib.suppress(Exception):
             await self.flush()
 
-    def put(self, key_id: str, response: dict[str, Any], items: list[Any], native: bool = False) -> None:
+    def put(
+        self, key_id: str, response: dict[str, Any], items: list[Any], native: bool = False, encoded: bytes = b""
+    ) -> None:
+        """Keep ``response`` (``encoded``: its JSON, when the caller has it already) and the
+        conversation's ``items``."""
         now = datetime.now(UTC)
         stored = StoredResponse(
             id=str(response["id"]),
@@ -91,12 +95,12 @@ class ResponseStore:
             items=items,
             native=native,
         )
-        self._remember(stored)
+        self._remember(stored, encoded)
         if self.database is not None:
             self._pending.append(stored)
 
-    def _remember(self, stored: StoredResponse) -> None:
-        response, items = _encode(stored.response), _encode(stored.items)
+    def _remember(self, stored: StoredResponse, encoded: bytes = b"") -> None:
+        response, items = encoded or _encode(stored.response), _encode(stored.items)
         self._recent[stored.id] = _Kept(
             stored.id, stored.key_id, stored.created_at, stored.expires_at, response, items, stored.native
         )
