@@ -241,6 +241,20 @@ class Builder:
         self.id = response_id or new_id("resp")
         self.created_at = int(time.time())
         self._request = request
+        # What the request settles, the same in every response of its stream: worked out once.
+        self._settings: dict[str, Any] = {
+            "parallel_tool_calls": request.get("parallel_tool_calls", True),
+            "tool_choice": request.get("tool_choice", "auto"),
+            "tools": request.get("tools") or [],
+            "text": request.get("text") or {"format": {"type": "text"}},
+            "reasoning": request.get("reasoning") or {"effort": None, "summary": None},
+            "truncation": request.get("truncation", "disabled"),
+            "store": request.get("store", True),
+        }
+        echoed = {name: request.get(name) for name in ECHOED}
+        if echoed["metadata"] is None:
+            echoed["metadata"] = {}
+        self._echoed = echoed
 
     def response(
         self,
@@ -251,30 +265,19 @@ class Builder:
         incomplete: str | None = None,
         error: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        request = self._request
-        out: dict[str, Any] = {
+        return {
             "id": self.id,
             "object": "response",
             "created_at": self.created_at,
             "status": status,
             "error": error,
             "incomplete_details": {"reason": incomplete} if incomplete else None,
-            "model": model or request["model"],
+            "model": model or self._request["model"],
             "output": output,
-            "parallel_tool_calls": request.get("parallel_tool_calls", True),
-            "tool_choice": request.get("tool_choice", "auto"),
-            "tools": request.get("tools") or [],
-            "text": request.get("text") or {"format": {"type": "text"}},
-            "reasoning": request.get("reasoning") or {"effort": None, "summary": None},
-            "truncation": request.get("truncation", "disabled"),
-            "store": request.get("store", True),
+            **self._settings,
             "usage": usage_of(usage),
+            **self._echoed,
         }
-        for name in ECHOED:
-            out[name] = request.get(name)
-        if out["metadata"] is None:
-            out["metadata"] = {}
-        return out
 
     def from_chat(self, body: bytes, usage: TokenUsage | None) -> dict[str, Any]:
         completion = _decode(body)
