@@ -99,9 +99,9 @@ def switchboard_config(upstream: str, resumable: bool = False) -> str:
     lines += [f"  {k}: {{type: openai, base_url: '{upstream}/{k}/v1', api_key: sk-bench}}" for k in kinds]
     lines.append("models:")
     lines += [f"  bench-{k}: {{targets: [{{provider: {k}, model: gpt-4o-mini}}]}}" for k in ("json", "stream", "slow")]
-    lines.append(
-        f"  bench-paced: {{targets: [{{provider: paced, model: gpt-4o-mini}}], resumable: {str(resumable).lower()}}}"
-    )
+    # (``resumable`` only when on: the baseline build predates the key.)
+    paced = "{targets: [{provider: paced, model: gpt-4o-mini}]" + ", resumable: true" * resumable + "}"
+    lines.append(f"  bench-paced: {paced}")
     lines += [
         f"  bench-failover-{k}: {{targets: [{{provider: flaky-{k}, model: m}}, {{provider: {k}, model: m}}]}}"
         for k in ("json", "stream")
