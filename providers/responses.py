@@ -389,11 +389,16 @@ class ResponsesStream:
 
     def frames(self, payloads: Sequence[bytes]) -> bytes:
         out: list[bytes] = [] if self._started else [self.start()]
-        if self._model is None and payloads:  # the first chunk (or a server that names no model)
-            view = decode_chunk(payloads[0])
+        # Until a chunk names the model (the first, but a server may leave it out of some), each
+        # is read whole for it.
+        start = 0
+        while self._model is None and start < len(payloads):
+            view = decode_chunk(payloads[start])
             self._model = view.model
             self._chunk(view, out)
-            payloads = payloads[1:]
+            start += 1
+        if start:
+            payloads = payloads[start:]
         # The common case, once per token, inline and on locals: the text's JSON string spliced
         # into the open message's prepared delta event, its parts joined once with the rest.
         head, tail, tokens, sequence = self._text_head, self._text_tail, self._tokens, self._sequence

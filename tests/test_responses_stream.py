@@ -104,3 +104,13 @@ def test_text_message_events_are_exactly_the_encoded_events() -> None:
     final = events[-1]["response"]
     assert final["output"] == [events[8]["item"], events[12]["item"], events[18]["item"]]
     assert final["usage"]["output_tokens"] == 7
+
+
+def test_the_model_is_taken_from_the_first_chunk_that_names_it() -> None:
+    unnamed = [msgspec.json.encode({"id": "c", "choices": [{"index": 0, "delta": {"role": "assistant"}}]})]
+    stream = ResponsesStream(Builder(REQUEST))
+    body = stream.frames(unnamed + CHUNKS[1:]) + stream.done()  # one read: all at once
+    events = strict_events(body)
+    assert events[-1]["response"]["model"] == "gpt-4o"
+    texts = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    assert texts == 'Caf\u00e9 "quoted" \\ and \u2028 \U0001f98aAfter the call.'
