@@ -21,6 +21,7 @@ from typing import Annotated, Any, Final, Literal, TypeVar, Union, get_args, get
 
 import msgspec
 import yaml
+from redis.connection import parse_url
 
 from router.config_schema import (
     MIN_MASTER_KEY,
@@ -308,6 +309,20 @@ def multiplied_limits(workers: int, auth: AuthConfig, state: StateConfig) -> str
     return None
 
 
+def _check_state_url(url: str, report: _Report) -> None:
+    """The Redis URL as the client will read it (its messages never repeat the URL, which may hold
+    a password). Its answers are read as bytes: a URL asking the client to decode them is refused."""
+    try:
+        options = parse_url(url)  # type: ignore[no-untyped-call]
+    except ValueError as exc:
+        report.add("state.url", str(exc))
+        return
+    if "decode_responses" in options:
+        report.add(
+            "state.url", "decode_responses is not supported (Switchboard reads Redis's answers as bytes): remove it"
+        )
+
+
 def _declared_keys(value: Any, report: _Report, env: Mapping[str, str]) -> list[DeclaredKey]:
     """Keys from config.yaml. One given by ``key_env`` is hashed here from its variable (the
     secret is not kept); one whose variable is unset or empty keeps no hash and is left out by the
@@ -362,6 +377,8 @@ def _collect(data: dict[str, Any], env: Mapping[str, str], report: _Report, serv
     keys = _declared_keys(raw.get("keys") or [], report, env)
     responses = _build(raw.get("responses") or {}, ResponsesConfig, "responses", report)
     streams = _build(raw.get("streams") or {}, StreamsConfig, "streams", report)
+    if state is not None and state.backend == "redis":
+        _check_state_url(state.url, report)
     if server is not None and auth is not None and state is not None:
         problem = multiplied_limits(server.workers, auth, state)
         if problem:

@@ -279,3 +279,22 @@ def test_a_yaml_message_that_quotes_the_source_is_redacted(tmp_path: Path) -> No
 def test_default_config_path() -> None:
     assert default_config_path({"SWITCHBOARD_CONFIG": "/etc/sb.yaml"}) == "/etc/sb.yaml"
     assert default_config_path({}) == "config.yaml"
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://:hunter2-secret@cache:6379/0", "state.url: Redis URL must specify one of the following schemes"),
+        ("redis://:hunter2-secret@cache:6379/0?socket_timeout=soon", "Invalid value for 'socket_timeout'"),
+        ("redis://:hunter2-secret@cache:6379/0?decode_responses=true", "decode_responses is not supported"),
+    ],
+)
+def test_a_redis_url_the_client_cannot_use_as_is_is_refused_without_its_password(url: str, expected: str) -> None:
+    message = error_of(minimal(state={"backend": "redis", "url": url}))
+    assert expected in message
+    assert "hunter2" not in message
+
+
+def test_a_redis_url_with_options_is_accepted() -> None:
+    url = "rediss://:pw@cache:6380/2?socket_keepalive=true&health_check_interval=30"
+    assert settings_from_dict(minimal(state={"backend": "redis", "url": url}), {}).config.state.url == url

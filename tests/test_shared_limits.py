@@ -419,9 +419,12 @@ async def test_settlements_true_up_give_back_and_undo_and_charges_add_up(redis_u
         limiter.settle(specs, "known", 30)  # used 130 of its 100
         limiter.settle(specs, "unknown", None)
         limiter._queue(specs, "undone", CANCEL)
-        await asyncio.sleep(0.1)  # the settlements go together, a few milliseconds later
-        for subject in (key, team):
-            assert await figures(subject) == (2, 0, 230.0)
+
+        # The settlements go together, a few milliseconds later.
+        async def trued_up() -> bool:
+            return [await figures(key), await figures(team)] == [(2, 0, 230.0)] * 2
+
+        await settled(trued_up)
         fields = ("daily:2026-12-01", "weekly:2026-11-30", "monthly:2026-12-01", "total")
         assert await limiter.seed(key, dict.fromkeys(fields, 0.0))
         for cost in (0.25, 0.5, 1.0):
@@ -434,3 +437,93 @@ async def test_settlements_true_up_give_back_and_undo_and_charges_add_up(redis_u
         for subject in (key, team):
             await client.delete(*(f"{PREFIX}{subject}:{part}" for part in ("req", "tok", "amt", "sum", "par", "spend")))
         await client.aclose()
+
+
+async def settled(check: Any, within_s: float = 5.0) -> None:
+    """Wait until ``check()`` (a coroutine function) is true: settlements go to Redis a few
+    milliseconds after they are made."""
+    deadline = time.monotonic() + within_s
+    while not await check():
+        assert time.monotonic() < deadline, "never settled"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_failing_admission_fails_alone_and_is_undone(redis_url: str) -> None:
+    """A key of the wrong type in Redis makes the script fail for the admissions that touch it:
+    those get StateUnavailable (the caller's on_state_error decides) and what they wrote is undone;
+    the rest of their batch is admitted, and later settlements still go through."""
+    import secrets as random_ids
+
+    from redis.asyncio import Redis
+
+    from router.state.redis_limits import PREFIX, RedisLimiter, Spec, StateUnavailable
+
+    good, bad = f"key:good-{random_ids.token_hex(6)}", f"key:bad-{random_ids.token_hex(6)}"
+    client = Redis.from_url(redis_url)
+    await client.set(f"{PREFIX}{bad}:amt", "not a hash")  # the script fails after writing its other keys
+    limiter = RedisLimiter(redis_url, 1.0)
+    ok: list[Spec] = [(good, 10, 1000, 1, None, "total")]
+    failing: list[Spec] = [(bad, 10, 1000, 5, None, "total")]
+    try:
+        answers = await asyncio.gather(
+            limiter.admit(ok, 1, "a"), limiter.admit(failing, 1, "b"), return_exceptions=True
+        )
+        assert answers[0][0] == 1  # type: ignore[index]
+        assert isinstance(answers[1], StateUnavailable)
+        assert limiter.errors == 1
+
+        async def undone() -> bool:
+            base = PREFIX + bad
+            return bool(await client.zcard(f"{base}:req") == 0 and await client.zcard(f"{base}:par") == 0)
+
+        await settled(undone)
+        limiter.settle(ok, "a", 0)  # behind the failed one's settlement, which fails in Redis too
+        await settled(lambda: limiter_admits(limiter, ok))  # max_parallel 1: the slot came back
+        assert limiter.errors == 2
+    finally:
+        await limiter.close()
+        for subject in (good, bad):
+            await client.delete(*(f"{PREFIX}{subject}:{part}" for part in ("req", "tok", "amt", "sum", "par")))
+        await client.aclose()
+
+
+async def limiter_admits(limiter: Any, specs: Any) -> bool:
+    import secrets as random_ids
+
+    return bool((await limiter.admit(specs, 1, random_ids.token_hex(6)))[0] == 1)
+
+
+async def test_an_answer_that_is_not_the_scripts_fails_its_batch_and_undoes_it(redis_url: str) -> None:
+    from router.state.redis_limits import RedisLimiter, Spec, StateUnavailable
+
+    limiter = RedisLimiter(redis_url, 1.0)
+    cancelled: list[str] = []
+    limiter._queue = lambda specs, member, delta: cancelled.append(f"{member} {delta}")  # type: ignore[method-assign]
+
+    async def strange(script: Any, keys: list[str], argv: list[Any]) -> Any:
+        return ["1 5 0 -1 0 ", "1 4 0 -1 0 "]  # text, as a client decoding answers would give
+
+    limiter._call = strange  # type: ignore[method-assign]
+    spec: list[Spec] = [("key:strange", 10, None, None, None, "total")]
+    try:
+        answers = await asyncio.wait_for(
+            asyncio.gather(limiter.admit(spec, 1, "m1"), limiter.admit(spec, 1, "m2"), return_exceptions=True), 2
+        )
+    finally:
+        await limiter.close()
+    assert all(isinstance(a, StateUnavailable) and "unexpected answer" in str(a) for a in answers)
+    assert cancelled == ["m1 x", "m2 x"]
+
+
+async def test_closing_before_a_batch_is_sent_leaves_nobody_waiting(redis_url: str) -> None:
+    from router.state.redis_limits import RedisLimiter, Spec, StateUnavailable
+
+    limiter = RedisLimiter(redis_url, 1.0)
+    spec: list[Spec] = [("key:closing", 10, None, None, None, "total")]
+    waiting = asyncio.ensure_future(limiter.admit(spec, 1, "m"))
+    await asyncio.sleep(0)  # asked for
+    await asyncio.sleep(0)  # the batch's task made, not yet run
+    assert limiter._settling
+    await limiter.close()
+    with pytest.raises(StateUnavailable):
+        await asyncio.wait_for(waiting, 2)

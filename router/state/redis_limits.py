@@ -40,7 +40,8 @@ PREFIX: Final = "sb:limits:"
 # one string back per admission: the client's per-argument and per-element work is what an
 # admission costs the proxy. Each answer is "0 <subject index> <what> <wait ms or, for 'budget',
 # the spend>" or "1" and then per subject "<rpm left> <rpm reset ms> <tpm left> <tpm reset ms>
-# <spend>" (spend "" no budget, "-" not counted here yet: the caller seeds it from the database).
+# <spend>" (spend "" no budget, "-" not counted here yet: the caller seeds it from the database),
+# or "e <error>" when the script failed for that admission.
 ADMIT: Final = """
 local t = redis.call('TIME')  -- Redis's clock: replicas' clocks may disagree
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -123,7 +124,13 @@ local function admit(member, est, spec)
 end
 
 local answers = {}
-for a = 3, #ARGV, 3 do answers[#answers+1] = admit(ARGV[a], tonumber(ARGV[a+1]), ARGV[a+2]) end
+for a = 3, #ARGV, 3 do
+  -- An error fails its own admission, not the batch: "e <message>" (the caller undoes whatever
+  -- of it was written).
+  local ok, answer = pcall(admit, ARGV[a], tonumber(ARGV[a+1]), ARGV[a+2])
+  if not ok then answer = 'e '..(type(answer) == 'table' and tostring(answer.err) or tostring(answer)) end
+  answers[#answers+1] = answer
+end
 return answers
 """
 
@@ -162,9 +169,9 @@ SPEND_TTL_MS: Final = 40 * 86_400_000  # a quiet subject's hash goes; it is seed
 # and one string, its delta (the real usage minus the estimate, "?" when unknown, "x" to undo the
 # admission) and then each of its subjects' index in KEYS (two arguments, not four: see ADMIT).
 SETTLE: Final = """
-for i = 1, #ARGV, 2 do
-  local member, delta = ARGV[i], nil
-  for word in string.gmatch(ARGV[i+1], '%S+') do
+local function settle(member, words)
+  local delta = nil
+  for word in string.gmatch(words, '%S+') do
     if delta == nil then delta = word else
       local b = KEYS[tonumber(word)]
       redis.call('ZREM', b..':par', member)
@@ -183,7 +190,12 @@ for i = 1, #ARGV, 2 do
     end
   end
 end
-return 1
+-- One that fails (a key of the wrong type) is left to age out: retried, it would hold back the rest.
+local failed = 0
+for i = 1, #ARGV, 2 do
+  if not pcall(settle, ARGV[i], ARGV[i+1]) then failed = failed + 1 end
+end
+return failed
 """
 CANCEL: Final = "x"  # a settlement's delta that undoes its admission
 MAX_QUEUED: Final = 100_000  # settlements kept for Redis while it is away (older ones age out there)
@@ -264,12 +276,17 @@ class RedisLimiter:
     def _send_admissions(self) -> None:
         batch, self._admissions = self._admissions, []
         if batch:
-            self._spawn(self._admit_batch(batch))
+            task = self._spawn(self._admit_batch(batch))
+            # Cancelled (by close) before it ever ran: nothing was sent, and nobody may be left waiting.
+            task.add_done_callback(
+                lambda done: done.cancelled() and self._fail(batch, StateUnavailable("shutting down"))
+            )
 
-    def _spawn(self, work: Any) -> None:
+    def _spawn(self, work: Any) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(work)
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
+        return task
 
     async def _admit_batch(self, batch: list[Pending]) -> None:
         keys: dict[str, int] = {}
@@ -291,8 +308,29 @@ class RedisLimiter:
             if not isinstance(exc, Exception):
                 raise
             return
-        for (specs, member, _, _, answer), reply in zip(batch, replies, strict=True):
-            words = reply.split(b" ")
+        self._deliver(batch, replies)
+
+    def _deliver(self, batch: list[Pending], replies: Any) -> None:
+        """Each admission's answer to whoever waits for it; one nobody waits for any more, or
+        that failed in Redis, is undone."""
+        try:
+            answers = [reply.split(b" ") for reply in replies]
+            if len(answers) != len(batch):
+                raise ValueError(f"{len(answers)} answers for {len(batch)} admissions")
+        except (AttributeError, TypeError, ValueError) as exc:  # not the script's answer: undone, like a failure
+            self.errors += 1
+            for specs, member, *_ in batch:
+                self._queue(specs, member, CANCEL)
+            self._fail(batch, StateUnavailable(f"unexpected answer from Redis: {exc}"))
+            return
+        for (specs, member, _, _, answer), words in zip(batch, answers, strict=True):
+            if words[0] == b"e":  # the script failed for this one: whatever it wrote is undone
+                self.errors += 1
+                log.warning("state: an admission failed in Redis: %s", b" ".join(words[1:]).decode(errors="replace"))
+                self._queue(specs, member, CANCEL)
+                if not answer.done():
+                    answer.set_exception(StateUnavailable("Redis failed the admission"))
+                continue
             admitted = words[0] == b"1"
             if answer.done():  # its request stopped waiting: it will not run
                 if admitted:
@@ -343,7 +381,10 @@ class RedisLimiter:
         for specs, member, delta in queued:
             indices = " ".join(str(keys.setdefault(PREFIX + subject, len(keys) + 1)) for subject, *_ in specs)
             argv += [member, f"{delta} {indices}"]
-        await self._call(self._settle, list(keys), argv)
+        failed = int(await self._call(self._settle, list(keys), argv))
+        if failed:  # left to age out of their windows (see SETTLE)
+            self.errors += failed
+            log.warning("state: %d settlements failed in Redis", failed)
 
     # spend
 
