@@ -23,7 +23,7 @@ import msgspec
 
 from bench import capacity
 from bench.discard import entry_point_dir
-from bench.load import LoadResult, hold_streams, run_wrk
+from bench.load import CLIENT_KEY, LoadResult, hold_streams, run_wrk
 from bench.upstream import Nginx
 
 PROXY_CPU, LOAD_CPU = 0, 1
@@ -40,7 +40,6 @@ TELEMETRY_SUBJECTS = ("switchboard-logged", "switchboard-traced", "switchboard-t
 KEY_SUBJECTS = ("switchboard-keys", "switchboard-keys-redis", "switchboard-full")
 # -full: keys as -keys, the request lines as -logged, keep-alive (on by default) and every stream
 # resumable (its events numbered and kept): the stream-capacity scenario's "everything on".
-BENCH_KEY = "sk-bench-client"  # what bench.load's wrk script sends
 SUBJECTS = (
     "direct",
     *HTTPX_PASSTHROUGHS,
@@ -143,7 +142,7 @@ class Subject:
             text = switchboard_config(self.upstream, resumable=self.name == "switchboard-full")
             if self.name in KEY_SUBJECTS:
                 text += keys_config(self.workdir, self.name.endswith("redis"))
-                env["BENCH_CLIENT_KEY"] = BENCH_KEY
+                env["BENCH_CLIENT_KEY"] = CLIENT_KEY
             config.write_text(text)
             level = "warning" if self.name in ("switchboard", "baseline") else "info"  # keys: as -logged
             argv = [sys.executable, "-m", "router", "serve", "--config", str(config), "--log-level", level]
@@ -180,7 +179,7 @@ class Subject:
         body = request_body(self.model("json"), False)
         while time.monotonic() < deadline:
             try:
-                headers = {"authorization": f"Bearer {BENCH_KEY}"}
+                headers = {"authorization": f"Bearer {CLIENT_KEY}"}
                 if httpx.post(self.url("json"), content=body, headers=headers, timeout=2).status_code == 200:
                     return self
             except httpx.TransportError:
@@ -481,7 +480,7 @@ def capacity_main(args: argparse.Namespace) -> int:
                 continue
             with Subject(name, upstream, workdir, args.baseline) as subject:
                 assert subject.process is not None
-                headers = {"authorization": f"Bearer {BENCH_KEY}"} if name in KEY_SUBJECTS else {}
+                headers = {"authorization": f"Bearer {CLIENT_KEY}"} if name in KEY_SUBJECTS else {}
                 body = request_body(subject.model("paced"), True)
                 pid = subject.process.pid
                 results[name] = capacity.climb(subject.url("paced"), body, ladder, ideal, pid, headers, harness)

@@ -30,13 +30,16 @@ def _ms(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
+CLIENT_KEY = "sk-bench-client"  # every load sends it: the key subjects' virtual key, ignored in open mode
+
+
 def run_wrk(url: str, body: bytes, *, connections: int, seconds: int, cpu: int, workdir: Path) -> LoadResult:
     script = workdir / "post.lua"
     lua_body = body.decode().replace("\\", "\\\\").replace('"', '\\"')
     script.write_text(
         f'wrk.method = "POST"\nwrk.body = "{lua_body}"\n'
         'wrk.headers["Content-Type"] = "application/json"\n'
-        'wrk.headers["Authorization"] = "Bearer sk-bench-client"\n'
+        f'wrk.headers["Authorization"] = "Bearer {CLIENT_KEY}"\n'
     )
     out = subprocess.run(
         [
@@ -75,13 +78,16 @@ async def hold_streams(url: str, body: bytes, count: int, measure: object) -> tu
     ready = asyncio.Event()
     release = asyncio.Event()
     connector = aiohttp.TCPConnector(limit=0)
-    headers = {"content-type": "application/json"}
+    headers = {"content-type": "application/json", "authorization": f"Bearer {CLIENT_KEY}"}
+    refused: list[str] = []
 
     async def one(session: aiohttp.ClientSession) -> None:
         nonlocal opened
         async with session.post(url, data=body, headers=headers) as response:
             if response.status != 200:
-                raise RuntimeError(f"stream refused with {response.status}")
+                refused.append(f"stream refused with {response.status}: {(await response.read())[:200]!r}")
+                ready.set()  # no point waiting for the rest
+                return
             while b"data:" not in await response.content.readline():
                 pass
             opened += 1
@@ -93,6 +99,8 @@ async def hold_streams(url: str, body: bytes, count: int, measure: object) -> tu
         tasks = [asyncio.create_task(one(session)) for _ in range(count)]
         try:
             await asyncio.wait_for(ready.wait(), 60)
+            if refused:
+                raise RuntimeError(refused[0])
             await asyncio.sleep(0.5)  # let the server settle its buffers
             result = measure() if callable(measure) else None
         finally:
