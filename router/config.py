@@ -21,7 +21,7 @@ from typing import Annotated, Any, Final, Literal, TypeVar, Union, get_args, get
 
 import msgspec
 import yaml
-from redis.connection import parse_url
+from redis.asyncio import Redis
 
 from router.config_schema import (
     MIN_MASTER_KEY,
@@ -310,17 +310,28 @@ def multiplied_limits(workers: int, auth: AuthConfig, state: StateConfig) -> str
 
 
 def _check_state_url(url: str, report: _Report) -> None:
-    """The Redis URL as the client will read it (its messages never repeat the URL, which may hold
-    a password). Its answers are read as bytes: a URL asking the client to decode them is refused."""
+    """The Redis URL as the client will read it, its options included. The URL may hold a password,
+    so only messages known not to repeat it are passed on. Redis's answers are read as bytes: a URL
+    asking the client to decode them is refused."""
     try:
-        options = parse_url(url)  # type: ignore[no-untyped-call]
+        client = Redis.from_url(url)
+        # Builds a connection (no I/O), which checks the URL's options.
+        client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
     except ValueError as exc:
-        report.add("state.url", str(exc))
+        known = str(exc).startswith(("Redis URL must specify", "Invalid value for"))
+        report.add("state.url", str(exc) if known else _UNREADABLE_URL)
         return
-    if "decode_responses" in options:
+    except TypeError as exc:
+        option = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+        report.add("state.url", f"unknown option {option.group(1)!r}" if option else _UNREADABLE_URL)
+        return
+    if "decode_responses" in client.connection_pool.connection_kwargs:
         report.add(
             "state.url", "decode_responses is not supported (Switchboard reads Redis's answers as bytes): remove it"
         )
+
+
+_UNREADABLE_URL: Final = "the URL cannot be read (percent-encode any of / ? # @ : in the password)"
 
 
 def _declared_keys(value: Any, report: _Report, env: Mapping[str, str]) -> list[DeclaredKey]:

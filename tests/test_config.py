@@ -287,6 +287,9 @@ def test_default_config_path() -> None:
         ("http://:hunter2-secret@cache:6379/0", "state.url: Redis URL must specify one of the following schemes"),
         ("redis://:hunter2-secret@cache:6379/0?socket_timeout=soon", "Invalid value for 'socket_timeout'"),
         ("redis://:hunter2-secret@cache:6379/0?decode_responses=true", "decode_responses is not supported"),
+        ("redis://:hunter2-secret@cache:6379/0?colour=blue", "unknown option 'colour'"),
+        ("redis://:hunter2/secret@cache:6379/0", "the URL cannot be read (percent-encode"),
+        ("redis://:hunter2#secret@cache:6379/0", "the URL cannot be read (percent-encode"),
     ],
 )
 def test_a_redis_url_the_client_cannot_use_as_is_is_refused_without_its_password(url: str, expected: str) -> None:

@@ -471,13 +471,16 @@ async def test_a_failing_admission_fails_alone_and_is_undone(redis_url: str) -> 
         assert answers[0][0] == 1  # type: ignore[index]
         assert isinstance(answers[1], StateUnavailable)
         assert limiter.errors == 1
+        # In the same settlement call as the failed one's undoing, which fails in Redis at its
+        # token amounts (after taking back the rest).
+        limiter.settle(ok, "a", 0)
 
         async def undone() -> bool:
             base = PREFIX + bad
-            return bool(await client.zcard(f"{base}:req") == 0 and await client.zcard(f"{base}:par") == 0)
+            counts = [await client.zcard(f"{base}:{part}") for part in ("req", "par", "tok")]
+            return counts == [0, 0, 0]
 
         await settled(undone)
-        limiter.settle(ok, "a", 0)  # behind the failed one's settlement, which fails in Redis too
         await settled(lambda: limiter_admits(limiter, ok))  # max_parallel 1: the slot came back
         assert limiter.errors == 2
     finally:
@@ -485,6 +488,32 @@ async def test_a_failing_admission_fails_alone_and_is_undone(redis_url: str) -> 
         for subject in (good, bad):
             await client.delete(*(f"{PREFIX}{subject}:{part}" for part in ("req", "tok", "amt", "sum", "par")))
         await client.aclose()
+
+
+async def test_any_other_error_in_the_script_fails_the_whole_call(redis_url: str) -> None:
+    """Only a key of the wrong type fails an admission alone; any other error (READONLY after a
+    failover, OOM, here a count that is not a number) fails the call, handled as Redis away."""
+    import secrets as random_ids
+
+    from redis.asyncio import Redis
+
+    from router.state.redis_limits import PREFIX, RedisLimiter, Spec, StateUnavailable
+
+    good, bad = f"key:good-{random_ids.token_hex(6)}", f"key:bad-{random_ids.token_hex(6)}"
+    client = Redis.from_url(redis_url)
+    await client.set(f"{PREFIX}{bad}:sum", "not a number")
+    limiter = RedisLimiter(redis_url, 1.0)
+    ok: list[Spec] = [(good, 10, 1000, 1, None, "total")]
+    failing: list[Spec] = [(bad, 10, 1000, 5, None, "total")]
+    try:
+        answers = await asyncio.gather(
+            limiter.admit(ok, 1, "a"), limiter.admit(failing, 1, "b"), return_exceptions=True
+        )
+    finally:
+        await limiter.close()
+        await client.delete(*(f"{PREFIX}{subject}:{part}" for subject in (good, bad) for part in ("sum", "par")))
+        await client.aclose()
+    assert all(isinstance(a, StateUnavailable) for a in answers)
 
 
 async def limiter_admits(limiter: Any, specs: Any) -> bool:

@@ -29,7 +29,19 @@ log = logging.getLogger(__name__)
 WINDOW_MS: Final = 60_000
 PARALLEL_TTL_MS: Final = 15 * 60_000  # a request in flight longer than this no longer counts
 RETRY_S: Final = 1.0
+COMPLAIN_EVERY_S: Final = 60.0
 PREFIX: Final = "sb:limits:"
+
+# A key of the wrong type (left in Redis by something else) fails only the admission or settlement
+# that touches it; any other error (READONLY after a failover, OOM, …) fails the whole call, which
+# the caller handles as Redis away.
+_WRONGTYPE: Final = """
+local function wrongtype(e)  -- the error a redis.call raised: a table in some places, its text in others
+  local text = type(e) == 'table' and tostring(e.err) or tostring(e)
+  if string.find(text, 'WRONGTYPE', 1, true) then return text end
+  error(e, 0)
+end
+"""
 
 # The admissions asked for in one turn of the event loop, in one call: each is atomic, and they
 # run in the order asked. KEYS: the batch's subjects' base keys; the script derives each one's six
@@ -42,7 +54,9 @@ PREFIX: Final = "sb:limits:"
 # the spend>" or "1" and then per subject "<rpm left> <rpm reset ms> <tpm left> <tpm reset ms>
 # <spend>" (spend "" no budget, "-" not counted here yet: the caller seeds it from the database),
 # or "e <error>" when the script failed for that admission.
-ADMIT: Final = """
+ADMIT: Final = (
+    _WRONGTYPE
+    + """
 local t = redis.call('TIME')  -- Redis's clock: replicas' clocks may disagree
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local window, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -125,14 +139,13 @@ end
 
 local answers = {}
 for a = 3, #ARGV, 3 do
-  -- An error fails its own admission, not the batch: "e <message>" (the caller undoes whatever
-  -- of it was written).
   local ok, answer = pcall(admit, ARGV[a], tonumber(ARGV[a+1]), ARGV[a+2])
-  if not ok then answer = 'e '..(type(answer) == 'table' and tostring(answer.err) or tostring(answer)) end
+  if not ok then answer = 'e '..wrongtype(answer) end  -- the caller undoes what it wrote
   answers[#answers+1] = answer
 end
 return answers
 """
+)
 
 # Spend: per subject a hash of period field ("daily:2026-11-30", …, "total") → USD, seeded from
 # the database when missing (SEED) and charged as requests end (CHARGE). A charge to a subject
@@ -168,35 +181,39 @@ SPEND_TTL_MS: Final = 40 * 86_400_000  # a quiet subject's hash goes; it is seed
 # Many settlements in one call: KEYS are the subjects' base keys; ARGV per settlement: its member
 # and one string, its delta (the real usage minus the estimate, "?" when unknown, "x" to undo the
 # admission) and then each of its subjects' index in KEYS (two arguments, not four: see ADMIT).
-SETTLE: Final = """
-local function settle(member, words)
-  local delta = nil
-  for word in string.gmatch(words, '%S+') do
+SETTLE: Final = (
+    _WRONGTYPE
+    + """
+local function settle(b, member, delta)
+  redis.call('ZREM', b..':par', member)
+  if delta == 'x' then  -- an admission whose outcome was never known: undo it whole
+    redis.call('ZREM', b..':req', member)
+    redis.call('ZREM', b..':tok', member)
+    local amount = redis.call('HGET', b..':amt', member)
+    if amount then
+      redis.call('HDEL', b..':amt', member)
+      redis.call('INCRBYFLOAT', b..':sum', -tonumber(amount))
+    end
+  elseif tonumber(delta) and tonumber(delta) ~= 0 and redis.call('HEXISTS', b..':amt', member) == 1 then
+    redis.call('HINCRBYFLOAT', b..':amt', member, tonumber(delta))
+    redis.call('INCRBYFLOAT', b..':sum', tonumber(delta))
+  end
+end
+-- Per subject: one that fails is left to age out of its windows (retried, it would hold back the
+-- rest); its request's other subjects are settled.
+local failed = 0
+for i = 1, #ARGV, 2 do
+  local member, delta = ARGV[i], nil
+  for word in string.gmatch(ARGV[i+1], '%S+') do
     if delta == nil then delta = word else
-      local b = KEYS[tonumber(word)]
-      redis.call('ZREM', b..':par', member)
-      if delta == 'x' then  -- an admission whose outcome was never known: undo it whole
-        redis.call('ZREM', b..':req', member)
-        local amount = redis.call('HGET', b..':amt', member)
-        if amount then
-          redis.call('HDEL', b..':amt', member)
-          redis.call('ZREM', b..':tok', member)
-          redis.call('INCRBYFLOAT', b..':sum', -tonumber(amount))
-        end
-      elseif tonumber(delta) and tonumber(delta) ~= 0 and redis.call('HEXISTS', b..':amt', member) == 1 then
-        redis.call('HINCRBYFLOAT', b..':amt', member, tonumber(delta))
-        redis.call('INCRBYFLOAT', b..':sum', tonumber(delta))
-      end
+      local ok, e = pcall(settle, KEYS[tonumber(word)], member, delta)
+      if not ok and wrongtype(e) then failed = failed + 1 end
     end
   end
 end
--- One that fails (a key of the wrong type) is left to age out: retried, it would hold back the rest.
-local failed = 0
-for i = 1, #ARGV, 2 do
-  if not pcall(settle, ARGV[i], ARGV[i+1]) then failed = failed + 1 end
-end
 return failed
 """
+)
 CANCEL: Final = "x"  # a settlement's delta that undoes its admission
 MAX_QUEUED: Final = 100_000  # settlements kept for Redis while it is away (older ones age out there)
 SETTLE_EVERY_S: Final = 0.002  # settlements wait this long to go to Redis together
@@ -222,6 +239,7 @@ class RedisLimiter:
         self.errors = 0  # for the metrics
         self._down_until = 0.0
         self._failing = False
+        self._quiet_until = 0.0  # the next failure of Redis's own is logged from then on
         self._admit = self.redis.register_script(ADMIT)
         self._settle = self.redis.register_script(SETTLE)
         self._charge = self.redis.register_script(CHARGE)
@@ -318,15 +336,16 @@ class RedisLimiter:
             if len(answers) != len(batch):
                 raise ValueError(f"{len(answers)} answers for {len(batch)} admissions")
         except (AttributeError, TypeError, ValueError) as exc:  # not the script's answer: undone, like a failure
-            self.errors += 1
+            self._complain(1, "state: unexpected answer from Redis's admission script: %s", exc)
             for specs, member, *_ in batch:
                 self._queue(specs, member, CANCEL)
             self._fail(batch, StateUnavailable(f"unexpected answer from Redis: {exc}"))
             return
         for (specs, member, _, _, answer), words in zip(batch, answers, strict=True):
             if words[0] == b"e":  # the script failed for this one: whatever it wrote is undone
-                self.errors += 1
-                log.warning("state: an admission failed in Redis: %s", b" ".join(words[1:]).decode(errors="replace"))
+                self._complain(
+                    1, "state: an admission failed in Redis: %s", b" ".join(words[1:]).decode(errors="replace")
+                )
                 self._queue(specs, member, CANCEL)
                 if not answer.done():
                     answer.set_exception(StateUnavailable("Redis failed the admission"))
@@ -337,6 +356,14 @@ class RedisLimiter:
                     self._queue(specs, member, CANCEL)
             else:
                 answer.set_result([1 if admitted else 0, *words[1:]])
+
+    def _complain(self, count: int, message: str, *args: object) -> None:
+        """Counted each time, logged at most once a minute: it may repeat with every request."""
+        self.errors += count
+        now = time.monotonic()
+        if now >= self._quiet_until:
+            self._quiet_until = now + COMPLAIN_EVERY_S
+            log.warning(message, *args)
 
     @staticmethod
     def _fail(batch: list[Pending], exc: StateUnavailable) -> None:
@@ -383,8 +410,7 @@ class RedisLimiter:
             argv += [member, f"{delta} {indices}"]
         failed = int(await self._call(self._settle, list(keys), argv))
         if failed:  # left to age out of their windows (see SETTLE)
-            self.errors += failed
-            log.warning("state: %d settlements failed in Redis", failed)
+            self._complain(failed, "state: %d settlements failed in Redis (a key of the wrong type)", failed)
 
     # spend
 
