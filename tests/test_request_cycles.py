@@ -75,3 +75,23 @@ async def test_a_watch_the_server_never_wakes_is_not_left_waiting() -> None:
         await asyncio.sleep(0.5)
         waiting = [t for t in asyncio.all_tasks() if "Watch._watch" in t.get_coro().__qualname__]  # type: ignore[union-attr]
     assert waiting == []
+
+
+async def test_an_open_stream_lets_go_of_its_first_chunks_once_relayed() -> None:
+    """A long stream holds no more than it is writing: the first read, taken while choosing a
+    target, is not kept to the end (500 open streams held about 4 KB each of it)."""
+    from router.gateway.failover import OpenStream
+
+    config = CONFIG | {"providers": {"demo": {"type": "mock", "token_delay_s": 0.3}}}
+    ask = {"model": "demo", "stream": True, "messages": [{"role": "user", "content": "one two three four"}]}
+    async with (
+        LiveServer(create_app(settings_from_dict(config))) as live,
+        httpx.AsyncClient(base_url=live.url) as client,
+        client.stream("POST", "/v1/chat/completions", json=ask) as response,
+    ):
+        lines = response.aiter_lines()
+        while not (await anext(lines)).startswith("data: "):
+            pass  # the first event is out; the rest comes a token every 0.3 s
+        open_streams = [o for o in gc.get_objects() if isinstance(o, OpenStream)]
+        assert len(open_streams) == 1
+        assert open_streams[0].first == ()

@@ -103,7 +103,6 @@ class SSEResponse:
         "_complete",
         "_drain",
         "_exchange",
-        "_first",
         "_framing",
         "_gateway",
         "_head_sent",
@@ -140,7 +139,6 @@ class SSEResponse:
         self._complete = False  # the relay is over: only the end of the body is left to send
         self._last: bytes | None = None  # the stream's last event ([DONE] or an error), once framed
         self.opened = opened  # the stream being relayed (another after a continuation)
-        self._first = opened.first
         self._headers = headers
         self._watch = watch
         self._gateway = gateway
@@ -221,7 +219,7 @@ class SSEResponse:
                 self._keep.idle_since = None
             if resumed is None:
                 break
-            self.opened, self._first = resumed, resumed.first
+            self.opened = resumed
             failure = await self._relay(send)
         if failure is not None and not isinstance(failure, ClientStalled):
             failure = await self._fail(send, failure)
@@ -253,9 +251,12 @@ class SSEResponse:
         loop = asyncio.get_running_loop()
         framing = self._framing
         framed = framing.frames
-        pending = framed(self._first) if self._first else None  # the write in progress
+        # An open stream holds no more than it is writing: its first chunks are let go of once
+        # framed (whoever else still holds the OpenStream).
+        first, opened.first = opened.first, ()
+        pending = framed(first) if first else None  # the write in progress
+        del first
         self._exchange.first_chunk()
-        self._first = ()  # an open stream holds no more than it is writing
         finished = False
         failure: SwitchboardError
         while True:

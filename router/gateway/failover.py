@@ -77,10 +77,11 @@ class Answer:
     dropped: Sequence[str] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class OpenStream:
     """A stream whose first chunks have arrived: from here on the response is committed. The
-    lease ends when the stream does."""
+    lease ends when the stream does. ``first`` is emptied once relayed (not frozen for that: a
+    long stream must not hold its first read to the end)."""
 
     upstream: UpstreamStream
     first: Sequence[bytes]
