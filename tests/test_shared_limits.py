@@ -448,19 +448,23 @@ async def settled(check: Any, within_s: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
-async def test_a_failing_admission_fails_alone_and_is_undone(redis_url: str) -> None:
-    """A key of the wrong type in Redis makes the script fail for the admissions that touch it:
-    those get StateUnavailable (the caller's on_state_error decides) and what they wrote is undone;
-    the rest of their batch is admitted, and later settlements still go through."""
+@asynccontextmanager
+async def one_good_one_corrupted(
+    redis_url: str, part: str, value: str
+) -> AsyncIterator[tuple[Any, Any, Any, Any, str]]:
+    """A limiter asked at once for two admissions: one for a sound subject (max_parallel 1), one for
+    a subject whose ``part`` key holds ``value``. Yields the limiter, a Redis client, the sound
+    subject's specs, the two answers (or exceptions) and the other subject's base key; every key
+    is deleted afterwards."""
     import secrets as random_ids
 
     from redis.asyncio import Redis
 
-    from router.state.redis_limits import PREFIX, RedisLimiter, Spec, StateUnavailable
+    from router.state.redis_limits import PREFIX, RedisLimiter, Spec
 
     good, bad = f"key:good-{random_ids.token_hex(6)}", f"key:bad-{random_ids.token_hex(6)}"
     client = Redis.from_url(redis_url)
-    await client.set(f"{PREFIX}{bad}:amt", "not a hash")  # the script fails after writing its other keys
+    await client.set(f"{PREFIX}{bad}:{part}", value)
     limiter = RedisLimiter(redis_url, 1.0)
     ok: list[Spec] = [(good, 10, 1000, 1, None, "total")]
     failing: list[Spec] = [(bad, 10, 1000, 5, None, "total")]
@@ -468,52 +472,46 @@ async def test_a_failing_admission_fails_alone_and_is_undone(redis_url: str) -> 
         answers = await asyncio.gather(
             limiter.admit(ok, 1, "a"), limiter.admit(failing, 1, "b"), return_exceptions=True
         )
-        assert answers[0][0] == 1  # type: ignore[index]
-        assert isinstance(answers[1], StateUnavailable)
+        yield limiter, client, ok, answers, PREFIX + bad
+    finally:
+        await limiter.close()
+        for subject in (good, bad):
+            await client.delete(*(f"{PREFIX}{subject}:{kind}" for kind in ("req", "tok", "amt", "sum", "par")))
+        await client.aclose()
+
+
+async def test_a_failing_admission_fails_alone_and_is_undone(redis_url: str) -> None:
+    """A key of the wrong type in Redis makes the script fail for the admissions that touch it:
+    those get StateUnavailable (the caller's on_state_error decides) and what they wrote is undone;
+    the rest of their batch is admitted, and later settlements still go through."""
+    from router.state.redis_limits import StateUnavailable
+
+    # The script fails after writing the subject's other keys.
+    async with one_good_one_corrupted(redis_url, "amt", "not a hash") as (limiter, client, ok, answers, base):
+        good_answer, bad_answer = answers
+        assert good_answer[0] == 1
+        assert isinstance(bad_answer, StateUnavailable)
         assert limiter.errors == 1
         # In the same settlement call as the failed one's undoing, which fails in Redis at its
         # token amounts (after taking back the rest).
         limiter.settle(ok, "a", 0)
 
         async def undone() -> bool:
-            base = PREFIX + bad
             counts = [await client.zcard(f"{base}:{part}") for part in ("req", "par", "tok")]
             return counts == [0, 0, 0]
 
         await settled(undone)
         await settled(lambda: limiter_admits(limiter, ok))  # max_parallel 1: the slot came back
         assert limiter.errors == 2
-    finally:
-        await limiter.close()
-        for subject in (good, bad):
-            await client.delete(*(f"{PREFIX}{subject}:{part}" for part in ("req", "tok", "amt", "sum", "par")))
-        await client.aclose()
 
 
 async def test_any_other_error_in_the_script_fails_the_whole_call(redis_url: str) -> None:
     """Only a key of the wrong type fails an admission alone; any other error (READONLY after a
     failover, OOM, here a count that is not a number) fails the call, handled as Redis away."""
-    import secrets as random_ids
+    from router.state.redis_limits import StateUnavailable
 
-    from redis.asyncio import Redis
-
-    from router.state.redis_limits import PREFIX, RedisLimiter, Spec, StateUnavailable
-
-    good, bad = f"key:good-{random_ids.token_hex(6)}", f"key:bad-{random_ids.token_hex(6)}"
-    client = Redis.from_url(redis_url)
-    await client.set(f"{PREFIX}{bad}:sum", "not a number")
-    limiter = RedisLimiter(redis_url, 1.0)
-    ok: list[Spec] = [(good, 10, 1000, 1, None, "total")]
-    failing: list[Spec] = [(bad, 10, 1000, 5, None, "total")]
-    try:
-        answers = await asyncio.gather(
-            limiter.admit(ok, 1, "a"), limiter.admit(failing, 1, "b"), return_exceptions=True
-        )
-    finally:
-        await limiter.close()
-        await client.delete(*(f"{PREFIX}{subject}:{part}" for subject in (good, bad) for part in ("sum", "par")))
-        await client.aclose()
-    assert all(isinstance(a, StateUnavailable) for a in answers)
+    async with one_good_one_corrupted(redis_url, "sum", "not a number") as (*_, answers, _):
+        assert all(isinstance(a, StateUnavailable) for a in answers)
 
 
 async def limiter_admits(limiter: Any, specs: Any) -> bool:
