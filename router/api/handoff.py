@@ -168,7 +168,8 @@ class Takeovers:
         else:
             finish(exchange, admission, status, code)
         finally:
-            over.set_result(None)
+            if not over.done():  # a watch cancelled while waiting on it cancels it too
+                over.set_result(None)
 
     def _continuing(
         self, handoff: Handoff, payloads: list[bytes], exchange: Exchange
