@@ -22,7 +22,7 @@ from typing import Any, Final
 import msgspec
 
 from providers.base import TokenUsage
-from providers.chunk_view import ChunkBody, ChunkDelta, ChunkView, decode_body, decode_chunk
+from providers.chunk_view import ChunkBody, ChunkDelta, ChunkView, Decoded, decode_body, decode_chunk, usage_fields
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.decode
@@ -325,16 +325,18 @@ class MessagesStream:
 
     def frames(self, payloads: Sequence[bytes]) -> bytes:
         out: list[bytes] = []
+        views = payloads.views if isinstance(payloads, Decoded) else None  # decoded once, upstream
         chunk: ChunkBody
-        for payload in payloads:
+        for i, payload in enumerate(payloads):
             if not self._started:  # its id and model are read from the first chunk only
-                view = decode_chunk(payload)
-                out.append(self._start(view))
+                view = views[i] if views is not None else decode_chunk(payload)
+                out.append(self._start(view if isinstance(view, ChunkView) else ChunkView()))
                 chunk = view
             else:
-                chunk = decode_body(payload)
-            if chunk.usage:
-                self._usage(chunk.usage)
+                chunk = views[i] if views is not None else decode_body(payload)
+            usage = usage_fields(chunk.usage)
+            if usage:
+                self._usage(usage)
             for choice in chunk.choices[:1]:  # Messages has one answer
                 self._delta(choice.delta, out)
                 if choice.finish_reason:

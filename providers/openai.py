@@ -26,6 +26,7 @@ from providers.base import (
     post,
     retry_after_seconds,
 )
+from providers.chunk_view import ChunkBody, ChunkView, decode_body, decode_chunk
 from providers.embeddings import EmbeddingsCall
 from providers.errors import UntranslatableRequest, UpstreamError, UpstreamProtocolError, UpstreamServerError
 from providers.sse import SSEEvent
@@ -226,9 +227,14 @@ class OpenAIStream:
     """Passes an OpenAI-format stream through, watching for its end and for in-band errors, and
     noting what the stream reports about itself. When Switchboard asked for usage on the client's
     behalf, the usage-only chunk is noted and not passed on: the client gets the stream it asked
-    for, byte for byte."""
+    for, byte for byte.
 
-    __slots__ = ("_finished", "_first", "_hide_usage", "_provider", "_report", "_saw_finish")
+    With ``views`` set to a list (by a stream whose framing translates the chunks), each chunk
+    is decoded into the framings' view instead (``providers.chunk_view``; the first ones, until
+    one names the model, with their id and model) and the view of each chunk passed on is added
+    to ``views``, so that the framing need not decode it again."""
+
+    __slots__ = ("_finished", "_first", "_hide_usage", "_provider", "_report", "_saw_finish", "views")
 
     def __init__(self, provider: OpenAIProvider, hide_usage: bool) -> None:
         self._provider = provider
@@ -237,6 +243,7 @@ class OpenAIStream:
         self._saw_finish = False
         self._first = True
         self._report = Report()
+        self.views: list[ChunkBody] | None = None
 
     @property
     def finished(self) -> bool:
@@ -259,8 +266,14 @@ class OpenAIStream:
                 return _NOTHING
             if data[0] == 0x3A or not data.strip():
                 return _NOTHING
+        views = self.views
+        view: _ChunkView | ChunkBody
+        viewed: ChunkBody | None = None
         try:
-            view = _decode_view(data) if not self._first else self._first_view(data)
+            if views is not None:
+                view = viewed = decode_body(data) if not self._first else self._first_viewed(data)
+            else:
+                view = _decode_view(data) if not self._first else self._first_view(data)
         except (msgspec.DecodeError, RecursionError):  # nested past the decoder: malformed too
             raise UpstreamProtocolError(
                 f"provider '{self._provider.name}' sent a stream event that is not JSON"
@@ -273,11 +286,12 @@ class OpenAIStream:
                     self._saw_finish = True
                     if self._report.finish_reason is None:
                         self._report.finish_reason = choice.finish_reason
-        if view.usage:
-            return self._usage(view, data)
-        return (data,)  # one line even if it came as several: the stream's parser joins them with a space
+        out = self._usage(view, data) if view.usage else (data,)  # one line even if it came as several
+        if views is not None and viewed is not None and out:
+            views.append(viewed)
+        return out
 
-    def _usage(self, view: _ChunkView, data: bytes) -> Sequence[bytes]:
+    def _usage(self, view: _ChunkView | ChunkBody, data: bytes) -> Sequence[bytes]:
         if len(view.usage) > 4:  # not `null`: the usage chunk
             self._report.usage = usage_of(view.usage) or self._report.usage
             if self._hide_usage and not view.choices:
@@ -292,6 +306,15 @@ class OpenAIStream:
         self._first = False
         view = _decode_answer(data)
         self._report.response_id, self._report.response_model = _text(view.id), _text(view.model)
+        return view
+
+    def _first_viewed(self, data: bytes) -> ChunkView:
+        """The framings' view of a chunk before one named the model: with its id and model."""
+        view = decode_chunk(data)
+        if self._report.response_id is None:
+            self._report.response_id = view.id
+        self._report.response_model = view.model
+        self._first = view.model is None
         return view
 
 

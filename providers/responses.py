@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
 import msgspec
 
 from providers.base import TokenUsage
-from providers.chunk_view import ChunkBody, ChunkDelta, decode_body, decode_chunk
+from providers.chunk_view import ChunkBody, ChunkDelta, ChunkView, Decoded, decode_body, decode_chunk, usage_fields
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.decode
@@ -237,6 +237,8 @@ def usage_of(usage: TokenUsage | None) -> dict[str, Any] | None:
 class Builder:
     """The response object for one request: its echoed fields, then its output and status."""
 
+    __slots__ = ("_echoed", "_request", "_settings", "created_at", "id")
+
     def __init__(self, request: Mapping[str, Any], response_id: str | None = None) -> None:
         self.id = response_id or new_id("resp")
         self.created_at = int(time.time())
@@ -346,6 +348,24 @@ class ResponsesStream:
     """Chat Completions chunk payloads → Responses events. ``output_index`` is each item's place in
     ``output``; a message's text goes to its one ``output_text`` part."""
 
+    __slots__ = (
+        "_builder",
+        "_calls",
+        "_finish",
+        "_item",
+        "_model",
+        "_open",
+        "_output",
+        "_sequence",
+        "_started",
+        "_text_head",
+        "_text_tail",
+        "_tokens",
+        "_usage",
+        "final",
+        "final_json",
+    )
+
     def __init__(self, builder: Builder) -> None:
         self._builder = builder
         self._sequence = 0
@@ -389,23 +409,26 @@ class ResponsesStream:
 
     def frames(self, payloads: Sequence[bytes]) -> bytes:
         out: list[bytes] = [] if self._started else [self.start()]
+        views = payloads.views if isinstance(payloads, Decoded) else None  # decoded once, upstream
         # Until a chunk names the model (the first, but a server may leave it out of some), each
         # is read whole for it.
         start = 0
         while self._model is None and start < len(payloads):
-            view = decode_chunk(payloads[start])
-            self._model = view.model
+            view = views[start] if views is not None else decode_chunk(payloads[start])
+            self._model = view.model if isinstance(view, ChunkView) else None
             self._chunk(view, out)
             start += 1
-        if start:
-            payloads = payloads[start:]
+        chunks: Iterable[ChunkBody]
+        if views is not None:
+            chunks = views[start:] if start else views
+        else:
+            chunks = map(decode_body, payloads[start:] if start else payloads)
         # The common case, once per token, inline and on locals: the text's JSON string spliced
         # into the open message's prepared delta event, its parts joined once with the rest.
         head, tail, tokens, sequence = self._text_head, self._text_tail, self._tokens, self._sequence
-        for payload in payloads:
-            chunk = decode_body(payload)
+        for chunk in chunks:
             choices = chunk.choices
-            if choices and head and not chunk.usage:
+            if choices and head and len(chunk.usage) <= 4:
                 choice = choices[0]  # Responses has one answer
                 delta = choice.delta
                 text = delta.content
@@ -422,8 +445,9 @@ class ResponsesStream:
         return b"".join(out)
 
     def _chunk(self, chunk: ChunkBody, out: list[bytes]) -> None:
-        if chunk.usage:
-            self._usage = _token_usage(chunk.usage)
+        usage = usage_fields(chunk.usage)
+        if usage:
+            self._usage = _token_usage(usage)
         if not chunk.choices:
             return
         choice = chunk.choices[0]  # Responses has one answer

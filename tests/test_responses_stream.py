@@ -4,12 +4,23 @@ to exactly what encoding the same events as dicts gives, and to the openai packa
 
 from __future__ import annotations
 
+import asyncio
 import re
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import httpx
 import msgspec
+import pytest
 
+from providers import anthropic_inbound
+from providers import responses as responses_module
+from providers.anthropic_inbound import MessagesStream
+from providers.chunk_view import ChunkView, Decoded, decode_body
+from providers.errors import SwitchboardError
+from providers.openai import OpenAIProvider, OpenAIStream
 from providers.responses import Builder, ResponsesStream
+from router.gateway.upstream_stream import UpstreamStream, for_framing
 from tests.test_responses_api import strict_events
 
 REQUEST = {"model": "gpt", "input": "hi", "stream": True}
@@ -114,3 +125,103 @@ def test_the_model_is_taken_from_the_first_chunk_that_names_it() -> None:
     assert events[-1]["response"]["model"] == "gpt-4o"
     texts = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
     assert texts == 'Caf\u00e9 "quoted" \\ and \u2028 \U0001f98aAfter the call.'
+
+
+# ---- chunks decoded once: the translator's views ------------------------------------------------
+
+
+class _Body(httpx.AsyncByteStream):
+    def __init__(self, *reads: bytes) -> None:
+        self._reads = reads
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for read in self._reads:
+            yield read
+
+
+def sse(*payloads: bytes) -> bytes:
+    return b"".join(b"data: " + p + b"\n\n" for p in payloads)
+
+
+def upstream(*reads: bytes, hide_usage: bool = False) -> UpstreamStream:
+    provider = OpenAIProvider("o", "http://upstream/v1", "sk-test")
+    translator = for_framing(OpenAIStream(provider, hide_usage))
+    return UpstreamStream(httpx.Response(200, stream=_Body(*reads)), translator, "o", 1 << 20)
+
+
+async def pulled(stream: UpstreamStream) -> list[Sequence[bytes]]:
+    out: list[Sequence[bytes]] = []
+    while (payloads := await stream.pull()) is not None:
+        out.append(payloads)
+    return out
+
+
+def test_chunks_come_with_the_views_they_were_decoded_into_one_each() -> None:
+    usage_only = msgspec.json.encode({"id": "c", "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 7}})
+    reads = (
+        sse(CHUNKS[0].replace(b"}]", b'}],"usage":null', 1), CHUNKS[1]) + b"data: :\n\n",  # a keep-alive: no chunk
+        sse(CHUNKS[2], usage_only) + b"data: [DONE]\n\n",
+    )
+    stream = upstream(*reads, hide_usage=True)  # the usage chunk, Switchboard's own, is not passed on
+    batches = asyncio.run(pulled(stream))
+    assert [len(batch) for batch in batches] == [2, 1]
+    for batch in batches:
+        assert isinstance(batch, Decoded)
+        assert len(batch.views) == len(batch)
+        for payload, view in zip(batch, batch.views, strict=True):
+            assert view.choices[0].delta.content == decode_body(payload).choices[0].delta.content
+    first = batches[0]
+    assert b'"usage":null' not in first[0]  # as the client would have had it
+    assert isinstance(first, Decoded)
+    assert isinstance(first.views[0], ChunkView)
+    assert first.views[0].model == "gpt-4o"
+    assert stream.report.usage is not None
+    assert stream.report.usage.completion == 7
+    assert stream.report.response_model == "gpt-4o"
+
+
+def test_the_chunks_before_a_failure_in_the_same_read_keep_their_views() -> None:
+    failed = msgspec.json.encode({"error": {"message": "overloaded"}})
+    stream = upstream(sse(CHUNKS[1], CHUNKS[2], failed))
+    first = asyncio.run(stream.pull())
+    assert isinstance(first, Decoded)
+    assert len(first) == len(first.views) == 2
+    with pytest.raises(SwitchboardError):
+        asyncio.run(stream.pull())
+
+
+def test_a_framing_given_views_does_not_decode_the_chunks_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    stream = upstream(sse(*CHUNKS) + b"data: [DONE]\n\n")
+    batches = asyncio.run(pulled(stream))
+    plain = [bytes(payload) for batch in batches for payload in batch]
+
+    def refused(_: bytes) -> None:
+        raise AssertionError("decoded again")
+
+    ids = re.compile(rb"(resp|msg|fc|toolu)_[0-9a-zA-Z]{24,32}")
+    expected = translated(len(CHUNKS))
+    messages = MessagesStream("claude", 3)
+    expected_messages = messages.frames(plain) + messages.done()
+    for module in (responses_module, anthropic_inbound):
+        monkeypatch.setattr(module, "decode_body", refused)
+        monkeypatch.setattr(module, "decode_chunk", refused)
+    responses = ResponsesStream(Builder(REQUEST))
+    body = b"".join(responses.frames(batch) for batch in batches) + responses.done()
+    assert ids.sub(b"id", body) == ids.sub(b"id", expected)
+    messages = MessagesStream("claude", 3)
+    body = b"".join(messages.frames(batch) for batch in batches) + messages.done()
+    assert ids.sub(b"id", body) == ids.sub(b"id", expected_messages)
+
+
+def test_an_odd_usage_is_unknown_and_the_stream_goes_on() -> None:
+    odd = msgspec.json.encode({"id": "c", "choices": [], "usage": "n/a"})
+    stream = upstream(sse(CHUNKS[1], odd, CHUNKS[6]) + b"data: [DONE]\n\n")
+    batches = asyncio.run(pulled(stream))
+    responses = ResponsesStream(Builder(REQUEST))
+    body = b"".join(responses.frames(batch) for batch in batches) + responses.done()
+    assert strict_events(body)[-1]["response"]["usage"] is None
+    plain = ResponsesStream(Builder(REQUEST))  # decoding the chunks itself: the same
+    events = strict_events(plain.frames([CHUNKS[1], odd, CHUNKS[6]]) + plain.done())
+    assert events[-1]["response"]["usage"] is None
+    messages = MessagesStream("claude", 3)
+    assert b"message_stop" in messages.frames([CHUNKS[1], odd, CHUNKS[6]]) + messages.done()

@@ -15,6 +15,7 @@ import msgspec
 from providers.anthropic import AnthropicProvider
 from providers.anthropic_inbound import from_chat
 from providers.base import Inbound, Parsed, StreamTranslator
+from router.gateway.upstream_stream import for_framing
 
 if TYPE_CHECKING:
     from router.gateway.failover import Attempt
@@ -75,4 +76,4 @@ def translator(call: MessagesCall, attempt: Attempt) -> StreamTranslator:
     anthropic = native(call, attempt)
     if anthropic is not None:
         return anthropic.passthrough_stream()
-    return attempt.adapter.stream_translator(call.chat())
+    return for_framing(attempt.adapter.stream_translator(call.chat()))

@@ -20,6 +20,7 @@ from providers.base import Inbound, Parsed, StreamTranslator
 from providers.openai import OpenAIProvider
 from providers.responses import Builder, Item
 from router.gateway.skipped import TargetSkipped
+from router.gateway.upstream_stream import for_framing
 
 if TYPE_CHECKING:
     from router.gateway.failover import Attempt
@@ -95,4 +96,4 @@ def translator(call: ResponsesCall, attempt: Attempt) -> StreamTranslator:
     adapter = native(call, attempt)
     if adapter is not None:
         return adapter.responses_stream()
-    return attempt.adapter.stream_translator(call.chat())
+    return for_framing(attempt.adapter.stream_translator(call.chat()))

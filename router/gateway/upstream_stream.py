@@ -9,17 +9,28 @@ from typing import Final
 import httpx
 
 from providers.base import Report, StreamTranslator
+from providers.chunk_view import Decoded
 from providers.errors import SwitchboardError, UpstreamProtocolError
+from providers.openai import OpenAIStream
 from providers.sse import EventTooLarge, SSEEvent, SSEParser
 from router.upstreams.transport import upstream_failure
 
 DRAIN_S: Final = 1.0  # after [DONE], how long to wait for the upstream's end so its connection can be reused
 
 
+def for_framing(translator: StreamTranslator) -> StreamTranslator:
+    """``translator`` for a stream whose framing translates the chunks (Responses, Messages):
+    one that decodes its chunks anyway (an OpenAI-format upstream's) hands each chunk's view on
+    with it (``Decoded``), so that the framing does not decode it again."""
+    if isinstance(translator, OpenAIStream):
+        translator.views = []
+    return translator
+
+
 class UpstreamStream:
     """An open upstream response being read as a stream of OpenAI chunk payloads."""
 
-    __slots__ = ("_failure", "_parser", "_reads", "_response", "_translator", "provider")
+    __slots__ = ("_failure", "_parser", "_reads", "_response", "_translator", "_viewing", "provider")
 
     def __init__(
         self, response: httpx.Response, translator: StreamTranslator, provider: str, max_event_bytes: int
@@ -30,6 +41,7 @@ class UpstreamStream:
         self._reads = stream.__aiter__()
         self._parser = SSEParser(max_event_bytes, separator=b" ")  # every payload is JSON
         self._translator = translator
+        self._viewing = translator if isinstance(translator, OpenAIStream) else None  # see ``for_framing``
         self._failure: SwitchboardError | None = None
         self.provider = provider
 
@@ -66,6 +78,10 @@ class UpstreamStream:
             else:
                 continue
             if out:
+                viewing = self._viewing
+                if viewing is not None and viewing.views is not None:
+                    views, viewing.views = viewing.views, []
+                    return Decoded(out, views)
                 return out
         return None
 
