@@ -349,7 +349,7 @@ async def test_kept_responses_are_nothing_for_the_garbage_collector_to_walk_and_
     before = len(gc.get_objects())
     for i in range(200):  # each its own nested objects, as each request's are
         fresh = msgspec.json.decode(msgspec.json.encode(response | {"id": f"resp_{i}"}))
-        store.put("k", fresh, [{"role": "user", "content": "hi"}, *fresh["output"]])
+        store.put("k", fresh, [{"role": "user", "content": "hi"}])
     gc.collect()
     # Nested dicts and lists for each response would be thousands of objects kept alive.
     assert len(gc.get_objects()) - before < 200
@@ -357,6 +357,50 @@ async def test_kept_responses_are_nothing_for_the_garbage_collector_to_walk_and_
     assert stored is not None
     assert stored.response == response | {"id": "resp_7"}
     assert stored.items == [{"role": "user", "content": "hi"}, message]
-    assert store.item("msg_1", "k") == message
-    assert store.item("msg_1", "another key") is None
+    assert await store.item("msg_1", "k") == message
+    assert await store.item("msg_1", "another key") is None
     assert await store.get("resp_7", "another key") is None
+
+
+async def test_an_item_is_read_from_its_response_wherever_that_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``item_reference`` finds an output item through its response: in memory, or in the
+    database once memory has let it go; never once the response has expired."""
+    import asyncio
+
+    from router.store import responses
+    from router.store.database import Database
+    from router.store.url import async_url
+
+    monkeypatch.setattr(responses, "MEMORY", 2)
+    database = Database(async_url(f"sqlite:///{tmp_path / 's.db'}"))
+    await database.migrate()
+    message = {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "content": [{"type": "output_text", "text": "hi"}],
+    }
+    question = {"type": "message", "role": "user", "content": "hi"}
+    try:
+        store = responses.ResponseStore(database, 3600)
+        store.put("k", {"id": "resp_1", "output": [message]}, [question])
+        await store.flush()
+        assert await store.item("msg_1", "k") == message  # from memory
+        for i in range(3):
+            store.put("k", {"id": f"resp_{i + 2}", "output": []}, [question])
+        assert "resp_1" not in store._recent  # let go of: only the database has it now
+        assert await store.item("msg_1", "k") == message
+        assert await store.item("msg_1", "another key") is None
+        stored = await store.get("resp_1", "k")
+        assert stored is not None
+        assert stored.items == [question, message]
+
+        brief = responses.ResponseStore(database, 0.05)
+        brief.put("k", {"id": "resp_brief", "output": [message | {"id": "msg_2"}]}, [question])
+        assert await brief.item("msg_2", "k") is not None
+        await asyncio.sleep(0.1)
+        assert await brief.item("msg_2", "k") is None  # expired with its response
+    finally:
+        await database.close()

@@ -102,7 +102,7 @@ async def conversation(
     for where, item in _input(request):
         if item.get("type") == "item_reference":
             reference = str(item.get("id"))
-            found = store.item(reference, key)
+            found = await store.item(reference, key)
             owner_ = store.item_owner(reference)
             if found is not None:
                 item = found
@@ -183,7 +183,7 @@ Keep = Callable[[dict[str, Any], bool, bytes], None]  # the response, whether na
 def _keep(
     store: ResponseStore, key: str, items: Sequence[Item], response: dict[str, Any], native: bool, encoded: bytes
 ) -> None:
-    store.put(key, response, [item for _, item in items] + list(response.get("output") or ()), native, encoded)
+    store.put(key, response, [item for _, item in items], native, encoded)
 
 
 @asgi([RESPONSES_PATH, RESPONSES_PATH.removeprefix("/v1")], http_methods=["POST"], copy_scope=False)

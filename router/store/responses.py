@@ -27,11 +27,13 @@ log = logging.getLogger(__name__)
 FLUSH_S: Final = 0.5
 PURGE_EVERY_S: Final = 3600.0
 MEMORY: Final = 1000  # responses
-ITEMS: Final = 10_000  # output items findable by id (``item_reference``)
+ITEMS: Final = 10_000  # output items findable by id (``item_reference``), in their responses
 
 
 class _Kept(msgspec.Struct, frozen=True, gc=False):
-    """A stored response as this worker keeps it: its JSON (nothing for the collector to walk)."""
+    """A stored response as this worker keeps it: its JSON (nothing for the collector to walk).
+    ``items`` is the conversation before the response's output when ``then_output`` (its output,
+    the rest of the conversation, is in ``response`` already: not kept twice), else all of it."""
 
     id: str
     key_id: str
@@ -40,17 +42,14 @@ class _Kept(msgspec.Struct, frozen=True, gc=False):
     response: bytes
     items: bytes
     native: bool
+    then_output: bool = False
 
     def stored(self) -> StoredResponse:
-        return StoredResponse(
-            self.id,
-            self.key_id,
-            self.created_at,
-            self.expires_at,
-            _decode_response(self.response),
-            _decode_items(self.items),
-            self.native,
-        )
+        response = _decode_response(self.response)
+        items = _decode_items(self.items)
+        if self.then_output:
+            items += response.get("output") or ()
+        return StoredResponse(self.id, self.key_id, self.created_at, self.expires_at, response, items, self.native)
 
 
 _encode = msgspec.json.Encoder().encode
@@ -63,7 +62,7 @@ class ResponseStore:
         self.database = database
         self._ttl = timedelta(seconds=ttl_s)
         self._recent: OrderedDict[str, _Kept] = OrderedDict()
-        self._items: OrderedDict[str, tuple[str, bytes]] = OrderedDict()  # item id → (owner, its JSON)
+        self._items: OrderedDict[str, tuple[str, str]] = OrderedDict()  # item id → (owner, response id)
         self._pending: list[StoredResponse] = []
         self._deleted: set[str] = set()  # deleted here, maybe not yet written: never served again
         self._task: asyncio.Task[None] | None = None
@@ -81,34 +80,32 @@ class ResponseStore:
             await self.flush()
 
     def put(
-        self, key_id: str, response: dict[str, Any], items: list[Any], native: bool = False, encoded: bytes = b""
+        self, key_id: str, response: dict[str, Any], inputs: list[Any], native: bool = False, encoded: bytes = b""
     ) -> None:
         """Keep ``response`` (``encoded``: its JSON, when the caller has it already) and the
-        conversation's ``items``."""
+        conversation before it, ``inputs``: the conversation is those, then its output."""
         now = datetime.now(UTC)
-        stored = StoredResponse(
-            id=str(response["id"]),
-            key_id=key_id,
-            created_at=now,
-            expires_at=now + self._ttl,
-            response=response,
-            items=items,
-            native=native,
-        )
-        self._remember(stored, encoded)
+        response_id, expires_at = str(response["id"]), now + self._ttl
+        encoded = encoded or _encode(response)
+        self._keep(_Kept(response_id, key_id, now, expires_at, encoded, _encode(inputs), native, True), response)
         if self.database is not None:
-            self._pending.append(stored)
+            output = response.get("output")
+            items = [*inputs, *output] if isinstance(output, list) else inputs
+            self._pending.append(StoredResponse(response_id, key_id, now, expires_at, response, items, native))
 
-    def _remember(self, stored: StoredResponse, encoded: bytes = b"") -> None:
-        response, items = encoded or _encode(stored.response), _encode(stored.items)
-        self._recent[stored.id] = _Kept(
-            stored.id, stored.key_id, stored.created_at, stored.expires_at, response, items, stored.native
-        )
+    def _remember(self, stored: StoredResponse) -> None:
+        """A response read from the database, kept here too."""
+        encoded, items = _encode(stored.response), _encode(stored.items)
+        kept = _Kept(stored.id, stored.key_id, stored.created_at, stored.expires_at, encoded, items, stored.native)
+        self._keep(kept, stored.response)
+
+    def _keep(self, kept: _Kept, response: dict[str, Any]) -> None:
+        self._recent[kept.id] = kept
         while len(self._recent) > MEMORY:
             self._recent.popitem(last=False)
-        for item in stored.response.get("output") or ():
+        for item in response.get("output") or ():
             if isinstance(item, dict) and isinstance(item.get("id"), str):
-                self._items[item["id"]] = (stored.key_id, _encode(item))
+                self._items[item["id"]] = (kept.key_id, kept.id)
         while len(self._items) > ITEMS:
             self._items.popitem(last=False)
 
@@ -141,10 +138,16 @@ class ResponseStore:
         found = self._items.get(item_id)
         return found[0] if found is not None else None
 
-    def item(self, item_id: str, key_id: str) -> dict[str, Any] | None:
+    async def item(self, item_id: str, key_id: str) -> dict[str, Any] | None:
         """An output item of one of this key's recent responses, for ``item_reference``."""
         found = self._items.get(item_id)
-        return _decode_response(found[1]) if found is not None and found[0] == key_id else None
+        if found is None or found[0] != key_id:
+            return None
+        stored = await self.get(found[1], key_id)
+        for item in stored.response.get("output") or () if stored is not None else ():
+            if isinstance(item, dict) and item.get("id") == item_id:
+                return item
+        return None
 
     async def delete(self, response_id: str, key_id: str) -> bool:
         stored = await self.get(response_id, key_id)
