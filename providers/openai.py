@@ -274,10 +274,8 @@ class OpenAIStream:
                 view = viewed = decode_body(data) if not self._first else self._first_viewed(data)
             else:
                 view = _decode_view(data) if not self._first else self._first_view(data)
-        except (msgspec.DecodeError, RecursionError):  # nested past the decoder: malformed too
-            raise UpstreamProtocolError(
-                f"provider '{self._provider.name}' sent a stream event that is not JSON"
-            ) from None
+        except (msgspec.DecodeError, RecursionError) as exc:  # nested past the decoder: malformed too
+            raise self._malformed(data, exc) from None
         if view.error is not None or view.object == "error":
             raise self._provider.stream_error(data)
         if view.choices:
@@ -287,9 +285,22 @@ class OpenAIStream:
                     if self._report.finish_reason is None:
                         self._report.finish_reason = choice.finish_reason
         out = self._usage(view, data) if view.usage else (data,)  # one line even if it came as several
-        if views is not None and viewed is not None and out:
+        if views is not None and viewed is not None and out:  # (one chunk at most: one view)
             views.append(viewed)
         return out
+
+    def _malformed(self, data: bytes, exc: Exception) -> UpstreamError:
+        """An event that is not JSON; or JSON the view refused (the framings' is the stricter):
+        an in-band error in a shape of its own (its message kept), or a chunk no framing could read."""
+        if not isinstance(exc, msgspec.ValidationError):
+            return UpstreamProtocolError(f"provider '{self._provider.name}' sent a stream event that is not JSON")
+        try:
+            view = _decode_view(data)
+        except (msgspec.DecodeError, RecursionError):
+            view = None
+        if view is not None and (view.error is not None or view.object == "error"):
+            return self._provider.stream_error(data)
+        return UpstreamProtocolError(f"provider '{self._provider.name}' sent a stream event of an unexpected shape")
 
     def _usage(self, view: _ChunkView | ChunkBody, data: bytes) -> Sequence[bytes]:
         if len(view.usage) > 4:  # not `null`: the usage chunk

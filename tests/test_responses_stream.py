@@ -17,7 +17,7 @@ from providers import anthropic_inbound
 from providers import responses as responses_module
 from providers.anthropic_inbound import MessagesStream
 from providers.chunk_view import ChunkView, Decoded, decode_body
-from providers.errors import SwitchboardError
+from providers.errors import SwitchboardError, UpstreamProtocolError, UpstreamServerError
 from providers.openai import OpenAIProvider, OpenAIStream
 from providers.responses import Builder, ResponsesStream
 from router.gateway.upstream_stream import UpstreamStream, for_framing
@@ -225,3 +225,12 @@ def test_an_odd_usage_is_unknown_and_the_stream_goes_on() -> None:
     assert events[-1]["response"]["usage"] is None
     messages = MessagesStream("claude", 3)
     assert b"message_stop" in messages.frames([CHUNKS[1], odd, CHUNKS[6]]) + messages.done()
+
+
+def test_a_chunk_of_another_shape_fails_the_stream_and_an_error_in_one_keeps_its_message() -> None:
+    error = msgspec.json.encode({"error": {"message": "overloaded right now"}, "choices": None})
+    with pytest.raises(UpstreamServerError, match="overloaded right now"):
+        asyncio.run(pulled(upstream(sse(error))))
+    odd = msgspec.json.encode({"id": "c", "choices": [{"index": 0, "delta": 5}]})
+    with pytest.raises(UpstreamProtocolError, match="unexpected shape"):
+        asyncio.run(pulled(upstream(sse(odd))))

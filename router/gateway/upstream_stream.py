@@ -47,6 +47,7 @@ class UpstreamStream:
 
     async def pull(self) -> Sequence[bytes] | None:
         """The chunks completed by the next upstream read(s); ``None`` once the answer is whole.
+        With the translator's views (``for_framing``), a ``Decoded``: the chunks and their views.
 
         Raises:
             UpstreamError: the upstream failed, reported an error, or ended too early.

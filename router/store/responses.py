@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 FLUSH_S: Final = 0.5
 PURGE_EVERY_S: Final = 3600.0
 MEMORY: Final = 1000  # responses
-ITEMS: Final = 10_000  # output items findable by id (``item_reference``), in their responses
+# Output items findable by id (``item_reference``): each id names its response, where the item is
+# read (in memory, or in the database once memory has let it go; without one, the last ``MEMORY``).
+ITEMS: Final = 10_000
 
 
 class _Kept(msgspec.Struct, frozen=True, gc=False):
@@ -47,8 +49,9 @@ class _Kept(msgspec.Struct, frozen=True, gc=False):
     def stored(self) -> StoredResponse:
         response = _decode_response(self.response)
         items = _decode_items(self.items)
-        if self.then_output:
-            items += response.get("output") or ()
+        output = response.get("output")
+        if self.then_output and isinstance(output, list):
+            items += output
         return StoredResponse(self.id, self.key_id, self.created_at, self.expires_at, response, items, self.native)
 
 
@@ -144,7 +147,9 @@ class ResponseStore:
         if found is None or found[0] != key_id:
             return None
         stored = await self.get(found[1], key_id)
-        for item in stored.response.get("output") or () if stored is not None else ():
+        if stored is None:
+            return None
+        for item in stored.response.get("output") or ():
             if isinstance(item, dict) and item.get("id") == item_id:
                 return item
         return None
