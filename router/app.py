@@ -79,6 +79,13 @@ log = logging.getLogger(__name__)
 _encode = msgspec.json.Encoder().encode
 JSON: Final = "application/json"
 ATTEMPTS_HEADER: Final = "x-switchboard-attempts"
+# The collector's young-generation threshold while serving (Python's default is 700). A finished
+# request leaves no cycles, so the count of live container objects only swings with the requests
+# in flight; at 700 those swings alone started a collection every few requests, each traversing the
+# in-flight requests' objects and promoting them to be traversed again (40-100 us of CPU a request
+# at 64 in flight). At 20,000 a steady load collects almost never; a collection that does run
+# holds the loop a few ms, as the older generations' collections already did.
+GC_YOUNG_THRESHOLD: Final = 20_000
 
 
 def error_response(exc: SwitchboardError, request: Request[Any, Any, State]) -> Response[bytes]:
@@ -192,11 +199,14 @@ def create_app(
         # Everything alive now (the app, the price table's thousands of objects) lives as long as
         # the process: out of the collector's sight, it is not traversed again on every collection.
         gc.freeze()
+        young = gc.get_threshold()
+        gc.set_threshold(GC_YOUNG_THRESHOLD)
         restore = signals.install(drain.begin, lambda: drain.draining, reloader.reload) if handle_signals else None
         unregister = workers.register(run_dir) if run_dir is not None else None
         try:
             yield
         finally:
+            gc.set_threshold(*young)
             if unregister is not None:
                 unregister()
             if restore is not None:

@@ -15,7 +15,7 @@ import httpx
 import msgspec
 
 from router.api.disconnect import ClientWatch
-from router.app import create_app
+from router.app import GC_YOUNG_THRESHOLD, create_app
 from router.config import ServerConfig, settings_from_dict
 from tests.live import LiveServer
 
@@ -51,6 +51,16 @@ async def test_answered_and_streamed_requests_leave_no_reference_cycle_behind() 
             gc.enable()
     assert watches == []
     assert server == [], f"{len(server)} of the server's objects were left for the collector by four requests"
+
+
+async def test_the_young_generation_threshold_is_raised_while_serving_and_restored_after() -> None:
+    """What the point above buys: with nothing left to collect, the collector's default young
+    threshold (700) only made it traverse the requests in flight. Raised while the app runs."""
+    before = gc.get_threshold()
+    assert before[0] < GC_YOUNG_THRESHOLD
+    async with LiveServer(create_app(settings_from_dict(CONFIG))):
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *before[1:])
+    assert gc.get_threshold() == before
 
 
 async def test_a_watch_the_server_never_wakes_is_not_left_waiting() -> None:
