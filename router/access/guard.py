@@ -312,7 +312,8 @@ class Guard:
         answer = await shared.admit(specs, estimate, request_id, fields)
         if answer[0] == 1:
             admission = SharedAdmission(shared, specs, request_id, estimate, answer[1:])
-            if caller.budgeted and self.ledger is not None:
+            # (Each subject's spend is every fifth word; "-": Redis has none yet.)
+            if caller.budgeted and self.ledger is not None and any(s in (b"-", "-") for s in answer[5::5]):
                 try:
                     await self._seed_missing(shared, self.ledger, specs, answer)
                 except BaseException:  # cancelled meanwhile: the slot it took goes back

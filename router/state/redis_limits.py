@@ -46,14 +46,15 @@ end
 # The admissions asked for in one turn of the event loop, in one call: each is atomic, and they
 # run in the order asked. KEYS: the batch's subjects' base keys; the script derives each one's six
 # (requests, token log, token amounts, token sum, in flight, spend). (A single Redis, not a
-# cluster.) ARGV: window ms, parallel ttl ms, then per admission its member, its token estimate and
-# its subjects as one string, six words each: the index in KEYS, rpm, tpm, max_parallel (0: none),
-# budget in USD (0: none) and the spend field of its period ("-": none). Few, packed arguments and
-# one string back per admission: the client's per-argument and per-element work is what an
-# admission costs the proxy. Each answer is "0 <subject index> <what> <wait ms or, for 'budget',
-# the spend>" or "1" and then per subject "<rpm left> <rpm reset ms> <tpm left> <tpm reset ms>
-# <spend>" (spend "" no budget, "-" not counted here yet: the caller seeds it from the database),
-# or "e <error>" when the script failed for that admission.
+# cluster.) ARGV: window ms, parallel ttl ms, then the admissions as one string, a line each: its
+# member (no whitespace), its token estimate and its subjects, six words each: the index in KEYS,
+# rpm, tpm, max_parallel (0: none), budget in USD (0: none) and the spend field of its period
+# ("-": none). Three arguments and one string back whatever the batch's size: the client's
+# per-argument and per-element work (packing each in Python, parsing each reply) is what an
+# admission costs the proxy. The answer has a line per admission: "0 <subject index> <what>
+# <wait ms or, for 'budget', the spend>" or "1" and then per subject "<rpm left> <rpm reset ms>
+# <tpm left> <tpm reset ms> <spend>" (spend "" no budget, "-" not counted here yet: the caller
+# seeds it from the database), or "e <error>" when the script failed for that admission.
 ADMIT: Final = (
     _WRONGTYPE
     + """
@@ -138,12 +139,13 @@ local function admit(member, est, spec)
 end
 
 local answers = {}
-for a = 3, #ARGV, 3 do
-  local ok, answer = pcall(admit, ARGV[a], tonumber(ARGV[a+1]), ARGV[a+2])
-  if not ok then answer = 'e '..wrongtype(answer) end  -- the caller undoes what it wrote
+for line in string.gmatch(ARGV[3], '[^\\n]+') do
+  local member, est, spec = string.match(line, '^(%S+) (%S+) (.*)$')
+  local ok, answer = pcall(admit, member, tonumber(est), spec)
+  if not ok then answer = 'e '..(string.gsub(wrongtype(answer), '\\n', ' ')) end  -- the caller undoes what it wrote
   answers[#answers+1] = answer
 end
-return answers
+return table.concat(answers, '\\n')
 """
 )
 
@@ -178,9 +180,9 @@ return 1
 """
 SPEND_TTL_MS: Final = 40 * 86_400_000  # a quiet subject's hash goes; it is seeded again when used
 
-# Many settlements in one call: KEYS are the subjects' base keys; ARGV per settlement: its member
-# and one string, its delta (the real usage minus the estimate, "?" when unknown, "x" to undo the
-# admission) and then each of its subjects' index in KEYS (two arguments, not four: see ADMIT).
+# Many settlements in one call: KEYS are the subjects' base keys; ARGV[1] the settlements, a line
+# each: its member, its delta (the real usage minus the estimate, "?" when unknown, "x" to undo the
+# admission) and then each of its subjects' index in KEYS (one argument in all: see ADMIT).
 SETTLE: Final = (
     _WRONGTYPE
     + """
@@ -202,10 +204,10 @@ end
 -- Per subject: one that fails is left to age out of its windows (retried, it would hold back the
 -- rest); its request's other subjects are settled.
 local failed = 0
-for i = 1, #ARGV, 2 do
-  local member, delta = ARGV[i], nil
-  for word in string.gmatch(ARGV[i+1], '%S+') do
-    if delta == nil then delta = word else
+for line in string.gmatch(ARGV[1], '[^\\n]+') do
+  local member, delta = nil, nil
+  for word in string.gmatch(line, '%S+') do
+    if member == nil then member = word elseif delta == nil then delta = word else
       local ok, e = pcall(settle, KEYS[tonumber(word)], member, delta)
       if not ok and wrongtype(e) then failed = failed + 1 end
     end
@@ -308,15 +310,15 @@ class RedisLimiter:
 
     async def _admit_batch(self, batch: list[Pending]) -> None:
         keys: dict[str, int] = {}
-        argv: list[Any] = [WINDOW_MS, PARALLEL_TTL_MS]
+        lines: list[str] = []
         for specs, member, estimate, words, _ in batch:
             spec = " ".join(
                 f"{keys.setdefault(PREFIX + subject, len(keys) + 1)} {w}"
                 for (subject, *_), w in zip(specs, words, strict=True)
             )
-            argv += [member, estimate, spec]
+            lines.append(f"{member} {estimate} {spec}")
         try:
-            replies = await self._call(self._admit, list(keys), argv)
+            replies = await self._call(self._admit, list(keys), [WINDOW_MS, PARALLEL_TTL_MS, "\n".join(lines)])
         except BaseException as exc:
             # Failed or timed out, the script may still have run: each admission is undone
             # (once Redis answers), and nobody is left waiting.
@@ -332,7 +334,7 @@ class RedisLimiter:
         """Each admission's answer to whoever waits for it; one nobody waits for any more, or
         that failed in Redis, is undone."""
         try:
-            answers = [reply.split(b" ") for reply in replies]
+            answers = [reply.split(b" ") for reply in replies.split(b"\n")]
             if len(answers) != len(batch):
                 raise ValueError(f"{len(answers)} answers for {len(batch)} admissions")
         except (AttributeError, TypeError, ValueError) as exc:  # not the script's answer: undone, like a failure
@@ -404,11 +406,11 @@ class RedisLimiter:
 
     async def _send_settlements(self, queued: list[tuple[Sequence[Spec], str, int | str]]) -> None:
         keys: dict[str, int] = {}
-        argv: list[Any] = []
+        lines: list[str] = []
         for specs, member, delta in queued:
             indices = " ".join(str(keys.setdefault(PREFIX + subject, len(keys) + 1)) for subject, *_ in specs)
-            argv += [member, f"{delta} {indices}"]
-        failed = int(await self._call(self._settle, list(keys), argv))
+            lines.append(f"{member} {delta} {indices}")
+        failed = int(await self._call(self._settle, list(keys), ["\n".join(lines)]))
         if failed:  # left to age out of their windows (see SETTLE)
             self._complain(failed, "state: %d settlements failed in Redis (a key of the wrong type)", failed)
 
