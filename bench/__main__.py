@@ -60,6 +60,9 @@ class SubjectResult:
     runs: dict[str, LoadResult] = field(default_factory=dict)
     rss_mb: float | None = None
     kb_per_stream: float | None = None
+    # Every round's run of each scenario, in round order: ratios between two subjects (or two
+    # scenarios of one) are also taken round by round, each from runs seconds apart.
+    rounds: dict[str, list[LoadResult]] = field(default_factory=dict)
 
 
 def free_port() -> int:
@@ -269,17 +272,19 @@ def open_stream_kb(subject: Subject, count: int) -> float:
     return (rss - baseline) / opened
 
 
-def switchboard_scenarios(subject: Subject, args: argparse.Namespace, workdir: Path) -> dict[str, LoadResult]:
+def switchboard_scenarios(
+    subject: Subject, args: argparse.Namespace, workdir: Path
+) -> tuple[dict[str, LoadResult], dict[str, list[LoadResult]]]:
     """Failover (one of two targets failing half the time) and an Anthropic-format stream against
-    an OpenAI-format one, 64 clients, interleaved in rounds like the main scenarios."""
-    kinds = ("failover-json", "failover-stream", "anthropic-stream", "responses-stream", "messages-stream", "stream")
+    an OpenAI-format one, 64 clients, interleaved in rounds like the main scenarios. The chat
+    stream runs between the translated ones, so that each is compared with a run next to it."""
+    kinds = ("failover-json", "failover-stream", "anthropic-stream", "stream", "responses-stream", "messages-stream")
     samples: dict[str, list[LoadResult]] = {kind: [] for kind in kinds}
     for _ in range(args.rounds):
         for kind in kinds:
             samples[kind].append(load(subject, kind, 64, args.seconds, workdir))
-    runs = {f"{kind}-c64": median_run(samples[kind]) for kind in kinds[:5]}
-    runs["openai-stream-c64"] = median_run(samples["stream"])
-    return runs
+    named = {("openai-stream" if kind == "stream" else kind) + "-c64": runs for kind, runs in samples.items()}
+    return {name: median_run(runs) for name, runs in named.items()}, named
 
 
 def measure(subjects: list[Subject | Direct], args: argparse.Namespace, workdir: Path) -> list[SubjectResult]:
@@ -300,15 +305,31 @@ def measure(subjects: list[Subject | Direct], args: argparse.Namespace, workdir:
                 samples[subject.name].append(load(subject, kind, connections, args.seconds, workdir))
         for name, runs in samples.items():
             results[name].runs[f"{kind}-c{connections}"] = median_run(runs)
+            results[name].rounds[f"{kind}-c{connections}"] = runs
     for subject in subjects:
         if isinstance(subject, Subject) and subject.name == "switchboard":
-            results[subject.name].runs.update(switchboard_scenarios(subject, args, workdir))
+            medians, rounds = switchboard_scenarios(subject, args, workdir)
+            results[subject.name].runs.update(medians)
+            results[subject.name].rounds.update(rounds)
         if isinstance(subject, Subject):
             results[subject.name].rss_mb = subject.rss_kb() / 1024
     return list(results.values())
 
 
 API_ROWS: Final = (("responses", "Responses API"), ("messages", "Messages API"))
+
+
+def paired(runs: list[LoadResult], against: list[LoadResult]) -> float | None:
+    """The median, over rounds, of ``against``'s CPU per request over ``runs``'s in the same
+    round: a throughput ratio from runs seconds apart, which the machine's drift over a whole
+    run (another tenant's load) moves far less than the ratio of two medians."""
+    ratios = sorted(
+        b.cpu_us / a.cpu_us for a, b in zip(runs, against, strict=False) if a.cpu_us and b.cpu_us is not None
+    )
+    if not ratios:
+        return None
+    middle = len(ratios) // 2
+    return ratios[middle] if len(ratios) % 2 else (ratios[middle - 1] + ratios[middle]) / 2
 
 
 def _cpu(run: LoadResult, chat: LoadResult | None = None) -> str:
@@ -350,18 +371,23 @@ def report(results: list[SubjectResult]) -> str:
             openai = runs["openai-stream-c64"]
             lines += [
                 "",
-                "| switchboard, streamed, 64 clients | req/s · p50 · p99 (ms) | proxy CPU µs/request |",
-                "|---|---|---|",
-                f"| `openai` target | {openai.rps:,.0f} · {openai.p50_ms:.2f} · {openai.p99_ms:.2f} | {_cpu(openai)} |",
+                "| switchboard, streamed, 64 clients | req/s · p50 · p99 (ms) | proxy CPU µs/request "
+                "| CPU ratio, median of rounds |",
+                "|---|---|---|---|",
+                f"| `openai` target | {openai.rps:,.0f} · {openai.p50_ms:.2f} · {openai.p99_ms:.2f} "
+                f"| {_cpu(openai)} | |",
             ]
+            rounds = by_name["switchboard"].rounds
             rows = [("anthropic", "`anthropic` target (every event translated)")]
             rows += [(kind, f"{what} from the `openai` target (every event translated)") for kind, what in API_ROWS]
             for kind, what in rows:
                 api = runs.get(f"{kind}-stream-c64")
                 if api is not None:
+                    ratio = paired(rounds.get(f"{kind}-stream-c64", []), rounds.get("openai-stream-c64", []))
                     lines.append(
                         f"| {what} | {api.rps:,.0f} · {api.p50_ms:.2f} · {api.p99_ms:.2f} "
-                        f"({api.rps / openai.rps:.2f}x, target >= 0.8) | {_cpu(api, openai)} |"
+                        f"({api.rps / openai.rps:.2f}x, target >= 0.8) | {_cpu(api, openai)} | "
+                        + (f"{ratio:.2f}x |" if ratio is not None else "- |")
                     )
     reference = "baseline" if "baseline" in by_name else "switchboard"
     telemetry = (("switchboard-logged", 0.95), ("switchboard-traced", 0.8), ("switchboard-traced-otlp", 0.0))
@@ -401,6 +427,9 @@ def _ratios(
             cpu = ""
             if run.cpu_us and against.cpu_us:  # the steadier figure: the proxy's CPU per request
                 cpu = f"; by CPU per request {against.cpu_us / run.cpu_us:.2f}x ({run.cpu_us:,.0f} µs)"
+            ratio = paired(by_name[name].rounds.get(f"{kind}-c64", []), base.rounds.get(f"{kind}-c64", []))
+            if ratio is not None:
+                cpu += f"; by CPU, median of rounds {ratio:.2f}x"
             lines.append(f"- {kind}: {name} at 64 clients = {run.rps / against.rps:.2f}x {label}{goal}{cpu}")
     return lines
 
