@@ -308,6 +308,15 @@ def event(name: str, payload: Mapping[str, Any]) -> bytes:
     return b"event: " + name.encode() + b"\ndata: " + _encode(payload) + b"\n\n"
 
 
+# A text block's delta event up to its text, for the block at each index: the text (a JSON string)
+# and the end are all that differ from one token to the next. The bytes are those ``event`` gives
+# for ``{"type": "content_block_delta", "index": i, "delta": {"type": "text_delta", "text": t}}``.
+_TEXT_DELTA: Final = (
+    b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,"delta":{"type":"text_delta","text":'
+)
+_TEXT_DELTA_END: Final = b"}}\n\n"
+
+
 class MessagesStream:
     """Chat Completions chunk payloads → Anthropic's events, block by block in index order."""
 
@@ -322,6 +331,7 @@ class MessagesStream:
         self._output = 0
         self._input: int | None = None
         self._cached = 0
+        self._text_head = b""  # the open text block's delta event up to the text (see _TEXT_DELTA)
 
     def frames(self, payloads: Sequence[bytes]) -> bytes:
         out: list[bytes] = []
@@ -334,6 +344,14 @@ class MessagesStream:
                 chunk = view
             else:
                 chunk = views[i] if views is not None else decode_body(payload)
+                # The common case, once per token: more text for the open text block, nothing else.
+                choices = chunk.choices
+                if choices and self._open == "text" and len(chunk.usage) <= 4:
+                    choice = choices[0]
+                    delta = choice.delta
+                    if delta.content and delta.tool_calls is None and choice.finish_reason is None:
+                        out += (self._text_head, _encode(delta.content), _TEXT_DELTA_END)
+                        continue
             usage = usage_fields(chunk.usage)
             if usage:
                 self._usage(usage)
@@ -393,7 +411,7 @@ class MessagesStream:
         if delta.content:
             if self._open != "text":
                 self._begin(out, {"type": "text", "text": ""})
-            out.append(self._block_delta({"type": "text_delta", "text": delta.content}))
+            out += (self._text_head, _encode(delta.content), _TEXT_DELTA_END)
         for call in delta.tool_calls or ():
             position = call.get("index", 0)
             function = call.get("function") or {}
@@ -414,6 +432,7 @@ class MessagesStream:
         self._close(out)
         self._index += 1
         self._open = block["type"]
+        self._text_head = _TEXT_DELTA % self._index
         out.append(
             event("content_block_start", {"type": "content_block_start", "index": self._index, "content_block": block})
         )

@@ -19,7 +19,7 @@ import pytest
 from anthropic.types import Message, RawMessageStreamEvent
 from litestar.testing import AsyncTestClient
 
-from providers.anthropic_inbound import MessagesStream, Untranslatable, from_chat, to_chat
+from providers.anthropic_inbound import MessagesStream, Untranslatable, event, from_chat, to_chat
 from providers.base import TokenUsage
 from router.app import create_app
 from router.config import settings_from_dict
@@ -276,6 +276,31 @@ def test_chat_chunks_become_anthropic_events_in_order() -> None:
     )
     assert json.loads(arguments) == {"city": "Paris"}
     assert events[-2]["delta"]["stop_reason"] == "tool_use"
+
+
+def test_text_deltas_are_the_bytes_of_their_events_encoded_whole() -> None:
+    """Text deltas are put together from prepared bytes and the text's JSON: the same bytes as
+    encoding each event, for the first token of a block and the next ones, at index 0 and after
+    a tool call's block, with text that JSON must escape."""
+
+    def chunk(**delta: Any) -> bytes:
+        return json.dumps({"id": "c", "model": "m", "choices": [{"index": 0, "delta": delta}]}).encode()
+
+    call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    texts = ['say "hi"\n', "caf\u00e9 \u2603", "\\ </script>", "\u0001"]
+    # Text first (block 0), then a tool call (block 1), then text again (block 2).
+    chunks = [chunk(role="assistant", content=texts[0]), *(chunk(content=t) for t in texts[1:])]
+    chunks += [chunk(tool_calls=[call]), *(chunk(content=t) for t in texts)]
+    stream = MessagesStream("gpt", 1)
+    body = stream.frames(chunks[:1]) + stream.frames(chunks[1:]) + stream.done()
+    for index in (0, 2):
+        for text in texts:
+            whole = {"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": text}}
+            assert event("content_block_delta", whole) in body
+    deltas = [e for e in strict_events(body) if e["type"] == "content_block_delta"]
+    assert ["".join(e["delta"].get("text", "") for e in deltas if e["index"] == i) for i in (0, 2)] == [
+        "".join(texts)
+    ] * 2
 
 
 # ---- through Switchboard with the Anthropic SDK ---------------------------------------------------
