@@ -323,9 +323,7 @@ def paired(runs: list[LoadResult], against: list[LoadResult]) -> float | None:
     """The median, over rounds, of ``against``'s CPU per request over ``runs``'s in the same
     round: a throughput ratio from runs seconds apart, which the machine's drift over a whole
     run (another tenant's load) moves far less than the ratio of two medians."""
-    ratios = sorted(
-        b.cpu_us / a.cpu_us for a, b in zip(runs, against, strict=False) if a.cpu_us and b.cpu_us is not None
-    )
+    ratios = sorted(b.cpu_us / a.cpu_us for a, b in zip(runs, against, strict=False) if a.cpu_us and b.cpu_us)
     if not ratios:
         return None
     middle = len(ratios) // 2
